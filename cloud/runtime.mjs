@@ -1,0 +1,235 @@
+// The workerd runtime behind the local cloud: one Miniflare running the tenantry Worker (the
+// entry) and a small helper Worker through which the local cloud reads and writes D1 databases.
+//
+// Two facts of Miniflare shape this file:
+// - A D1 database is reachable only through a binding, and bindings change only by restarting
+//   workerd (`setOptions`).
+// - A restart kills requests in flight.
+// So restarts are *drained*: new requests wait at a gate, requests in flight finish (up to
+// DRAIN_TIMEOUT_MS), then workerd restarts once for every change queued meanwhile. And the helper
+// is bound ahead of time to a pool of spare database ids ("slots"): creating a database takes a
+// slot, so it never waits for a restart (it may be called from inside a Worker request that the
+// restart would have to drain first). The pool is refilled by an ordinary drained restart.
+
+import { Miniflare, convertV4MiniflareOptions } from "miniflare";
+import { randomUUID } from "node:crypto";
+
+const DRAIN_TIMEOUT_MS = 10_000;
+
+const HELPER_SCRIPT = `
+export default {
+  async fetch(request, env) {
+    const url = new URL(request.url);
+    const db = env[url.searchParams.get("slot")];
+    if (!db) return Response.json({ ok: false, error: "no such slot" }, { status: 404 });
+    const { mode, statements } = await request.json();
+    try {
+      if (mode === "export") {
+        const rows = await db.prepare("PRAGMA miniflare_d1_export(?,?,?);").bind(0, 0).raw();
+        return Response.json({ ok: true, sql: rows[0].join("\\n") });
+      }
+      if (mode === "raw") {
+        const out = [];
+        for (const s of statements) {
+          const [columns, ...rows] = await db.prepare(s.sql).bind(...(s.params ?? [])).raw({ columnNames: true });
+          out.push({ columns: columns ?? [], rows });
+        }
+        return Response.json({ ok: true, results: out });
+      }
+      const results = await db.batch(statements.map((s) => db.prepare(s.sql).bind(...(s.params ?? []))));
+      return Response.json({ ok: true, results: results.map((r) => ({ results: r.results, meta: r.meta })) });
+    } catch (e) {
+      return Response.json({ ok: false, error: String(e.message ?? e).replace(/^D1_ERROR: /, "") });
+    }
+  },
+};`;
+
+/** A gate that holds new requests while a restart drains the ones in flight. */
+class Gate {
+  #inflight = 0;
+  #closed = null; // a promise while closed
+  #open = () => {};
+  #idle = [];
+
+  async enter() {
+    while (this.#closed) await this.#closed;
+    this.#inflight++;
+  }
+
+  leave() {
+    this.#inflight--;
+    if (this.#inflight === 0) for (const resolve of this.#idle.splice(0)) resolve();
+  }
+
+  /** Closes the gate and resolves once nothing is in flight (or after `timeoutMs`). */
+  async close(timeoutMs) {
+    this.#closed = new Promise((resolve) => (this.#open = resolve));
+    if (this.#inflight === 0) return true;
+    let timer;
+    const drained = await Promise.race([
+      new Promise((resolve) => this.#idle.push(() => resolve(true))),
+      new Promise((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs))),
+    ]);
+    clearTimeout(timer);
+    return drained;
+  }
+
+  open() {
+    const open = this.#open;
+    this.#closed = null;
+    open();
+  }
+}
+
+export class Runtime {
+  /**
+   * @param {object} opts
+   * @param {() => object} opts.workerOptions Miniflare (v4-style) options of the tenantry Worker,
+   *   bindings included; called at every restart so it always reflects the current settings.
+   * @param {string} opts.persistPath where D1 data lives (survives restarts and new processes)
+   * @param {number} [opts.poolSize] spare database slots to keep bound
+   * @param {(msg: string) => void} [opts.log]
+   */
+  constructor({ workerOptions, persistPath, poolSize = 32, log = () => {} }) {
+    this.workerOptions = workerOptions;
+    this.persistPath = persistPath;
+    this.poolSize = poolSize;
+    this.log = log;
+    this.gate = new Gate();
+    this.mf = null;
+    this.helper = null;
+    /** database id -> slot binding name, for every id the helper is bound to */
+    this.bound = new Map();
+    this.spare = []; // ids bound but not handed out
+    this.retired = new Set(); // ids to unbind at the next restart
+    this.restarts = 0;
+    this.#pending = null;
+    this.#dirty = false;
+  }
+
+  #pending;
+  #dirty;
+
+  /** Binds `ids` (existing databases) and fills the pool, then starts workerd. */
+  async start(ids) {
+    for (const id of ids) this.#bind(id);
+    this.#fillPool();
+    this.mf = new Miniflare(this.#options());
+    await this.mf.ready;
+    this.helper = await this.mf.getWorker("tenantry-cloud-helper");
+  }
+
+  async dispose() {
+    await this.mf?.dispose();
+    this.mf = null;
+  }
+
+  /** Hands out a fresh database id, bound already. Waits for a restart only if the pool is empty. */
+  async takeId() {
+    while (this.spare.length === 0) await this.restart("database pool empty");
+    const id = this.spare.shift();
+    if (this.spare.length < this.poolSize / 2) this.requestRestart("refilling the database pool");
+    return id;
+  }
+
+  /** Stops binding `id` to the helper from the next restart on. */
+  retire(id) {
+    this.retired.add(id);
+  }
+
+  /** Runs `fn` inside the gate, so no restart cuts it short. */
+  async within(fn) {
+    await this.gate.enter();
+    try {
+      return await fn();
+    } finally {
+      this.gate.leave();
+    }
+  }
+
+  /** Sends a request to the tenantry Worker (the entry), waiting out any restart. */
+  dispatch(url, init) {
+    return this.within(async () => {
+      const response = await this.mf.dispatchFetch(url, init);
+      // Read the body inside the gate: a restart must not cut a response half-sent.
+      const body = Buffer.from(await response.arrayBuffer());
+      return { status: response.status, headers: response.headers, body };
+    });
+  }
+
+  /**
+   * Runs statements on database `id` through the helper.
+   * @param {"query"|"raw"|"export"} mode
+   */
+  d1(id, mode, statements = []) {
+    return this.within(async () => {
+      const slot = this.bound.get(id);
+      if (!slot) throw new Error(`database ${id} is not bound to the helper`);
+      const response = await this.helper.fetch(`http://helper/?slot=${slot}`, {
+        method: "POST",
+        body: JSON.stringify({ mode, statements }),
+      });
+      return response.json();
+    });
+  }
+
+  /** Asks for a restart soon; changes asked for meanwhile share it. */
+  requestRestart(reason) {
+    this.restart(reason).catch((e) => this.log(`restart failed: ${e.message}`));
+  }
+
+  /** Restarts workerd with the current options; resolves when the new options are live. */
+  async restart(reason) {
+    this.#dirty = true;
+    while (this.#pending) await this.#pending;
+    if (!this.#dirty) return; // someone else's restart already carried our change
+    this.#pending = this.#doRestart(reason).finally(() => (this.#pending = null));
+    return this.#pending;
+  }
+
+  async #doRestart(reason) {
+    this.#dirty = false;
+    const started = performance.now();
+    const drained = await this.gate.close(DRAIN_TIMEOUT_MS);
+    if (!drained) this.log(`restart (${reason}): requests still in flight after ${DRAIN_TIMEOUT_MS} ms were cut`);
+    try {
+      for (const id of this.retired) this.bound.delete(id);
+      this.retired.clear();
+      this.#fillPool();
+      await this.mf.setOptions(this.#options());
+      this.helper = await this.mf.getWorker("tenantry-cloud-helper");
+      this.restarts++;
+      this.log(`workerd restarted (${reason}) in ${Math.round(performance.now() - started)} ms`);
+    } finally {
+      this.gate.open();
+    }
+  }
+
+  #bind(id) {
+    if (!this.bound.has(id)) this.bound.set(id, `DB_${id.replaceAll("-", "_")}`);
+  }
+
+  #fillPool() {
+    while (this.spare.length < this.poolSize) {
+      const id = randomUUID();
+      this.#bind(id);
+      this.spare.push(id);
+    }
+  }
+
+  #options() {
+    return convertV4MiniflareOptions({
+      resourcePersistencePath: this.persistPath,
+      workers: [
+        this.workerOptions(),
+        {
+          name: "tenantry-cloud-helper",
+          modules: true,
+          script: HELPER_SCRIPT,
+          compatibilityDate: "2025-01-01",
+          d1Databases: Object.fromEntries([...this.bound].map(([id, slot]) => [slot, id])),
+        },
+      ],
+    });
+  }
+}

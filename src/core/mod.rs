@@ -1,0 +1,11 @@
+//! The tenancy core: plain Rust with no Workers types, so `cargo test` runs it natively.
+//!
+//! Everything that decides *which* tenant a request is for, and what that tenant's resources are
+//! called, lives here; the Worker edge (`crate::http`, `crate::control`, `crate::tenant`) only
+//! feeds it strings from the request and `Env`.
+
+pub mod config;
+pub mod host;
+pub mod migrations;
+pub mod names;
+pub mod slug;

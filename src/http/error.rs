@@ -1,0 +1,123 @@
+//! The one error type of the HTTP edge: every failure a handler can meet becomes an [`ApiError`],
+//! which decides the status and a body that is safe to show to any client.
+//!
+//! Body: `{"error": {"code": "stable_snake_case", "message": "human readable"}}`. Internal errors
+//! are logged with their detail and answered with a generic message.
+
+use serde_json::json;
+
+use crate::core::host::HostError;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("{message}")]
+    NotFound { code: &'static str, message: String },
+    #[error("method not allowed")]
+    MethodNotAllowed { allow: &'static str },
+    /// Temporarily unable to serve; the client should retry after `retry_after` seconds.
+    #[error("{message}")]
+    Unavailable { code: &'static str, message: String, retry_after: u32 },
+    /// A fault on our side. `detail` is logged, never sent.
+    #[error("internal error: {detail}")]
+    Internal { detail: String },
+}
+
+impl ApiError {
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::NotFound { code, message: message.into() }
+    }
+
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        Self::Internal { detail: detail.to_string() }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BadRequest { .. } => 400,
+            Self::NotFound { .. } => 404,
+            Self::MethodNotAllowed { .. } => 405,
+            Self::Unavailable { .. } => 503,
+            Self::Internal { .. } => 500,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest { code, .. } | Self::NotFound { code, .. } | Self::Unavailable { code, .. } => code,
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::Internal { .. } => "internal_error",
+        }
+    }
+
+    /// The JSON body sent to the client.
+    pub fn body(&self) -> serde_json::Value {
+        let message = match self {
+            Self::Internal { .. } => "an internal error occurred; it has been logged".to_owned(),
+            other => other.to_string(),
+        };
+        json!({ "error": { "code": self.code(), "message": message } })
+    }
+
+    /// Extra response headers this error carries.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::Unavailable { retry_after, .. } => vec![("Retry-After", retry_after.to_string())],
+            Self::MethodNotAllowed { allow } => vec![("Allow", (*allow).to_owned())],
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl From<HostError> for ApiError {
+    fn from(e: HostError) -> Self {
+        let code = match e {
+            HostError::UnknownHost => return Self::not_found("unknown_host", e.to_string()),
+            HostError::InvalidSubdomain(_) => "invalid_tenant_host",
+            HostError::InvalidHeader(_) => "invalid_tenant_header",
+            HostError::Conflict => "tenant_conflict",
+        };
+        Self::BadRequest { code, message: e.to_string() }
+    }
+}
+
+impl From<worker::Error> for ApiError {
+    fn from(e: worker::Error) -> Self {
+        Self::internal(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::slug::SlugError;
+
+    #[test]
+    fn every_variant_has_its_status_code_and_headers() {
+        let cases: Vec<(ApiError, u16, &str)> = vec![
+            (ApiError::BadRequest { code: "bad", message: "m".into() }, 400, "bad"),
+            (ApiError::not_found("nope", "m"), 404, "nope"),
+            (ApiError::MethodNotAllowed { allow: "GET" }, 405, "method_not_allowed"),
+            (ApiError::Unavailable { code: "later", message: "m".into(), retry_after: 7 }, 503, "later"),
+            (ApiError::internal("secret detail"), 500, "internal_error"),
+            (HostError::UnknownHost.into(), 404, "unknown_host"),
+            (HostError::InvalidSubdomain(SlugError::Length).into(), 400, "invalid_tenant_host"),
+            (HostError::InvalidHeader(SlugError::Reserved).into(), 400, "invalid_tenant_header"),
+            (HostError::Conflict.into(), 400, "tenant_conflict"),
+        ];
+        for (err, status, code) in cases {
+            assert_eq!(err.status(), status, "{err:?}");
+            assert_eq!(err.body()["error"]["code"], code, "{err:?}");
+            assert!(err.body()["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+        let unavailable = ApiError::Unavailable { code: "x", message: "m".into(), retry_after: 7 };
+        assert_eq!(unavailable.headers(), vec![("Retry-After", "7".to_owned())]);
+    }
+
+    #[test]
+    fn internal_detail_never_reaches_the_body() {
+        let body = ApiError::internal("D1_ERROR: no such table: secrets").body().to_string();
+        assert!(!body.contains("secrets"), "{body}");
+    }
+}
