@@ -51,10 +51,13 @@ export async function provisionTenant(api, slug, { prefix = "tenantry-", bind = 
   return { uuid: db.uuid, name, binding };
 }
 
-/** Rewrites the Worker's bindings with `change(current)`, keeping the rest by inheritance. */
+/**
+ * Rewrites the Worker's bindings to `change(current)`. `current` lists every binding as
+ * `{ type: "inherit", name }`, so whatever `change` keeps is kept unchanged (the PATCH replaces
+ * the whole set).
+ */
 export async function setBindings(api, change) {
   const current = (await api("GET", `/workers/scripts/${SCRIPT_NAME}/settings`)).result.bindings;
-  const inherited = current.map((b) => ({ type: "inherit", name: b.name, ...(b.type === "d1" ? { id: b.id, keep: b } : {}) }));
-  const next = change(inherited).map((b) => (b.keep ? { type: "inherit", name: b.name } : b));
+  const next = change(current.map((b) => ({ type: "inherit", name: b.name })));
   return api("PATCH", `/workers/scripts/${SCRIPT_NAME}/settings`, { bindings: next }, { multipart: true });
 }

@@ -5,7 +5,7 @@
 // `npm run dev` and the end-to-end tests both start it through `startStack`.
 
 import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import http from "node:http";
 import path from "node:path";
@@ -108,10 +108,11 @@ function workerOptions(settings, buildDir, date) {
   }
   return {
     name: SCRIPT_NAME,
-    modules: true,
     modulesRoot: buildDir,
-    scriptPath: path.join(buildDir, "index.js"),
-    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
+    modules: [
+      { type: "ESModule", path: path.join(buildDir, "index.js") },
+      { type: "CompiledWasm", path: path.join(buildDir, "index_bg.wasm") },
+    ],
     compatibilityDate: date,
     d1Databases,
     bindings,
@@ -165,8 +166,10 @@ async function applyControlMigrations({ stateDir, cloudUrl, controlId, log }) {
 /** Runs the real wrangler CLI against the local cloud; resolves with its exit code and output. */
 export function wrangler(args, cloudUrl, { token = LOCAL_TOKEN, accountId = LOCAL_ACCOUNT_ID, cwd = ROOT } = {}) {
   const bin = path.join(ROOT, "node_modules", "wrangler", "bin", "wrangler.js");
+  // wrangler needs Node >= 22: the one `npm install` put in node_modules, whatever runs us.
+  const node = path.join(ROOT, "node_modules", ".bin", "node");
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [bin, ...args], {
+    const child = spawn(existsSync(node) ? node : process.execPath, [bin, ...args], {
       cwd,
       env: {
         ...process.env,
@@ -201,7 +204,8 @@ async function frontDoor(runtime, port) {
       const out = await runtime.dispatch(`http://${host}${req.url}`, { method: req.method, headers, body, redirect: "manual" });
       const outHeaders = {};
       out.headers.forEach((value, key) => {
-        if (!HOP_BY_HOP.includes(key)) outHeaders[key] = value;
+        // mf-*: Miniflare's internal headers, not the Worker's.
+        if (!HOP_BY_HOP.includes(key) && !key.startsWith("mf-")) outHeaders[key] = value;
       });
       res.writeHead(out.status, outHeaders);
       res.end(out.body);

@@ -1,0 +1,31 @@
+// Starts one local stack (the wasm Worker in workerd, the control plane, the local cloud) for
+// the whole test run, in a fresh state directory, and hands its addresses to the tests.
+// The wasm must be built first (`npm test` does it).
+
+import { existsSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { ROOT, startStack } from "../cloud/stack.mjs";
+
+export default async function setup({ provide }) {
+  if (!existsSync(path.join(ROOT, "build", "index_bg.wasm"))) {
+    throw new Error("build/index_bg.wasm is missing: run `npm test` (it builds the Worker first)");
+  }
+  const stateDir = await mkdtemp(path.join(os.tmpdir(), "tenantry-test-"));
+  const logs = [];
+  const stack = await startStack({ stateDir, poolSize: 16, log: (m) => logs.push(m) });
+  provide("stack", {
+    url: stack.url,
+    port: Number(new URL(stack.url).port),
+    cloudUrl: stack.cloudUrl,
+    apiBase: stack.apiBase,
+    token: stack.token,
+    accountId: stack.accountId,
+    stateDir,
+  });
+  return async () => {
+    await stack.stop();
+    await rm(stateDir, { recursive: true, force: true });
+  };
+}
