@@ -76,9 +76,12 @@ mod tests {
         Ok(Route::Tenant(TenantSlug::parse(s).unwrap()))
     }
 
+    /// (apex, host, X-Tenant-ID, expected route)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, Result<Route, HostError>);
+
     #[test]
     fn table() {
-        let cases: &[(&str, &str, Option<&str>, Result<Route, HostError>)] = &[
+        let cases: &[Case] = &[
             // apex and reserved subdomains
             ("example.com", "example.com", None, Ok(Route::ControlPlane)),
             ("example.com", "EXAMPLE.com", None, Ok(Route::ControlPlane)),
