@@ -17,7 +17,9 @@ say() { printf '[setup] %s\n' "$*"; }
 if [ ! -x node_modules/.bin/node ] || [ ! -f node_modules/.package-lock.json ] \
    || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   say "installing npm packages (Node 22, wrangler, miniflare, vitest)"
-  npm ci --no-audit --no-fund --loglevel=error
+  # `npm install`, not `npm ci`: the lock cannot list workerd's binaries for other platforms
+  # (this registry does not serve them), which `npm ci` insists on.
+  npm install --no-save --no-audit --no-fund --loglevel=error
 fi
 
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
