@@ -8,6 +8,7 @@
 //!
 //! This file only holds the entry points.
 
+pub mod cloudflare;
 pub mod control;
 pub mod core;
 pub mod http;

@@ -5,6 +5,8 @@
 //! feeds it strings from the request and `Env`.
 
 pub mod config;
+pub mod lifecycle;
+pub mod retry;
 pub mod host;
 pub mod migrations;
 pub mod names;

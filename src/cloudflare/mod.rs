@@ -1,0 +1,423 @@
+//! A client for the part of the Cloudflare REST API tenantry calls: D1 databases and Worker
+//! script settings.
+//!
+//! Each call is an [`Endpoint`] value (method, path, body); one [`Client`] executes them all: it
+//! owns authentication, the response envelope, retries (see [`crate::core::retry`]) and error
+//! mapping into [`CfError`]. The network sits behind the [`Transport`] trait: `worker::Fetch` in
+//! the Worker (`fetch.rs`), a scripted fake in the unit tests. Nothing here knows about Workers.
+//!
+//! The API token is a [`ApiToken`], whose `Debug` and `Display` never show it; no error message
+//! built here contains it.
+
+#[cfg(target_arch = "wasm32")]
+pub mod fetch;
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::core::retry::{parse_retry_after, Failure, RetryPolicy};
+
+/// The API token. Shown as `***` by `Debug` and `Display`.
+#[derive(Clone)]
+pub struct ApiToken(String);
+
+impl ApiToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+    fn header(&self) -> String {
+        format!("Bearer {}", self.0)
+    }
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiToken(***)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Patch,
+    Delete,
+}
+
+/// A request body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    None,
+    Json(Value),
+    /// `multipart/form-data` with one part named `settings` holding this JSON (script settings).
+    Settings(Value),
+}
+
+/// One call of the API: where, how, and what it answers with (`R`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    /// A stable name for logs and errors (`d1.create`, ...).
+    pub name: &'static str,
+    pub method: Method,
+    /// The path below `/accounts/{account_id}`, query string included.
+    pub path: String,
+    pub body: Body,
+}
+
+/// What the transport is asked to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRequest {
+    pub method: Method,
+    pub url: String,
+    /// `Some` for API calls; `None` for presigned download URLs, which must never get the token.
+    pub authorization: Option<String>,
+    pub body: Body,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// The network failed to give an answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    #[error("timed out")]
+    Timeout,
+    #[error("network error: {0}")]
+    Network(String),
+}
+
+/// The network, a clock and a source of randomness: what the client needs from its host.
+#[allow(async_fn_in_trait)] // used with static dispatch only; wasm futures are not Send anyway
+pub trait Transport {
+    async fn send(&self, request: &HttpRequest) -> Result<HttpResponse, TransportError>;
+    async fn sleep(&self, duration: Duration);
+    /// A uniform draw in `[0, 1)`, for retry jitter.
+    fn random(&self) -> f64;
+}
+
+/// A failed call, after retries.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CfError {
+    #[error("{endpoint}: not found ({code}: {message})")]
+    NotFound { endpoint: &'static str, code: u32, message: String },
+    #[error("{endpoint}: already exists")]
+    AlreadyExists { endpoint: &'static str },
+    #[error("{endpoint}: the account's D1 database limit is reached")]
+    DatabaseLimit { endpoint: &'static str },
+    #[error("{endpoint}: rate limited by the Cloudflare API")]
+    RateLimited { endpoint: &'static str, retry_after: Option<Duration> },
+    #[error("{endpoint}: Cloudflare API error {status} ({code}: {message})")]
+    Server { endpoint: &'static str, status: u16, code: u32, message: String },
+    #[error("{endpoint}: {error}")]
+    Transport { endpoint: &'static str, error: TransportError },
+    #[error("{endpoint}: the API token was refused ({status}, {code})")]
+    Unauthorized { endpoint: &'static str, status: u16, code: u32 },
+    #[error("{endpoint}: request refused ({status}, {code}: {message})")]
+    Api { endpoint: &'static str, status: u16, code: u32, message: String },
+    #[error("{endpoint}: unreadable answer: {detail}")]
+    Decode { endpoint: &'static str, detail: String },
+}
+
+impl CfError {
+    /// Whether trying the same thing again later may succeed (the operation log retries these).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::RateLimited { .. } | Self::Server { .. } | Self::Transport { .. } | Self::Decode { .. })
+    }
+}
+
+/// The envelope every API answer comes in.
+#[derive(Debug, Deserialize)]
+pub struct Envelope<R> {
+    pub success: bool,
+    #[serde(default)]
+    pub errors: Vec<ApiMessage>,
+    pub result: Option<R>,
+    pub result_info: Option<ResultInfo>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ApiMessage {
+    pub code: u32,
+    #[serde(default)]
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub struct ResultInfo {
+    pub page: u32,
+    pub per_page: u32,
+    pub count: u32,
+    pub total_count: u32,
+}
+
+/// A D1 database as the API describes it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Database {
+    pub uuid: String,
+    pub name: String,
+    #[serde(default)]
+    pub created_at: Option<String>,
+}
+
+/// One statement's result from `/query`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct QueryResult {
+    #[serde(default)]
+    pub results: Vec<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    pub success: bool,
+}
+
+/// A step of the export polling protocol.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct ExportPoll {
+    pub status: String,
+    pub at_bookmark: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+    pub result: Option<ExportResult>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct ExportResult {
+    pub filename: String,
+    pub signed_url: String,
+}
+
+/// A Worker's settings; bindings are kept as JSON so unknown binding types pass through intact.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct ScriptSettings {
+    #[serde(default)]
+    pub bindings: Vec<Value>,
+}
+
+/// The endpoints, as data.
+pub mod endpoints {
+    use super::*;
+
+    fn enc(s: &str) -> String {
+        url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+    }
+
+    pub fn create_database(name: &str) -> Endpoint {
+        Endpoint { name: "d1.create", method: Method::Post, path: "/d1/database".into(), body: Body::Json(json!({ "name": name })) }
+    }
+    pub fn list_databases(name: &str, page: u32, per_page: u32) -> Endpoint {
+        Endpoint {
+            name: "d1.list",
+            method: Method::Get,
+            path: format!("/d1/database?name={}&page={page}&per_page={per_page}", enc(name)),
+            body: Body::None,
+        }
+    }
+    pub fn get_database(id: &str) -> Endpoint {
+        Endpoint { name: "d1.get", method: Method::Get, path: format!("/d1/database/{}", enc(id)), body: Body::None }
+    }
+    pub fn delete_database(id: &str) -> Endpoint {
+        Endpoint { name: "d1.delete", method: Method::Delete, path: format!("/d1/database/{}", enc(id)), body: Body::None }
+    }
+    pub fn query(id: &str, sql: &str, params: &[Value]) -> Endpoint {
+        Endpoint {
+            name: "d1.query",
+            method: Method::Post,
+            path: format!("/d1/database/{}/query", enc(id)),
+            body: Body::Json(if params.is_empty() { json!({ "sql": sql }) } else { json!({ "sql": sql, "params": params }) }),
+        }
+    }
+    pub fn export(id: &str, bookmark: Option<&str>) -> Endpoint {
+        let mut body = json!({ "output_format": "polling" });
+        if let Some(b) = bookmark {
+            body["current_bookmark"] = json!(b);
+        }
+        Endpoint { name: "d1.export", method: Method::Post, path: format!("/d1/database/{}/export", enc(id)), body: Body::Json(body) }
+    }
+    pub fn get_settings(script: &str) -> Endpoint {
+        Endpoint {
+            name: "scripts.settings.get",
+            method: Method::Get,
+            path: format!("/workers/scripts/{}/settings", enc(script)),
+            body: Body::None,
+        }
+    }
+    pub fn patch_settings(script: &str, bindings: &[Value]) -> Endpoint {
+        Endpoint {
+            name: "scripts.settings.patch",
+            method: Method::Patch,
+            path: format!("/workers/scripts/{}/settings", enc(script)),
+            body: Body::Settings(json!({ "bindings": bindings })),
+        }
+    }
+}
+
+/// Executes endpoints against one account.
+pub struct Client<T> {
+    transport: T,
+    base_url: String,
+    account_id: String,
+    token: ApiToken,
+    policy: RetryPolicy,
+}
+
+/// Database list pages are this long when looking a name up.
+const LIST_PAGE: u32 = 100;
+
+impl<T: Transport> Client<T> {
+    pub fn new(transport: T, base_url: &str, account_id: &str, token: ApiToken, policy: RetryPolicy) -> Self {
+        Self { transport, base_url: base_url.trim_end_matches('/').to_owned(), account_id: account_id.to_owned(), token, policy }
+    }
+
+    /// Sends `endpoint`, retrying transient failures within the policy, and unwraps the envelope.
+    pub async fn call<R: DeserializeOwned>(&self, endpoint: &Endpoint) -> Result<(R, Option<ResultInfo>), CfError> {
+        let request = HttpRequest {
+            method: endpoint.method,
+            url: format!("{}/accounts/{}{}", self.base_url, self.account_id, endpoint.path),
+            authorization: Some(self.token.header()),
+            body: endpoint.body.clone(),
+        };
+        let mut attempt = 1;
+        let mut waited = Duration::ZERO;
+        loop {
+            let outcome = match self.transport.send(&request).await {
+                Ok(response) => classify::<R>(endpoint.name, response),
+                Err(error) => Err(CfError::Transport { endpoint: endpoint.name, error }),
+            };
+            let error = match outcome {
+                Ok(ok) => return Ok(ok),
+                Err(e) => e,
+            };
+            let failure = match &error {
+                CfError::RateLimited { retry_after, .. } => Failure::RateLimited { retry_after: *retry_after },
+                CfError::Server { .. } | CfError::Decode { .. } => Failure::Server,
+                CfError::Transport { .. } => Failure::Network,
+                _ => Failure::Permanent,
+            };
+            match self.policy.next_delay(attempt, failure, waited, self.transport.random()) {
+                Some(delay) => {
+                    self.transport.sleep(delay).await;
+                    waited += delay;
+                    attempt += 1;
+                }
+                None => return Err(error),
+            }
+        }
+    }
+
+    pub async fn create_database(&self, name: &str) -> Result<Database, CfError> {
+        Ok(self.call(&endpoints::create_database(name)).await?.0)
+    }
+
+    /// The database named exactly `name`, if any (the API's `name` filter is not trusted to be exact).
+    pub async fn find_database(&self, name: &str) -> Result<Option<Database>, CfError> {
+        Ok(self.list_databases(name).await?.into_iter().find(|d| d.name == name))
+    }
+
+    /// Every database whose name contains `filter`, all pages.
+    pub async fn list_databases(&self, filter: &str) -> Result<Vec<Database>, CfError> {
+        let mut all = Vec::new();
+        for page in 1.. {
+            let (items, info): (Vec<Database>, _) = self.call(&endpoints::list_databases(filter, page, LIST_PAGE)).await?;
+            let got = items.len() as u32;
+            all.extend(items);
+            let total = info.map_or(0, |i| i.total_count);
+            if got < LIST_PAGE || all.len() as u32 >= total {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
+    /// Deletes database `id`; one that does not exist counts as deleted.
+    pub async fn delete_database(&self, id: &str) -> Result<(), CfError> {
+        match self.call::<Value>(&endpoints::delete_database(id)).await {
+            Ok(_) | Err(CfError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn query(&self, id: &str, sql: &str, params: &[Value]) -> Result<Vec<QueryResult>, CfError> {
+        Ok(self.call(&endpoints::query(id, sql, params)).await?.0)
+    }
+
+    pub async fn export(&self, id: &str, bookmark: Option<&str>) -> Result<ExportPoll, CfError> {
+        Ok(self.call(&endpoints::export(id, bookmark)).await?.0)
+    }
+
+    /// Downloads a presigned URL (no token is sent with it).
+    pub async fn download(&self, url: &str) -> Result<Vec<u8>, CfError> {
+        let endpoint = "d1.export.download";
+        let request = HttpRequest { method: Method::Get, url: url.to_owned(), authorization: None, body: Body::None };
+        let mut attempt = 1;
+        let mut waited = Duration::ZERO;
+        loop {
+            let error = match self.transport.send(&request).await {
+                Ok(r) if (200..300).contains(&r.status) => return Ok(r.body),
+                Ok(r) if r.status >= 500 => CfError::Server { endpoint, status: r.status, code: 0, message: String::new() },
+                Ok(r) => return Err(CfError::Api { endpoint, status: r.status, code: 0, message: "download refused".into() }),
+                Err(error) => CfError::Transport { endpoint, error },
+            };
+            let failure = if matches!(error, CfError::Server { .. }) { Failure::Server } else { Failure::Network };
+            match self.policy.next_delay(attempt, failure, waited, self.transport.random()) {
+                Some(delay) => {
+                    self.transport.sleep(delay).await;
+                    waited += delay;
+                    attempt += 1;
+                }
+                None => return Err(error),
+            }
+        }
+    }
+
+    pub async fn get_settings(&self, script: &str) -> Result<ScriptSettings, CfError> {
+        Ok(self.call(&endpoints::get_settings(script)).await?.0)
+    }
+
+    pub async fn patch_settings(&self, script: &str, bindings: &[Value]) -> Result<ScriptSettings, CfError> {
+        Ok(self.call(&endpoints::patch_settings(script, bindings)).await?.0)
+    }
+
+    /// Waits `duration` on the transport's clock (used by callers between polls).
+    pub async fn sleep(&self, duration: Duration) {
+        self.transport.sleep(duration).await
+    }
+}
+
+/// Maps one HTTP answer to a result or a typed error.
+fn classify<R: DeserializeOwned>(endpoint: &'static str, response: HttpResponse) -> Result<(R, Option<ResultInfo>), CfError> {
+    let status = response.status;
+    let envelope: Result<Envelope<Value>, _> = serde_json::from_slice(&response.body);
+    let (code, message) = match &envelope {
+        Ok(e) => e.errors.first().map_or((0, String::new()), |m| (m.code, m.message.clone())),
+        Err(_) => (0, String::new()),
+    };
+    if status == 429 || code == 971 {
+        let retry_after = response.retry_after.as_deref().and_then(parse_retry_after);
+        return Err(CfError::RateLimited { endpoint, retry_after });
+    }
+    if status >= 500 {
+        return Err(CfError::Server { endpoint, status, code, message });
+    }
+    let envelope = envelope.map_err(|e| CfError::Decode { endpoint, detail: format!("HTTP {status}: {e}") })?;
+    if (200..300).contains(&status) && envelope.success {
+        let result = serde_json::from_value(envelope.result.unwrap_or(Value::Null))
+            .map_err(|e| CfError::Decode { endpoint, detail: e.to_string() })?;
+        return Ok((result, envelope.result_info));
+    }
+    Err(match (status, code) {
+        (_, 7404) | (_, 10007) | (404, _) => CfError::NotFound { endpoint, code, message },
+        (_, 7502) => CfError::AlreadyExists { endpoint },
+        (_, 7406) => CfError::DatabaseLimit { endpoint },
+        (401 | 403, _) | (_, 10000 | 10001 | 6003) => CfError::Unauthorized { endpoint, status, code },
+        _ => CfError::Api { endpoint, status, code, message },
+    })
+}
+
+#[cfg(test)]
+mod tests;

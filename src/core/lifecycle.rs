@@ -1,0 +1,245 @@
+//! The tenant state machine and the steps of the create and delete sagas.
+//!
+//! ```text
+//! provisioning ──▶ active ◀──▶ suspended
+//!      │             │             │
+//!      ▼             ▼             ▼
+//!    failed ──────▶ deleting ──▶ deleted
+//! ```
+//! `failed` holds the error; re-sending the create resumes it (back to `provisioning`), and a
+//! delete tears it down. Every step of a saga is idempotent, so any step may be run again after a
+//! cut (Worker limit, API fault, lost response) by the next touch or by the reconciler.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantStatus {
+    Provisioning,
+    Active,
+    Suspended,
+    Deleting,
+    Deleted,
+    Failed,
+}
+
+/// A requested change of status that the state machine refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a tenant that is {from} cannot become {to}")]
+pub struct InvalidTransition {
+    pub from: TenantStatus,
+    pub to: TenantStatus,
+}
+
+impl TenantStatus {
+    pub const ALL: [TenantStatus; 6] =
+        [Self::Provisioning, Self::Active, Self::Suspended, Self::Deleting, Self::Deleted, Self::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provisioning => "provisioning",
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+            Self::Deleting => "deleting",
+            Self::Deleted => "deleted",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Whether `self -> to` is a legal move. Staying put is not a transition.
+    pub fn can_become(self, to: TenantStatus) -> bool {
+        use TenantStatus::*;
+        matches!(
+            (self, to),
+            (Provisioning, Active | Failed | Deleting)
+                | (Failed, Provisioning | Deleting)
+                | (Active, Suspended | Deleting)
+                | (Suspended, Active | Deleting)
+                | (Deleting, Deleted)
+        )
+    }
+
+    pub fn transition(self, to: TenantStatus) -> Result<TenantStatus, InvalidTransition> {
+        if self.can_become(to) {
+            Ok(to)
+        } else {
+            Err(InvalidTransition { from: self, to })
+        }
+    }
+
+    /// Terminal or resting states: nothing is left for the reconciler to do.
+    pub fn is_settled(self) -> bool {
+        matches!(self, Self::Active | Self::Suspended | Self::Deleted | Self::Failed)
+    }
+}
+
+impl fmt::Display for TenantStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TenantStatus {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s).ok_or(())
+    }
+}
+
+/// A tenant's plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Plan {
+    Free,
+    Pro,
+    Enterprise,
+}
+
+impl Plan {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Free => "free",
+            Self::Pro => "pro",
+            Self::Enterprise => "enterprise",
+        }
+    }
+}
+
+impl FromStr for Plan {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        [Self::Free, Self::Pro, Self::Enterprise].into_iter().find(|p| p.as_str() == s).ok_or(())
+    }
+}
+
+/// What kind of lifecycle operation a row of the operations log is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationKind {
+    Create,
+    Delete,
+}
+
+/// One step of a saga. The order of [`OperationKind::steps`] is the order they run in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// Find the tenant's D1 database by its deterministic name, or create it.
+    Database,
+    /// Apply the tenant migrations (with the ledger) and stamp the slug, through the REST API.
+    Migrations,
+    /// Insert the first admin user.
+    Seed,
+    /// Ask for the binding: mark the tenant bound and reconcile the Worker's binding set.
+    Bind,
+    /// Check, from a Worker invocation that has the binding, that it answers at the right schema.
+    Verify,
+    /// Export the database and store the dump as the tenant's backup.
+    Backup,
+    /// Remove the binding (reconcile without the tenant).
+    Unbind,
+    /// Delete the D1 database (already gone counts as done).
+    DropDatabase,
+}
+
+impl OperationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Delete => "delete",
+        }
+    }
+
+    pub fn steps(self) -> &'static [Step] {
+        match self {
+            Self::Create => &[Step::Database, Step::Migrations, Step::Seed, Step::Bind, Step::Verify],
+            Self::Delete => &[Step::Backup, Step::Unbind, Step::DropDatabase],
+        }
+    }
+
+    /// The first step of this saga not yet in `done`; `None` when the saga is complete.
+    pub fn next_step(self, done: &[Step]) -> Option<Step> {
+        self.steps().iter().copied().find(|s| !done.contains(s))
+    }
+}
+
+impl FromStr for OperationKind {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        [Self::Create, Self::Delete].into_iter().find(|k| k.as_str() == s).ok_or(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TenantStatus::*;
+
+    #[test]
+    fn transitions_table() {
+        let allowed = [
+            (Provisioning, Active),
+            (Provisioning, Failed),
+            (Provisioning, Deleting),
+            (Failed, Provisioning),
+            (Failed, Deleting),
+            (Active, Suspended),
+            (Active, Deleting),
+            (Suspended, Active),
+            (Suspended, Deleting),
+            (Deleting, Deleted),
+        ];
+        for from in TenantStatus::ALL {
+            for to in TenantStatus::ALL {
+                let want = allowed.contains(&(from, to));
+                assert_eq!(from.can_become(to), want, "{from} -> {to}");
+                assert_eq!(from.transition(to).is_ok(), want);
+            }
+        }
+    }
+
+    #[test]
+    fn deleted_is_final_and_deleting_only_finishes() {
+        for to in TenantStatus::ALL {
+            assert!(!Deleted.can_become(to), "deleted -> {to}");
+            assert_eq!(Deleting.can_become(to), to == Deleted);
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for s in TenantStatus::ALL {
+            assert_eq!(s.as_str().parse::<TenantStatus>(), Ok(s));
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
+        }
+        assert!("gone".parse::<TenantStatus>().is_err());
+        for p in ["free", "pro", "enterprise"] {
+            assert_eq!(p.parse::<Plan>().unwrap().as_str(), p);
+        }
+        assert!("gold".parse::<Plan>().is_err());
+    }
+
+    #[test]
+    fn sagas_resume_at_the_first_step_not_done() {
+        let create = OperationKind::Create;
+        assert_eq!(create.next_step(&[]), Some(Step::Database));
+        assert_eq!(create.next_step(&[Step::Database, Step::Migrations]), Some(Step::Seed));
+        // Order of `done` does not matter; a gap is filled first.
+        assert_eq!(create.next_step(&[Step::Seed, Step::Database]), Some(Step::Migrations));
+        assert_eq!(create.next_step(create.steps()), None);
+        assert_eq!(OperationKind::Delete.next_step(&[Step::Backup]), Some(Step::Unbind));
+        assert_eq!(OperationKind::Delete.next_step(OperationKind::Delete.steps()), None);
+    }
+
+    #[test]
+    fn settled_states() {
+        assert!(!Provisioning.is_settled());
+        assert!(!Deleting.is_settled());
+        for s in [Active, Suspended, Deleted, Failed] {
+            assert!(s.is_settled());
+        }
+    }
+}
