@@ -4,10 +4,12 @@
 //! called, lives here; the Worker edge (`crate::http`, `crate::control`, `crate::tenant`) only
 //! feeds it strings from the request and `Env`.
 
+pub mod bindings;
 pub mod config;
 pub mod lifecycle;
 pub mod retry;
 pub mod host;
 pub mod migrations;
 pub mod names;
+pub mod password;
 pub mod slug;
