@@ -18,7 +18,7 @@ const BINDING_NAME = /^[A-Za-z_$][A-Za-z0-9_$]*$/;
 const DATABASE_NAME = /^[A-Za-z0-9_-]{1,64}$/;
 const LOCATION_HINTS = ["wnam", "enam", "weur", "eeur", "apac", "oc"];
 /** Binding types the local cloud can hand to Miniflare, and the field holding each one's value. */
-const BINDING_VALUE = { d1: "id", plain_text: "text", secret_text: "text", json: "json" };
+const BINDING_VALUE = { d1: "id", plain_text: "text", secret_text: "text", json: "json", r2_bucket: "bucket_name" };
 
 class ApiError extends Error {
   constructor(status, code, message, headers = {}) {
@@ -348,7 +348,12 @@ export class LocalCloud {
         }
         return { type: "d1", name: b.name, id };
       }
-      if (b.type !== "json" && typeof b.text !== "string") throw new ApiError(400, 10021, `binding '${b.name}' needs a string text`);
+      if (b.type === "r2_bucket" && (typeof b.bucket_name !== "string" || !/^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$/.test(b.bucket_name))) {
+        throw new ApiError(400, 10021, `binding '${b.name}' needs a valid bucket_name`);
+      }
+      if ((b.type === "plain_text" || b.type === "secret_text") && typeof b.text !== "string") {
+        throw new ApiError(400, 10021, `binding '${b.name}' needs a string text`);
+      }
       return { type: b.type, name: b.name, [valueField]: b[valueField] };
     });
   }
@@ -377,6 +382,11 @@ export class LocalCloud {
         if (error) throw malformed(error);
         return envelope({ result: { rules: this.faults.rules } });
       }
+    }
+    if (url.pathname === "/__cloud/scheduled" && method === "POST") {
+      // What Cloudflare's cron trigger does: run the Worker's scheduled handler once.
+      const outcome = await this.runtime.scheduled(url.searchParams.get("cron") ?? "*/5 * * * *");
+      return envelope({ result: outcome });
     }
     if (url.pathname === "/__cloud/stats" && method === "GET") {
       return envelope({ result: { requests: this.requests, restarts: this.runtime.restarts, databases: this.state.databases().length } });

@@ -157,6 +157,15 @@ export class Runtime {
     });
   }
 
+  /** Runs the tenantry Worker's scheduled handler once (a cron trigger firing). */
+  scheduled(cron) {
+    return this.within(async () => {
+      const worker = await this.mf.getWorker("tenantry");
+      const result = await worker.scheduled({ cron, scheduledTime: new Date() });
+      return { outcome: result.outcome };
+    });
+  }
+
   /**
    * Runs statements on database `id` through the helper.
    * @param {"query"|"raw"|"export"} mode

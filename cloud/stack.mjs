@@ -18,6 +18,8 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "
 export const SCRIPT_NAME = "tenantry";
 export const LOCAL_ACCOUNT_ID = "0123456789abcdef0123456789abcdef";
 export const LOCAL_TOKEN = "tenantry-local-cloud-token";
+/** The admin API's bearer token in the local stack (a secret on a real deployment). */
+export const LOCAL_ADMIN_TOKEN = "tenantry-local-admin-token";
 const D1_NAME_PREFIX = "tenantry-";
 const CONTROL_DB_NAME = `${D1_NAME_PREFIX}control`;
 const HOP_BY_HOP = ["connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "host", "upgrade"];
@@ -36,9 +38,10 @@ function compatibilityDate() {
  * @param {number} [opts.port] the Worker's port (0: any free port)
  * @param {number} [opts.cloudPort] the local cloud's port (0: any free port)
  * @param {number} [opts.poolSize] spare databases kept bound (see runtime.mjs)
+ * @param {"report"|"remove"} [opts.orphanPolicy] what the reconciler does with orphan databases
  * @param {(msg: string) => void} [opts.log]
  */
-export async function startStack({ stateDir, port = 0, cloudPort = 0, poolSize, log = () => {} }) {
+export async function startStack({ stateDir, port = 0, cloudPort = 0, poolSize, orphanPolicy = "report", log = () => {} }) {
   const date = compatibilityDate();
   const state = await new State(path.join(stateDir, "cloud.json")).load();
   const buildDir = path.join(ROOT, "build");
@@ -63,6 +66,13 @@ export async function startStack({ stateDir, port = 0, cloudPort = 0, poolSize, 
     { type: "plain_text", name: "APEX", text: "localhost" },
     { type: "plain_text", name: "D1_NAME_PREFIX", text: D1_NAME_PREFIX },
     { type: "d1", name: "CONTROL_DB", id: control.uuid },
+    { type: "r2_bucket", name: "BACKUPS", bucket_name: "tenantry-backups" },
+    { type: "plain_text", name: "CLOUDFLARE_API_BASE_URL", text: `${cloud.url}/client/v4` },
+    { type: "plain_text", name: "CLOUDFLARE_ACCOUNT_ID", text: LOCAL_ACCOUNT_ID },
+    { type: "plain_text", name: "WORKER_SCRIPT_NAME", text: SCRIPT_NAME },
+    { type: "plain_text", name: "ORPHAN_POLICY", text: orphanPolicy },
+    { type: "secret_text", name: "CLOUDFLARE_API_TOKEN", text: LOCAL_TOKEN },
+    { type: "secret_text", name: "ADMIN_TOKEN", text: LOCAL_ADMIN_TOKEN },
   ];
   const current = cloud.script(SCRIPT_NAME).bindings;
   const unchanged = own.every((b) => current.some((c) => JSON.stringify(c) === JSON.stringify(b)));
@@ -81,6 +91,7 @@ export async function startStack({ stateDir, port = 0, cloudPort = 0, poolSize, 
     cloudUrl: cloud.url,
     apiBase: `${cloud.url}/client/v4`,
     token: LOCAL_TOKEN,
+    adminToken: LOCAL_ADMIN_TOKEN,
     accountId: LOCAL_ACCOUNT_ID,
     controlDatabase: control,
     cloud,
@@ -100,9 +111,11 @@ export async function startStack({ stateDir, port = 0, cloudPort = 0, poolSize, 
 
 function workerOptions(settings, buildDir, date) {
   const d1Databases = {};
+  const r2Buckets = {};
   const bindings = {};
   for (const b of settings.bindings) {
     if (b.type === "d1") d1Databases[b.name] = b.id;
+    else if (b.type === "r2_bucket") r2Buckets[b.name] = b.bucket_name;
     else if (b.type === "json") bindings[b.name] = b.json;
     else bindings[b.name] = b.text;
   }
@@ -115,6 +128,7 @@ function workerOptions(settings, buildDir, date) {
     ],
     compatibilityDate: date,
     d1Databases,
+    r2Buckets,
     bindings,
   };
 }

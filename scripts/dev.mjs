@@ -4,7 +4,6 @@
 // restarts; delete that folder to start from nothing.
 
 import path from "node:path";
-import { provisionTenant } from "../cloud/provision.mjs";
 import { ROOT, startStack } from "../cloud/stack.mjs";
 
 const port = Number(process.env.PORT ?? 8787);
@@ -17,19 +16,34 @@ const stack = await startStack({
   cloudPort,
   log: (m) => m && console.log(`[local cloud] ${m}`),
 });
-const tenant = await provisionTenant(stack.api, demo);
-await stack.runtime.restart("demo tenant binding");
+
+// The demo tenant, created through the admin API like any other (a no-op when it exists).
+const admin = { authorization: `Bearer ${stack.adminToken}`, "content-type": "application/json" };
+const created = await fetch(`${stack.url}/v1/tenants`, {
+  method: "POST",
+  headers: admin,
+  body: JSON.stringify({ slug: demo, name: "Acme (demo)", plan: "pro", admin: { email: "admin@acme.test", password: "change me, please" } }),
+});
+let status = (await created.json()).tenant?.status;
+for (let i = 0; status !== "active" && i < 100; i++) {
+  await new Promise((r) => setTimeout(r, 200));
+  status = (await (await fetch(`${stack.url}/v1/tenants/${demo}`, { headers: admin })).json()).tenant?.status;
+}
 
 console.log(`
 tenantry is running.
 
   control plane   ${stack.url}/healthz
-  demo tenant     ${stack.tenantUrl(demo)}/api/tenant   (database ${tenant.name}, binding ${tenant.binding})
-                  ${stack.tenantUrl(demo)}/api/projects
+  admin API       ${stack.url}/v1/tenants   (Authorization: Bearer ${stack.adminToken})
+  demo tenant     ${stack.tenantUrl(demo)}/api/tenant   (${status}; admin@acme.test / "change me, please")
   local cloud     ${stack.apiBase}   (Cloudflare API stand-in)
                   token ${stack.token}, account ${stack.accountId}
 
-  Drive it with the real wrangler CLI:
+  Create a tenant:
+    curl -X POST ${stack.url}/v1/tenants -H 'Authorization: Bearer ${stack.adminToken}' \\
+      -d '{"slug":"globex","name":"Globex","admin":{"email":"a@globex.test","password":"a long password"}}'
+
+  Drive the local cloud with the real wrangler CLI:
     CLOUDFLARE_API_BASE_URL=${stack.apiBase} CLOUDFLARE_API_TOKEN=${stack.token} \\
     CLOUDFLARE_ACCOUNT_ID=${stack.accountId} npx wrangler d1 list
 

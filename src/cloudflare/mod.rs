@@ -9,7 +9,6 @@
 //! The API token is a [`ApiToken`], whose `Debug` and `Display` never show it; no error message
 //! built here contains it.
 
-#[cfg(target_arch = "wasm32")]
 pub mod fetch;
 
 use std::fmt;
@@ -208,7 +207,12 @@ pub mod endpoints {
     }
 
     pub fn create_database(name: &str) -> Endpoint {
-        Endpoint { name: "d1.create", method: Method::Post, path: "/d1/database".into(), body: Body::Json(json!({ "name": name })) }
+        Endpoint {
+            name: "d1.create",
+            method: Method::Post,
+            path: "/d1/database".into(),
+            body: Body::Json(json!({ "name": name })),
+        }
     }
     pub fn list_databases(name: &str, page: u32, per_page: u32) -> Endpoint {
         Endpoint {
@@ -222,14 +226,23 @@ pub mod endpoints {
         Endpoint { name: "d1.get", method: Method::Get, path: format!("/d1/database/{}", enc(id)), body: Body::None }
     }
     pub fn delete_database(id: &str) -> Endpoint {
-        Endpoint { name: "d1.delete", method: Method::Delete, path: format!("/d1/database/{}", enc(id)), body: Body::None }
+        Endpoint {
+            name: "d1.delete",
+            method: Method::Delete,
+            path: format!("/d1/database/{}", enc(id)),
+            body: Body::None,
+        }
     }
     pub fn query(id: &str, sql: &str, params: &[Value]) -> Endpoint {
         Endpoint {
             name: "d1.query",
             method: Method::Post,
             path: format!("/d1/database/{}/query", enc(id)),
-            body: Body::Json(if params.is_empty() { json!({ "sql": sql }) } else { json!({ "sql": sql, "params": params }) }),
+            body: Body::Json(if params.is_empty() {
+                json!({ "sql": sql })
+            } else {
+                json!({ "sql": sql, "params": params })
+            }),
         }
     }
     pub fn export(id: &str, bookmark: Option<&str>) -> Endpoint {
@@ -237,7 +250,12 @@ pub mod endpoints {
         if let Some(b) = bookmark {
             body["current_bookmark"] = json!(b);
         }
-        Endpoint { name: "d1.export", method: Method::Post, path: format!("/d1/database/{}/export", enc(id)), body: Body::Json(body) }
+        Endpoint {
+            name: "d1.export",
+            method: Method::Post,
+            path: format!("/d1/database/{}/export", enc(id)),
+            body: Body::Json(body),
+        }
     }
     pub fn get_settings(script: &str) -> Endpoint {
         Endpoint {
@@ -271,7 +289,13 @@ const LIST_PAGE: u32 = 100;
 
 impl<T: Transport> Client<T> {
     pub fn new(transport: T, base_url: &str, account_id: &str, token: ApiToken, policy: RetryPolicy) -> Self {
-        Self { transport, base_url: base_url.trim_end_matches('/').to_owned(), account_id: account_id.to_owned(), token, policy }
+        Self {
+            transport,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            account_id: account_id.to_owned(),
+            token,
+            policy,
+        }
     }
 
     /// Sends `endpoint`, retrying transient failures within the policy, and unwraps the envelope.
@@ -323,7 +347,8 @@ impl<T: Transport> Client<T> {
     pub async fn list_databases(&self, filter: &str) -> Result<Vec<Database>, CfError> {
         let mut all = Vec::new();
         for page in 1.. {
-            let (items, info): (Vec<Database>, _) = self.call(&endpoints::list_databases(filter, page, LIST_PAGE)).await?;
+            let (items, info): (Vec<Database>, _) =
+                self.call(&endpoints::list_databases(filter, page, LIST_PAGE)).await?;
             let got = items.len() as u32;
             all.extend(items);
             let total = info.map_or(0, |i| i.total_count);
@@ -359,8 +384,17 @@ impl<T: Transport> Client<T> {
         loop {
             let error = match self.transport.send(&request).await {
                 Ok(r) if (200..300).contains(&r.status) => return Ok(r.body),
-                Ok(r) if r.status >= 500 => CfError::Server { endpoint, status: r.status, code: 0, message: String::new() },
-                Ok(r) => return Err(CfError::Api { endpoint, status: r.status, code: 0, message: "download refused".into() }),
+                Ok(r) if r.status >= 500 => {
+                    CfError::Server { endpoint, status: r.status, code: 0, message: String::new() }
+                }
+                Ok(r) => {
+                    return Err(CfError::Api {
+                        endpoint,
+                        status: r.status,
+                        code: 0,
+                        message: "download refused".into(),
+                    })
+                }
                 Err(error) => CfError::Transport { endpoint, error },
             };
             let failure = if matches!(error, CfError::Server { .. }) { Failure::Server } else { Failure::Network };
@@ -390,7 +424,10 @@ impl<T: Transport> Client<T> {
 }
 
 /// Maps one HTTP answer to a result or a typed error.
-fn classify<R: DeserializeOwned>(endpoint: &'static str, response: HttpResponse) -> Result<(R, Option<ResultInfo>), CfError> {
+fn classify<R: DeserializeOwned>(
+    endpoint: &'static str,
+    response: HttpResponse,
+) -> Result<(R, Option<ResultInfo>), CfError> {
     let status = response.status;
     let envelope: Result<Envelope<Value>, _> = serde_json::from_slice(&response.body);
     let (code, message) = match &envelope {

@@ -39,7 +39,11 @@ fn ok(result: Value) -> Result<HttpResponse, TransportError> {
 }
 
 fn err(status: u16, code: u32, message: &str) -> Result<HttpResponse, TransportError> {
-    answer(status, json!({ "success": false, "errors": [{ "code": code, "message": message }], "messages": [], "result": null }), None)
+    answer(
+        status,
+        json!({ "success": false, "errors": [{ "code": code, "message": message }], "messages": [], "result": null }),
+        None,
+    )
 }
 
 fn answer(status: u16, body: Value, retry_after: Option<&str>) -> Result<HttpResponse, TransportError> {
@@ -49,7 +53,12 @@ fn answer(status: u16, body: Value, retry_after: Option<&str>) -> Result<HttpRes
 const SECRET: &str = "super-secret-token-value";
 
 fn client(fake: &Fake) -> Client<&Fake> {
-    let policy = RetryPolicy { max_attempts: 3, base: Duration::from_millis(100), cap: Duration::from_secs(1), budget: Duration::from_secs(10) };
+    let policy = RetryPolicy {
+        max_attempts: 3,
+        base: Duration::from_millis(100),
+        cap: Duration::from_secs(1),
+        budget: Duration::from_secs(10),
+    };
     Client::new(fake, "https://api.example/client/v4/", "acc", ApiToken::new(SECRET), policy)
 }
 
@@ -72,12 +81,16 @@ fn builds_requests_from_endpoints() {
     assert_eq!(patch.path, "/workers/scripts/tenantry/settings");
     assert_eq!(patch.body, Body::Settings(json!({ "bindings": [{ "type": "inherit", "name": "A" }] })));
     assert_eq!(endpoints::list_databases("a b&c", 2, 100).path, "/d1/database?name=a+b%26c&page=2&per_page=100");
-    assert_eq!(endpoints::query("u1", "SELECT ?1", &[json!(1)]).body, Body::Json(json!({ "sql": "SELECT ?1", "params": [1] })));
+    assert_eq!(
+        endpoints::query("u1", "SELECT ?1", &[json!(1)]).body,
+        Body::Json(json!({ "sql": "SELECT ?1", "params": [1] }))
+    );
 }
 
 #[test]
 fn maps_error_codes_to_typed_errors() {
-    let cases: Vec<(Result<HttpResponse, TransportError>, fn(&CfError) -> bool)> = vec![
+    type Case = (Result<HttpResponse, TransportError>, fn(&CfError) -> bool);
+    let cases: Vec<Case> = vec![
         (err(400, 7502, "exists"), |e| matches!(e, CfError::AlreadyExists { .. })),
         (err(400, 7406, "limit"), |e| matches!(e, CfError::DatabaseLimit { .. })),
         (err(404, 7404, "nope"), |e| matches!(e, CfError::NotFound { code: 7404, .. })),
@@ -144,7 +157,11 @@ fn find_database_matches_names_exactly_across_pages() {
     let info = |page, count| json!({ "page": page, "per_page": 100, "count": count, "total_count": 101 });
     let fake = Fake::with(vec![
         answer(200, json!({ "success": true, "errors": [], "result": page1, "result_info": info(1, 100) }), None),
-        answer(200, json!({ "success": true, "errors": [], "result": [db("exact", "tenantry-acme")], "result_info": info(2, 1) }), None),
+        answer(
+            200,
+            json!({ "success": true, "errors": [], "result": [db("exact", "tenantry-acme")], "result_info": info(2, 1) }),
+            None,
+        ),
     ]);
     let found = block_on(client(&fake).find_database("tenantry-acme")).unwrap();
     assert_eq!(found.map(|d| d.uuid), Some("exact".to_owned()));

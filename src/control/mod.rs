@@ -1,11 +1,15 @@
-//! The control plane's HTTP surface on the apex host. For now: `GET /healthz`, which says whether
-//! the control-plane D1 is reachable and has every migration this Worker embeds.
+//! The control plane's HTTP surface on the apex host: `GET /healthz` (is the control-plane D1
+//! reachable and migrated?) and the admin API under `/v1/` (see `admin`).
 
 use serde::Serialize;
 use worker::{Env, Method, Request, Response};
 
 use crate::core::migrations::{self, LedgerState};
 use crate::http::{self, ApiError};
+
+pub mod admin;
+pub mod lifecycle;
+pub mod store;
 
 /// The binding of the control-plane database.
 pub const CONTROL_BINDING: &str = "CONTROL_DB";
@@ -14,6 +18,7 @@ pub async fn handle(req: &Request, env: &Env) -> Result<Response, ApiError> {
     match (req.method(), req.path().as_str()) {
         (Method::Get, "/healthz") => health(env).await,
         (_, "/healthz") => Err(http::method_not_allowed("GET")),
+        (_, path) if path.starts_with("/v1/") => admin::handle(req, env, path).await,
         _ => Err(http::route_not_found()),
     }
 }

@@ -58,7 +58,8 @@ fn current_tenants(current: &[Value]) -> BTreeMap<&str, Option<&str>> {
 /// The full binding list to send: the Worker's own bindings kept by name, then every wanted
 /// tenant binding (sorted by name, so the same inputs always give the same body).
 pub fn desired(current: &[Value], tenants: &[TenantBinding]) -> Vec<Value> {
-    let own = current.iter().filter(|b| !is_tenant(b)).filter_map(name).map(|n| json!({ "type": "inherit", "name": n }));
+    let own =
+        current.iter().filter(|b| !is_tenant(b)).filter_map(name).map(|n| json!({ "type": "inherit", "name": n }));
     let mut wanted: Vec<&TenantBinding> = tenants.iter().collect();
     wanted.sort_by(|a, b| a.binding.cmp(&b.binding));
     wanted.dedup_by(|a, b| a.binding == b.binding);
@@ -152,7 +153,13 @@ mod tests {
         // What the API holds after the PATCH: inherited bindings resolved, tenant bindings as sent.
         let after: Vec<Value> = next
             .iter()
-            .map(|b| if b["type"] == "inherit" { current().into_iter().find(|c| c["name"] == b["name"]).unwrap() } else { b.clone() })
+            .map(|b| {
+                if b["type"] == "inherit" {
+                    current().into_iter().find(|c| c["name"] == b["name"]).unwrap()
+                } else {
+                    b.clone()
+                }
+            })
             .collect();
         assert!(diff(&after, &want).is_empty());
     }

@@ -6,10 +6,10 @@
 
 pub mod bindings;
 pub mod config;
-pub mod lifecycle;
-pub mod retry;
 pub mod host;
+pub mod lifecycle;
 pub mod migrations;
 pub mod names;
 pub mod password;
+pub mod retry;
 pub mod slug;

@@ -23,7 +23,12 @@ pub struct PasswordHash {
 
 impl PasswordHash {
     pub fn encode(&self) -> String {
-        format!("{PREFIX}{}${}${}", self.iterations, STANDARD_NO_PAD.encode(&self.salt), STANDARD_NO_PAD.encode(&self.hash))
+        format!(
+            "{PREFIX}{}${}${}",
+            self.iterations,
+            STANDARD_NO_PAD.encode(&self.salt),
+            STANDARD_NO_PAD.encode(&self.hash)
+        )
     }
 
     pub fn parse(value: &str) -> Option<Self> {
@@ -32,7 +37,11 @@ impl PasswordHash {
         let iterations = parts.next()?.parse().ok().filter(|i| *i > 0)?;
         let salt = STANDARD_NO_PAD.decode(parts.next()?).ok()?;
         let hash = STANDARD_NO_PAD.decode(parts.next()?).ok()?;
-        (parts.next().is_none() && !salt.is_empty() && hash.len() == HASH_LEN).then_some(Self { iterations, salt, hash })
+        (parts.next().is_none() && !salt.is_empty() && hash.len() == HASH_LEN).then_some(Self {
+            iterations,
+            salt,
+            hash,
+        })
     }
 
     /// Compares `derived` (the same KDF over the candidate password) in constant time.
@@ -84,7 +93,14 @@ mod tests {
 
     #[test]
     fn rejects_malformed_hashes() {
-        for bad in ["", "plain", "$pbkdf2-sha256$i=0$c2FsdA$aGFzaA", "$pbkdf2-sha256$i=10$c2FsdA$aGFzaA", "$bcrypt$x", "$pbkdf2-sha256$i=10$$"] {
+        for bad in [
+            "",
+            "plain",
+            "$pbkdf2-sha256$i=0$c2FsdA$aGFzaA",
+            "$pbkdf2-sha256$i=10$c2FsdA$aGFzaA",
+            "$bcrypt$x",
+            "$pbkdf2-sha256$i=10$$",
+        ] {
             assert_eq!(PasswordHash::parse(bad), None, "{bad}");
         }
     }

@@ -33,7 +33,12 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { max_attempts: 5, base: Duration::from_millis(200), cap: Duration::from_secs(5), budget: Duration::from_secs(12) }
+        Self {
+            max_attempts: 5,
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(5),
+            budget: Duration::from_secs(12),
+        }
     }
 }
 

@@ -12,8 +12,19 @@ use crate::core::host::HostError;
 pub enum ApiError {
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
+    /// Missing or wrong credentials.
+    #[error("{message}")]
+    Unauthorized { message: String },
     #[error("{message}")]
     NotFound { code: &'static str, message: String },
+    /// The request conflicts with the resource's state (a taken slug, an impossible transition).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// Well-formed but invalid values; `fields` names each bad field and why.
+    #[error("{message}")]
+    Unprocessable { message: String, fields: std::collections::BTreeMap<String, String> },
     #[error("method not allowed")]
     MethodNotAllowed { allow: &'static str },
     /// Temporarily unable to serve; the client should retry after `retry_after` seconds.
@@ -33,10 +44,20 @@ impl ApiError {
         Self::Internal { detail: detail.to_string() }
     }
 
+    /// Logs `detail` (server side only) and returns the error unchanged.
+    pub fn inspect_log(self, detail: &str) -> Self {
+        worker::console_error!("{}: {detail}", self.code());
+        self
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             Self::BadRequest { .. } => 400,
+            Self::Unauthorized { .. } => 401,
             Self::NotFound { .. } => 404,
+            Self::Conflict { .. } => 409,
+            Self::PayloadTooLarge { .. } => 413,
+            Self::Unprocessable { .. } => 422,
             Self::MethodNotAllowed { .. } => 405,
             Self::Unavailable { .. } => 503,
             Self::Internal { .. } => 500,
@@ -45,7 +66,13 @@ impl ApiError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            Self::BadRequest { code, .. } | Self::NotFound { code, .. } | Self::Unavailable { code, .. } => code,
+            Self::BadRequest { code, .. }
+            | Self::NotFound { code, .. }
+            | Self::Conflict { code, .. }
+            | Self::Unavailable { code, .. } => code,
+            Self::Unauthorized { .. } => "unauthorized",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::Unprocessable { .. } => "validation_failed",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Internal { .. } => "internal_error",
         }
@@ -57,7 +84,12 @@ impl ApiError {
             Self::Internal { .. } => "an internal error occurred; it has been logged".to_owned(),
             other => other.to_string(),
         };
-        json!({ "error": { "code": self.code(), "message": message } })
+        match self {
+            Self::Unprocessable { fields, .. } => {
+                json!({ "error": { "code": self.code(), "message": message, "fields": fields } })
+            }
+            _ => json!({ "error": { "code": self.code(), "message": message } }),
+        }
     }
 
     /// Extra response headers this error carries.
@@ -65,6 +97,7 @@ impl ApiError {
         match self {
             Self::Unavailable { retry_after, .. } => vec![("Retry-After", retry_after.to_string())],
             Self::MethodNotAllowed { allow } => vec![("Allow", (*allow).to_owned())],
+            Self::Unauthorized { .. } => vec![("WWW-Authenticate", "Bearer".to_owned())],
             _ => Vec::new(),
         }
     }
@@ -98,6 +131,14 @@ mod tests {
         let cases: Vec<(ApiError, u16, &str)> = vec![
             (ApiError::BadRequest { code: "bad", message: "m".into() }, 400, "bad"),
             (ApiError::not_found("nope", "m"), 404, "nope"),
+            (ApiError::Unauthorized { message: "m".into() }, 401, "unauthorized"),
+            (ApiError::Conflict { code: "taken", message: "m".into() }, 409, "taken"),
+            (ApiError::PayloadTooLarge { limit: 10 }, 413, "payload_too_large"),
+            (
+                ApiError::Unprocessable { message: "m".into(), fields: [("slug".to_owned(), "bad".to_owned())].into() },
+                422,
+                "validation_failed",
+            ),
             (ApiError::MethodNotAllowed { allow: "GET" }, 405, "method_not_allowed"),
             (ApiError::Unavailable { code: "later", message: "m".into(), retry_after: 7 }, 503, "later"),
             (ApiError::internal("secret detail"), 500, "internal_error"),
@@ -111,6 +152,13 @@ mod tests {
             assert_eq!(err.body()["error"]["code"], code, "{err:?}");
             assert!(err.body()["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
         }
+        let invalid =
+            ApiError::Unprocessable { message: "m".into(), fields: [("slug".to_owned(), "bad".to_owned())].into() };
+        assert_eq!(invalid.body()["error"]["fields"]["slug"], "bad");
+        assert_eq!(
+            ApiError::Unauthorized { message: "m".into() }.headers(),
+            vec![("WWW-Authenticate", "Bearer".to_owned())]
+        );
         let unavailable = ApiError::Unavailable { code: "x", message: "m".into(), retry_after: 7 };
         assert_eq!(unavailable.headers(), vec![("Retry-After", "7".to_owned())]);
     }

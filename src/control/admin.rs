@@ -1,0 +1,633 @@
+//! The platform admin API on the apex host, under `/v1/`.
+//!
+//! Authentication: `Authorization: Bearer <ADMIN_TOKEN>` (a Worker secret), compared in constant
+//! time. Every change is written to the control plane's audit log.
+//!
+//! | route | does |
+//! |---|---|
+//! | `POST /v1/tenants` | create (or resume the same create): 201 when active, 202 + operation otherwise |
+//! | `GET /v1/tenants?status=&cursor=&limit=` | list, by slug, paginated |
+//! | `GET /v1/tenants/{slug}` | one tenant (and carries an unfinished operation forward) |
+//! | `PATCH /v1/tenants/{slug}` | name, plan, suspend (`status: "suspended"`, `message`) or resume |
+//! | `DELETE /v1/tenants/{slug}` | delete (backup first): 200 when deleted, 202 + operation otherwise |
+//! | `GET /v1/tenants/{slug}/operations` | the tenant's lifecycle operations, newest first |
+//! | `GET /v1/tenants/{slug}/backup` | the backup taken when the tenant was deleted (a SQL dump) |
+//! | `POST /v1/reconcile` | run the scheduled reconciler now, and report |
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use worker::{Env, Method, Request, Response};
+
+use super::lifecycle::{CreateInput, Lifecycle, Progress};
+use super::store::{self, NewTenant, OperationRow, TenantRow};
+use crate::core::lifecycle::{OperationKind, Plan, TenantStatus};
+use crate::core::names::{BindingName, DatabaseName};
+use crate::core::password;
+use crate::core::slug::TenantSlug;
+use crate::http::{self, ApiError};
+
+const MAX_BODY: usize = 64 * 1024;
+
+pub async fn handle(req: &Request, env: &Env, path: &str) -> Result<Response, ApiError> {
+    authenticate(req, env)?;
+    let segments: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
+    let method = req.method();
+    match segments.as_slice() {
+        ["tenants"] => match method {
+            Method::Post => create(req, env).await,
+            Method::Get => list(req, env).await,
+            _ => Err(http::method_not_allowed("GET, POST")),
+        },
+        ["tenants", slug] => {
+            let slug = parse_slug(slug)?;
+            match method {
+                Method::Get => get(env, &slug).await,
+                Method::Patch => update(req, env, &slug).await,
+                Method::Delete => delete(env, &slug).await,
+                _ => Err(http::method_not_allowed("GET, PATCH, DELETE")),
+            }
+        }
+        ["tenants", slug, "operations"] => match method {
+            Method::Get => operations(env, &parse_slug(slug)?).await,
+            _ => Err(http::method_not_allowed("GET")),
+        },
+        ["tenants", slug, "backup"] => match method {
+            Method::Get => backup(env, &parse_slug(slug)?).await,
+            _ => Err(http::method_not_allowed("GET")),
+        },
+        ["reconcile"] => match method {
+            Method::Post => http::json(200, &Lifecycle::from_env(env)?.reconcile_all().await?),
+            _ => Err(http::method_not_allowed("POST")),
+        },
+        _ => Err(http::route_not_found()),
+    }
+}
+
+fn authenticate(req: &Request, env: &Env) -> Result<(), ApiError> {
+    let expected = env.secret("ADMIN_TOKEN").map(|s| s.to_string()).map_err(|_| {
+        ApiError::Unavailable {
+            code: "admin_not_configured",
+            message: "the admin API is not configured".into(),
+            retry_after: 60,
+        }
+        .inspect_log("secret ADMIN_TOKEN is not set")
+    })?;
+    let header = req.headers().get("Authorization").ok().flatten().unwrap_or_default();
+    match header.strip_prefix("Bearer ") {
+        Some(token) if !expected.is_empty() && crate::crypto::secrets_equal(token, &expected) => Ok(()),
+        _ => Err(ApiError::Unauthorized { message: "a valid admin bearer token is required".into() }),
+    }
+}
+
+fn parse_slug(raw: &str) -> Result<TenantSlug, ApiError> {
+    // An invalid slug names no tenant.
+    TenantSlug::parse(raw).map_err(|_| not_found(raw))
+}
+
+fn not_found(slug: &str) -> ApiError {
+    ApiError::not_found(
+        "tenant_not_found",
+        format!("there is no tenant `{}`", slug.chars().take(60).collect::<String>()),
+    )
+}
+
+async fn read_json(req: &Request) -> Result<Map<String, Value>, ApiError> {
+    let bytes = req.clone()?.bytes().await.map_err(|_| ApiError::BadRequest {
+        code: "invalid_body",
+        message: "the request body could not be read".into(),
+    })?;
+    if bytes.len() > MAX_BODY {
+        return Err(ApiError::PayloadTooLarge { limit: MAX_BODY });
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => {
+            Err(ApiError::BadRequest { code: "invalid_json", message: "the request body must be a JSON object".into() })
+        }
+        Err(e) => Err(ApiError::BadRequest {
+            code: "invalid_json",
+            message: format!("the request body is not valid JSON: {e}"),
+        }),
+    }
+}
+
+/// A validated create request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateRequest {
+    pub slug: TenantSlug,
+    pub name: String,
+    pub plan: Plan,
+    pub admin_email: String,
+    pub admin_password: String,
+    /// Replace a deleted tenant's tombstone (and so its record of the backup).
+    pub recreate: bool,
+}
+
+impl CreateRequest {
+    /// Identifies "the same create" for idempotent re-sends (the password is not part of it).
+    pub fn fingerprint(&self) -> String {
+        let text = format!("{}\n{}\n{}\n{}", self.slug, self.name, self.plan.as_str(), self.admin_email.to_lowercase());
+        crate::crypto::hex(&Sha256::digest(text.as_bytes()))
+    }
+}
+
+fn string_field<'a>(body: &'a Map<String, Value>, key: &str, errors: &mut BTreeMap<String, String>) -> Option<&'a str> {
+    match body.get(key) {
+        None | Some(Value::Null) => {
+            errors.insert(key.into(), "is required".into());
+            None
+        }
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            errors.insert(key.into(), "must be a string".into());
+            None
+        }
+    }
+}
+
+fn valid_name(name: &str) -> Result<String, &'static str> {
+    let trimmed = name.trim();
+    match trimmed.chars().count() {
+        0 => Err("must not be empty"),
+        n if n > 100 => Err("must be at most 100 characters"),
+        _ if trimmed.chars().any(char::is_control) => Err("must not contain control characters"),
+        _ => Ok(trimmed.to_owned()),
+    }
+}
+
+pub fn valid_email(email: &str) -> Result<String, &'static str> {
+    let email = email.trim();
+    let (local, domain) = email.split_once('@').ok_or("must be an email address")?;
+    let ok = !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && !domain.contains('@');
+    if ok {
+        Ok(email.to_owned())
+    } else {
+        Err("must be an email address")
+    }
+}
+
+/// Validates a create body; every problem is reported at once, by field.
+pub fn validate_create(body: &Map<String, Value>) -> Result<CreateRequest, BTreeMap<String, String>> {
+    let mut errors = BTreeMap::new();
+    let slug = string_field(body, "slug", &mut errors)
+        .and_then(|s| TenantSlug::parse(s).map_err(|e| errors.insert("slug".into(), e.to_string())).ok());
+    let name = string_field(body, "name", &mut errors)
+        .and_then(|n| valid_name(n).map_err(|e| errors.insert("name".into(), e.into())).ok());
+    let plan = match body.get("plan") {
+        None | Some(Value::Null) => Some(Plan::Free),
+        Some(Value::String(p)) => {
+            p.parse().map_err(|_| errors.insert("plan".into(), "must be free, pro or enterprise".into())).ok()
+        }
+        Some(_) => {
+            errors.insert("plan".into(), "must be a string".into());
+            None
+        }
+    };
+    let (mut email, mut password) = (None, None);
+    match body.get("admin") {
+        Some(Value::Object(admin)) => {
+            let mut sub = BTreeMap::new();
+            email = string_field(admin, "email", &mut sub)
+                .and_then(|e| valid_email(e).map_err(|m| sub.insert("email".into(), m.into())).ok());
+            password = string_field(admin, "password", &mut sub).and_then(|p| {
+                password::validate_new(p)
+                    .map(|_| p.to_owned())
+                    .map_err(|m| sub.insert("password".into(), m.into()))
+                    .ok()
+            });
+            errors.extend(sub.into_iter().map(|(k, v)| (format!("admin.{k}"), v)));
+        }
+        None | Some(Value::Null) => {
+            errors.insert("admin".into(), "is required: {\"email\": ..., \"password\": ...}".into());
+        }
+        Some(_) => {
+            errors.insert("admin".into(), "must be an object".into());
+        }
+    }
+    let recreate = match body.get("recreate") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            errors.insert("recreate".into(), "must be a boolean".into());
+            false
+        }
+    };
+    for key in body.keys() {
+        if !["slug", "name", "plan", "admin", "recreate"].contains(&key.as_str()) {
+            errors.insert(key.clone(), "is not a known field".into());
+        }
+    }
+    match (slug, name, plan, email, password) {
+        (Some(slug), Some(name), Some(plan), Some(admin_email), Some(admin_password)) if errors.is_empty() => {
+            Ok(CreateRequest { slug, name, plan, admin_email, admin_password, recreate })
+        }
+        _ => Err(errors),
+    }
+}
+
+fn invalid(fields: BTreeMap<String, String>) -> ApiError {
+    ApiError::Unprocessable { message: "the request has invalid fields".into(), fields }
+}
+
+/// The public view of a tenant.
+pub fn tenant_view(t: &TenantRow) -> Value {
+    json!({
+        "slug": t.slug,
+        "name": t.display_name,
+        "plan": t.plan,
+        "status": t.status,
+        "status_message": t.status_message,
+        "database": { "name": t.database_name, "id": t.database_id },
+        "binding": t.binding_name,
+        "schema_version": t.schema_version,
+        "backup": t.backup_location.as_ref().map(|l| json!({ "location": l, "bytes": t.backup_bytes, "sha256": t.backup_sha256 })),
+        "last_error": t.last_error,
+        "created_at": t.created_at,
+        "updated_at": t.updated_at,
+        "deleted_at": t.deleted_at,
+    })
+}
+
+/// The public view of an operation (never its input, which may hold a password hash).
+pub fn operation_view(op: &OperationRow) -> Value {
+    json!({
+        "id": op.id,
+        "tenant": op.tenant_slug,
+        "kind": op.kind,
+        "state": op.state,
+        "steps_done": serde_json::from_str::<Value>(&op.steps).unwrap_or(json!([])),
+        "next_step": op.next_step,
+        "attempts": op.attempts,
+        "last_error": op.last_error,
+        "created_at": op.created_at,
+        "updated_at": op.updated_at,
+        "finished_at": op.finished_at,
+    })
+}
+
+/// Answers with where a tenant stands after running its operation: `settled_status` (201/200)
+/// when it got there, 202 with the operation otherwise.
+async fn standing(
+    lc: &Lifecycle<'_>,
+    slug: &str,
+    settled: TenantStatus,
+    settled_status: u16,
+) -> Result<Response, ApiError> {
+    let tenant = store::get_tenant(&lc.db, slug).await?.ok_or_else(|| not_found(slug))?;
+    let op = match store::open_operation_of(&lc.db, slug).await? {
+        Some(op) => Some(op),
+        None => store::list_operations(&lc.db, slug, 1).await?.into_iter().next(),
+    };
+    let status = if tenant.status() == settled { settled_status } else { 202 };
+    let mut response =
+        http::json(status, &json!({ "tenant": tenant_view(&tenant), "operation": op.as_ref().map(operation_view) }))?;
+    let _ = response.headers_mut().set("Location", &format!("/v1/tenants/{slug}"));
+    if status == 202 {
+        let _ = response.headers_mut().set("Retry-After", "2");
+    }
+    Ok(response)
+}
+
+async fn create(req: &Request, env: &Env) -> Result<Response, ApiError> {
+    let body = read_json(req).await?;
+    let request = validate_create(&body).map_err(invalid)?;
+    let lc = Lifecycle::from_env(env)?;
+    let slug = request.slug.as_str();
+    let fingerprint = request.fingerprint();
+    let database_name = DatabaseName::for_tenant(&lc.prefix, &request.slug);
+    let binding_name = BindingName::for_tenant(&request.slug);
+    let new = NewTenant {
+        slug,
+        display_name: &request.name,
+        plan: request.plan.as_str(),
+        database_name: database_name.as_str(),
+        binding_name: binding_name.as_str(),
+        fingerprint: &fingerprint,
+    };
+
+    let existing = store::get_tenant(&lc.db, slug).await?;
+    match existing {
+        None => {
+            if !store::insert_tenant(&lc.db, &new).await? {
+                return Err(ApiError::Conflict {
+                    code: "tenant_exists",
+                    message: format!("tenant `{slug}` already exists"),
+                });
+            }
+        }
+        Some(t) if t.status() == TenantStatus::Deleted => {
+            if !request.recreate {
+                return Err(ApiError::Conflict {
+                    code: "tenant_deleted",
+                    message: format!(
+                        "tenant `{slug}` was deleted and its tombstone keeps the backup record ({}); send \"recreate\": true to create it anew",
+                        t.backup_location.as_deref().unwrap_or("no backup")
+                    ),
+                });
+            }
+            if !store::replace_tombstone(&lc.db, &new).await? {
+                return Err(ApiError::Conflict {
+                    code: "tenant_exists",
+                    message: format!("tenant `{slug}` changed meanwhile; retry"),
+                });
+            }
+            store::audit(
+                &lc.db,
+                "admin",
+                "tenant.recreate",
+                Some(slug),
+                &lc.holder,
+                &json!({ "previous_backup": t.backup_location }),
+            )
+            .await?;
+        }
+        Some(t) if t.create_fingerprint.as_deref() == Some(fingerprint.as_str()) => match t.status() {
+            // The same create again: say where it stands, resuming it if it is not done.
+            TenantStatus::Active | TenantStatus::Suspended => return standing(&lc, slug, t.status(), 201).await,
+            TenantStatus::Failed => {
+                store::set_status(&lc.db, slug, &[TenantStatus::Failed], TenantStatus::Provisioning, None).await?;
+            }
+            TenantStatus::Provisioning => {}
+            TenantStatus::Deleting | TenantStatus::Deleted => {
+                return Err(ApiError::Conflict {
+                    code: "tenant_deleting",
+                    message: format!("tenant `{slug}` is being deleted"),
+                })
+            }
+        },
+        Some(_) => {
+            return Err(ApiError::Conflict {
+                code: "tenant_exists",
+                message: format!("tenant `{slug}` already exists"),
+            })
+        }
+    }
+
+    let op = match store::open_operation_of(&lc.db, slug).await? {
+        Some(op) => op,
+        None => {
+            let input = CreateInput {
+                admin_email: request.admin_email.clone(),
+                admin_password_hash: Some(crate::crypto::hash_password(&request.admin_password).await?),
+            };
+            let id = crate::crypto::random_id()?;
+            let input = serde_json::to_string(&input).map_err(ApiError::internal)?;
+            match store::open_operation(&lc.db, &id, slug, OperationKind::Create, &input).await? {
+                Some(op) => op,
+                // Opened concurrently by a twin request: run that one.
+                None => store::open_operation_of(&lc.db, slug)
+                    .await?
+                    .ok_or_else(|| ApiError::internal("operation vanished"))?,
+            }
+        }
+    };
+    store::audit(
+        &lc.db,
+        "admin",
+        "tenant.create",
+        Some(slug),
+        &op.id,
+        &json!({ "plan": request.plan.as_str(), "name": request.name }),
+    )
+    .await?;
+    run_logged(&lc, &op).await?;
+    standing(&lc, slug, TenantStatus::Active, 201).await
+}
+
+async fn run_logged(lc: &Lifecycle<'_>, op: &OperationRow) -> Result<Progress, ApiError> {
+    let progress = lc.run(op).await?;
+    if let Progress::Pending(reason) = &progress {
+        worker::console_log!("operation {} ({}) on {} continues later: {reason}", op.id, op.kind, op.tenant_slug);
+    }
+    Ok(progress)
+}
+
+async fn list(req: &Request, env: &Env) -> Result<Response, ApiError> {
+    let url = req.url()?;
+    let query: BTreeMap<String, String> = url.query_pairs().into_owned().collect();
+    let bad =
+        |name: &str, why: &str| ApiError::BadRequest { code: "invalid_parameter", message: format!("{name} {why}") };
+    let status = match query.get("status") {
+        None => None,
+        Some(s) => Some(s.parse::<TenantStatus>().map_err(|_| bad("status", "must be a tenant status"))?),
+    };
+    let limit = match query.get("limit") {
+        None => 50,
+        Some(l) => {
+            l.parse::<u32>().ok().filter(|n| (1..=200).contains(n)).ok_or_else(|| bad("limit", "must be 1 to 200"))?
+        }
+    };
+    let cursor = query.get("cursor").map(String::as_str).unwrap_or("");
+    if cursor.len() > 64 {
+        return Err(bad("cursor", "is not a cursor this API gave"));
+    }
+    let db = env.d1(super::CONTROL_BINDING)?;
+    let rows = store::list_tenants(&db, status, cursor, limit + 1).await?;
+    let more = rows.len() > limit as usize;
+    let page: Vec<Value> = rows.iter().take(limit as usize).map(tenant_view).collect();
+    let next = if more { rows.get(limit as usize - 1).map(|t| t.slug.clone()) } else { None };
+    http::json(200, &json!({ "tenants": page, "next_cursor": next }))
+}
+
+async fn get(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
+    let db = env.d1(super::CONTROL_BINDING)?;
+    let tenant = store::get_tenant(&db, slug.as_str()).await?.ok_or_else(|| not_found(slug.as_str()))?;
+    // Carry an unfinished operation forward: this invocation may see bindings the last did not.
+    if let Some(op) = store::open_operation_of(&db, slug.as_str()).await? {
+        let lc = Lifecycle::from_env(env)?;
+        run_logged(&lc, &op).await?;
+        let settled =
+            if op.kind() == Some(OperationKind::Delete) { TenantStatus::Deleted } else { TenantStatus::Active };
+        return standing(&lc, slug.as_str(), settled, 200).await;
+    }
+    http::json(200, &json!({ "tenant": tenant_view(&tenant) }))
+}
+
+async fn update(req: &Request, env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
+    let body = read_json(req).await?;
+    let mut errors = BTreeMap::new();
+    let mut name = None;
+    let mut plan = None;
+    let mut target = None;
+    let mut message = None;
+    for (key, value) in &body {
+        match (key.as_str(), value) {
+            ("name", Value::String(n)) => name = valid_name(n).map_err(|e| errors.insert("name".into(), e.into())).ok(),
+            ("plan", Value::String(p)) => {
+                plan = p
+                    .parse::<Plan>()
+                    .map_err(|_| errors.insert("plan".into(), "must be free, pro or enterprise".into()))
+                    .ok()
+            }
+            ("status", Value::String(s)) => match s.as_str() {
+                "suspended" => target = Some(TenantStatus::Suspended),
+                "active" => target = Some(TenantStatus::Active),
+                _ => {
+                    errors.insert("status".into(), "must be suspended or active".into());
+                }
+            },
+            ("message", Value::String(m)) if m.chars().count() <= 500 => message = Some(m.clone()),
+            ("message", Value::Null) => {}
+            ("message", _) => {
+                errors.insert("message".into(), "must be a string of at most 500 characters".into());
+            }
+            ("name" | "plan" | "status", _) => {
+                errors.insert(key.clone(), "must be a string".into());
+            }
+            _ => {
+                errors.insert(key.clone(), "is not a known field".into());
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(invalid(errors));
+    }
+    let db = env.d1(super::CONTROL_BINDING)?;
+    let tenant = store::get_tenant(&db, slug.as_str()).await?.ok_or_else(|| not_found(slug.as_str()))?;
+    if tenant.status() == TenantStatus::Deleted {
+        return Err(not_found(slug.as_str()));
+    }
+    if let Some(to) = target {
+        let from = tenant.status();
+        if from != to
+            && (!from.can_become(to) || !store::set_status(&db, slug.as_str(), &[from], to, message.as_deref()).await?)
+        {
+            return Err(ApiError::Conflict {
+                code: "invalid_transition",
+                message: format!("a tenant that is {from} cannot become {to}"),
+            });
+        }
+    }
+    store::update_details(&db, slug.as_str(), name.as_deref(), plan.map(Plan::as_str)).await?;
+    let request_id = crate::crypto::random_id()?;
+    store::audit(&db, "admin", "tenant.update", Some(slug.as_str()), &request_id, &Value::Object(body)).await?;
+    let tenant = store::get_tenant(&db, slug.as_str()).await?.ok_or_else(|| not_found(slug.as_str()))?;
+    http::json(200, &json!({ "tenant": tenant_view(&tenant) }))
+}
+
+async fn delete(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
+    let lc = Lifecycle::from_env(env)?;
+    let s = slug.as_str();
+    let tenant = store::get_tenant(&lc.db, s).await?.ok_or_else(|| not_found(s))?;
+    match tenant.status() {
+        TenantStatus::Deleted => return standing(&lc, s, TenantStatus::Deleted, 200).await,
+        TenantStatus::Deleting => {}
+        from => {
+            if !store::set_status(&lc.db, s, &[from], TenantStatus::Deleting, None).await? {
+                return Err(ApiError::Conflict {
+                    code: "tenant_changed",
+                    message: format!("tenant `{s}` changed meanwhile; retry"),
+                });
+            }
+            store::audit(&lc.db, "admin", "tenant.delete", Some(s), &lc.holder, &json!({ "from": from.as_str() }))
+                .await?;
+        }
+    }
+    let op = match store::open_operation_of(&lc.db, s).await? {
+        Some(op) if op.kind() == Some(OperationKind::Delete) => op,
+        other => {
+            if let Some(create) = other {
+                store::finish_operation(&lc.db, &create.id, false, Some("superseded by a delete")).await?;
+            }
+            let id = crate::crypto::random_id()?;
+            match store::open_operation(&lc.db, &id, s, OperationKind::Delete, "{}").await? {
+                Some(op) => op,
+                None => store::open_operation_of(&lc.db, s)
+                    .await?
+                    .ok_or_else(|| ApiError::internal("operation vanished"))?,
+            }
+        }
+    };
+    run_logged(&lc, &op).await?;
+    standing(&lc, s, TenantStatus::Deleted, 200).await
+}
+
+async fn backup(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
+    let db = env.d1(super::CONTROL_BINDING)?;
+    let tenant = store::get_tenant(&db, slug.as_str()).await?.ok_or_else(|| not_found(slug.as_str()))?;
+    let none = || ApiError::not_found("backup_not_found", format!("tenant `{slug}` has no backup"));
+    let key = tenant.backup_location.as_deref().and_then(|l| l.strip_prefix("r2://BACKUPS/")).ok_or_else(none)?;
+    let bucket = env.bucket(super::lifecycle::BACKUPS_BINDING).map_err(ApiError::internal)?;
+    let object = bucket.get(key).execute().await?.ok_or_else(none)?;
+    let bytes = object.body().ok_or_else(none)?.bytes().await?;
+    let mut response = Response::from_bytes(bytes)?;
+    let headers = response.headers_mut();
+    headers.set("Content-Type", "application/sql")?;
+    headers.set("Content-Disposition", &format!("attachment; filename=\"{slug}.sql\""))?;
+    if let Some(sha) = &tenant.backup_sha256 {
+        headers.set("X-Backup-Sha256", sha)?;
+    }
+    Ok(response)
+}
+
+async fn operations(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
+    let db = env.d1(super::CONTROL_BINDING)?;
+    store::get_tenant(&db, slug.as_str()).await?.ok_or_else(|| not_found(slug.as_str()))?;
+    let ops = store::list_operations(&db, slug.as_str(), 100).await?;
+    http::json(200, &json!({ "operations": ops.iter().map(operation_view).collect::<Vec<_>>() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn a_valid_create() {
+        let req = validate_create(&body(json!({
+            "slug": "acme", "name": "  Acme Inc  ", "plan": "pro",
+            "admin": { "email": "Ada@Acme.test", "password": "correct horse battery" }
+        })))
+        .unwrap();
+        assert_eq!(req.slug.as_str(), "acme");
+        assert_eq!(req.name, "Acme Inc");
+        assert_eq!(req.plan, Plan::Pro);
+        assert!(!req.recreate);
+        // The fingerprint ignores the password and the email's case.
+        let mut other = req.clone();
+        other.admin_password = "another password!".into();
+        other.admin_email = "ada@acme.test".into();
+        assert_eq!(req.fingerprint(), other.fingerprint());
+        other.plan = Plan::Free;
+        assert_ne!(req.fingerprint(), other.fingerprint());
+    }
+
+    #[test]
+    fn every_invalid_field_is_reported() {
+        let errors = validate_create(&body(json!({
+            "slug": "Bad Slug", "name": "", "plan": "gold", "admin": { "email": "nope", "password": "short" }, "extra": 1
+        })))
+        .unwrap_err();
+        let keys: Vec<&str> = errors.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["admin.email", "admin.password", "extra", "name", "plan", "slug"]);
+
+        let errors = validate_create(&body(json!({ "slug": 5, "name": ["x"], "admin": "x" }))).unwrap_err();
+        assert_eq!(errors["slug"], "must be a string");
+        assert_eq!(errors["name"], "must be a string");
+        assert_eq!(errors["admin"], "must be an object");
+
+        let errors = validate_create(&body(json!({}))).unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+    }
+
+    #[test]
+    fn emails() {
+        for ok in ["a@b.co", "first.last+tag@example.co.uk"] {
+            assert!(valid_email(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a", "a@b", "@b.co", "a b@c.co", "a@.co", "a@b.", "a@b@c.co", "a\tb@c.co"] {
+            assert!(valid_email(bad).is_err(), "{bad:?}");
+        }
+    }
+}
