@@ -10,6 +10,7 @@
 import { randomBytes } from "node:crypto";
 import http from "node:http";
 import { Faults } from "./faults.mjs";
+import { PoolEmpty } from "./runtime.mjs";
 import { splitStatements } from "./sql.mjs";
 
 const MAX_BODY = 10 * 1024 * 1024;
@@ -175,7 +176,14 @@ export class LocalCloud {
     if (this.state.databases().length >= this.maxDatabases) {
       throw new ApiError(400, 7406, "Your account has exceeded the maximum number of D1 databases");
     }
-    const uuid = await this.runtime.takeId();
+    let uuid;
+    try {
+      uuid = this.runtime.takeId();
+    } catch (e) {
+      if (!(e instanceof PoolEmpty)) throw e;
+      // Every pre-bound database is taken; a refill is on its way (see runtime.mjs).
+      throw new ApiError(429, 971, "Too many databases created at once; retry shortly", { "retry-after": "1" });
+    }
     // Re-check after the await: a concurrent create of the same name may have won meanwhile.
     if (this.state.databases().some((d) => d.name === input.name)) {
       this.runtime.retire(uuid);

@@ -14,7 +14,8 @@
 import { Miniflare, convertV4MiniflareOptions } from "miniflare";
 import { randomUUID } from "node:crypto";
 
-const DRAIN_TIMEOUT_MS = 10_000;
+// Cloudflare lets requests in flight finish for up to 30 s when a new Worker version deploys.
+const DRAIN_TIMEOUT_MS = 30_000;
 
 const HELPER_SCRIPT = `
 export default {
@@ -44,15 +45,27 @@ export default {
   },
 };`;
 
-/** A gate that holds new requests while a restart drains the ones in flight. */
+/**
+ * A gate in front of workerd with two closed phases:
+ * - draining: new requests wait; requests in flight finish. Calls that requests in flight are
+ *   waiting on (the local cloud's D1 calls) still pass, or the drain would wait on itself.
+ * - restarting: everything waits.
+ */
 class Gate {
   #inflight = 0;
-  #closed = null; // a promise while closed
+  #draining = null; // a promise while draining or restarting
+  #restarting = null; // a promise while restarting
   #open = () => {};
+  #resume = () => {};
   #idle = [];
 
-  async enter() {
-    while (this.#closed) await this.#closed;
+  /** @param {boolean} [passDrain] pass while draining (only for calls in-flight requests wait on) */
+  async enter(passDrain = false) {
+    for (;;) {
+      const wait = passDrain ? this.#restarting : this.#draining;
+      if (!wait) break;
+      await wait;
+    }
     this.#inflight++;
   }
 
@@ -61,9 +74,9 @@ class Gate {
     if (this.#inflight === 0) for (const resolve of this.#idle.splice(0)) resolve();
   }
 
-  /** Closes the gate and resolves once nothing is in flight (or after `timeoutMs`). */
-  async close(timeoutMs) {
-    this.#closed = new Promise((resolve) => (this.#open = resolve));
+  /** Starts draining; resolves `true` once nothing is in flight, `false` after `timeoutMs`. */
+  async drain(timeoutMs) {
+    this.#draining = new Promise((resolve) => (this.#open = resolve));
     if (this.#inflight === 0) return true;
     let timer;
     const drained = await Promise.race([
@@ -74,12 +87,22 @@ class Gate {
     return drained;
   }
 
+  /** Closes the gate to everything while workerd restarts. */
+  closeForRestart() {
+    this.#restarting = new Promise((resolve) => (this.#resume = resolve));
+  }
+
   open() {
-    const open = this.#open;
-    this.#closed = null;
+    const [open, resume] = [this.#open, this.#resume];
+    this.#draining = null;
+    this.#restarting = null;
     open();
+    resume();
   }
 }
+
+/** Thrown by `takeId` when no spare database is bound: the caller should retry shortly. */
+export class PoolEmpty extends Error {}
 
 export class Runtime {
   /**
@@ -90,7 +113,7 @@ export class Runtime {
    * @param {number} [opts.poolSize] spare database slots to keep bound
    * @param {(msg: string) => void} [opts.log]
    */
-  constructor({ workerOptions, persistPath, poolSize = 32, log = () => {} }) {
+  constructor({ workerOptions, persistPath, poolSize = 64, log = () => {} }) {
     this.workerOptions = workerOptions;
     this.persistPath = persistPath;
     this.poolSize = poolSize;
@@ -124,9 +147,16 @@ export class Runtime {
     this.mf = null;
   }
 
-  /** Hands out a fresh database id, bound already. Waits for a restart only if the pool is empty. */
-  async takeId() {
-    while (this.spare.length === 0) await this.restart("database pool empty");
+  /**
+   * Hands out a fresh database id, bound already. Never waits for a restart (the caller may be
+   * inside a Worker request that the restart would drain): with the pool empty it asks for a
+   * refill and throws `PoolEmpty`.
+   */
+  takeId() {
+    if (this.spare.length === 0) {
+      this.requestRestart("database pool empty");
+      throw new PoolEmpty("no spare database is bound yet");
+    }
     const id = this.spare.shift();
     if (this.spare.length < this.poolSize / 2) this.requestRestart("refilling the database pool");
     return id;
@@ -138,8 +168,8 @@ export class Runtime {
   }
 
   /** Runs `fn` inside the gate, so no restart cuts it short. */
-  async within(fn) {
-    await this.gate.enter();
+  async within(fn, passDrain = false) {
+    await this.gate.enter(passDrain);
     try {
       return await fn();
     } finally {
@@ -179,7 +209,7 @@ export class Runtime {
         body: JSON.stringify({ mode, statements }),
       });
       return response.json();
-    });
+    }, true);
   }
 
   /** Asks for a restart soon; changes asked for meanwhile share it. */
@@ -199,8 +229,9 @@ export class Runtime {
   async #doRestart(reason) {
     this.#dirty = false;
     const started = performance.now();
-    const drained = await this.gate.close(DRAIN_TIMEOUT_MS);
+    const drained = await this.gate.drain(DRAIN_TIMEOUT_MS);
     if (!drained) this.log(`restart (${reason}): requests still in flight after ${DRAIN_TIMEOUT_MS} ms were cut`);
+    this.gate.closeForRestart();
     try {
       for (const id of this.retired) this.bound.delete(id);
       this.retired.clear();

@@ -14,13 +14,15 @@ export default async function setup({ provide }) {
   }
   const stateDir = await mkdtemp(path.join(os.tmpdir(), "tenantry-test-"));
   const logs = [];
-  const stack = await startStack({ stateDir, poolSize: 16, log: (m) => logs.push(m) });
+  const stack = await startStack({ stateDir, log: (m) => logs.push(m) });
   provide("stack", {
     url: stack.url,
     port: Number(new URL(stack.url).port),
     cloudUrl: stack.cloudUrl,
     apiBase: stack.apiBase,
     token: stack.token,
+    adminToken: stack.adminToken,
+    controlDatabaseId: stack.controlDatabase.uuid,
     accountId: stack.accountId,
     stateDir,
   });

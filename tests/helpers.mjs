@@ -46,11 +46,62 @@ export function freshSlug(prefix = "t") {
   return `${prefix}-${process.pid.toString(36)}-${Date.now().toString(36)}-${counter}`.slice(0, 40).replace(/-+$/, "");
 }
 
-/** Creates, migrates, stamps and binds a new tenant through the local cloud. */
-export async function createTenant(slug = freshSlug()) {
-  const t = await provisionTenant(api, slug);
+/** Calls the admin API on the apex host. */
+export async function admin(method, path, body, { token = stack.adminToken, headers = {} } = {}) {
+  const res = await fetch(`${stack.url}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { "content-type": "application/json" }), ...headers },
+    body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
+  });
+  const text = await res.text();
+  let json;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  return { status: res.status, headers: res.headers, text, json };
+}
+
+export const ADMIN_PASSWORD = "a long enough password";
+
+/** Polls the tenant (GET carries its operation forward) until it is `status`. */
+export async function waitForStatus(slug, status, timeoutMs = 30_000) {
+  let last;
+  await waitFor(async () => {
+    last = await admin("GET", `/v1/tenants/${slug}`);
+    return last.json?.tenant?.status === status;
+  }, `tenant ${slug} to be ${status} (last: ${last?.text})`, timeoutMs);
+  return last.json.tenant;
+}
+
+/** Creates a tenant through the admin API and waits until it is active and answering. */
+export async function createTenant(slug = freshSlug(), { plan = "free" } = {}) {
+  const res = await admin("POST", "/v1/tenants", { slug, name: `Tenant ${slug}`, plan, admin: { email: `admin@${slug}.test`, password: ADMIN_PASSWORD } });
+  if (![201, 202].includes(res.status)) throw new Error(`create ${slug}: ${res.status} ${res.text}`);
+  const tenant = await waitForStatus(slug, "active");
   await waitFor(async () => (await request(`${slug}.localhost`, "/api/tenant")).status === 200, `tenant ${slug} to answer`);
-  return { slug, ...t };
+  return { slug, uuid: tenant.database.id, binding: tenant.binding, tenant };
+}
+
+/**
+ * A tenant database made by hand through the local cloud, outside the control plane (to test
+ * binding mechanics on their own). Named `raw-...` so the orphan scan never counts it. Remove it
+ * with `dropRaw`.
+ */
+export async function provisionRaw(slug, { bind = true } = {}) {
+  return provisionTenant(api, slug, { prefix: "raw-", bind });
+}
+
+export async function dropRaw(raw) {
+  await setBindings((bindings) => bindings.filter((b) => b.name !== raw.binding));
+  await api("DELETE", `/d1/database/${raw.uuid}`);
+}
+
+/** Fires the Worker's cron trigger once (what Cloudflare does every 5 minutes). */
+export async function cron() {
+  const res = await fetch(`${stack.cloudUrl}/__cloud/scheduled`, { method: "POST", headers: { authorization: `Bearer ${stack.token}` } });
+  return (await res.json()).result;
 }
 
 /** Runs SQL on a database through the local cloud's query endpoint. */

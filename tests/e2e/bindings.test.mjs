@@ -2,13 +2,12 @@
 // survives the workerd restart that takes.
 
 import { expect, test } from "vitest";
-import { provisionTenant } from "../../cloud/provision.mjs";
-import { api, freshSlug, request, setBindings, sql, waitFor } from "../helpers.mjs";
+import { api, dropRaw, freshSlug, provisionRaw, request, setBindings, sql, waitFor } from "../helpers.mjs";
 
 test("adding a binding makes a new tenant answer, removing it makes it unknown, data persists", async () => {
   const slug = freshSlug("bind");
   const host = `${slug}.localhost`;
-  const db = await provisionTenant(api, slug, { bind: false });
+  const db = await provisionRaw(slug, { bind: false });
   await sql(db.uuid, "INSERT INTO projects (name) VALUES ('kept')");
   expect((await request(host, "/api/tenant")).status).toBe(404);
 
@@ -28,15 +27,17 @@ test("adding a binding makes a new tenant answer, removing it makes it unknown, 
   // The database outlived both restarts with its data.
   const rows = await sql(db.uuid, "SELECT name FROM projects");
   expect(rows[0].results).toEqual([{ name: "kept" }]);
+  await dropRaw(db);
 });
 
 test("requests in flight during a binding change are not lost", async () => {
   const slug = freshSlug("flight");
-  const db = await provisionTenant(api, slug, { bind: false });
+  const db = await provisionRaw(slug, { bind: false });
   const load = Array.from({ length: 40 }, (_, i) =>
     new Promise((r) => setTimeout(r, i * 10)).then(() => request("localhost", "/healthz")),
   );
   await setBindings((bindings) => [...bindings, { type: "d1", name: db.binding, id: db.uuid }]);
   const results = await Promise.all(load);
   expect(results.map((r) => r.status)).toEqual(results.map(() => 200));
+  await dropRaw(db);
 });

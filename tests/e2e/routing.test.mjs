@@ -18,7 +18,7 @@ describe("control plane", () => {
       expect(res.status, host).toBe(200);
       expect(res.json).toEqual({
         status: "ok",
-        control_plane: { reachable: true, migrated: true, applied: ["0001_control_plane.sql"], pending: [] },
+        control_plane: { reachable: true, migrated: true, applied: ["0001_control_plane.sql", "0002_lifecycle.sql"], pending: [] },
       });
     }
   });
@@ -41,7 +41,7 @@ describe("tenant routing", () => {
     for (const host of [`${tenant.slug}.localhost`, `${tenant.slug.toUpperCase()}.LOCALHOST`]) {
       const res = await request(host, "/api/tenant");
       expect(res.status, host).toBe(200);
-      expect(res.json).toEqual({ tenant: tenant.slug, schema: ["0001_tenant_base.sql"] });
+      expect(res.json).toEqual({ tenant: tenant.slug, schema: ["0001_tenant_base.sql", "0002_users.sql"] });
     }
   });
 
