@@ -17,7 +17,7 @@ ALTER TABLE operations ADD COLUMN next_step TEXT;
 CREATE UNIQUE INDEX operations_one_open_per_tenant ON operations (tenant_slug) WHERE state IN ('pending', 'running');
 
 -- Short leases that serialise work across Worker invocations: `bindings` (one settings PATCH
--- cycle at a time) and `op:{id}` (one runner per operation).
+-- cycle at a time) and `tenant:{slug}` (one saga runner per tenant).
 CREATE TABLE leases (
     name        TEXT PRIMARY KEY,
     holder      TEXT NOT NULL,

@@ -404,8 +404,13 @@ async fn create(req: &Request, env: &Env) -> Result<Response, ApiError> {
 
 async fn run_logged(lc: &Lifecycle<'_>, op: &OperationRow) -> Result<Progress, ApiError> {
     let progress = lc.run(op).await?;
-    if let Progress::Pending(reason) = &progress {
-        worker::console_log!("operation {} ({}) on {} continues later: {reason}", op.id, op.kind, op.tenant_slug);
+    match &progress {
+        // The usual end of a create's first invocation: not worth a log line.
+        Progress::Pending(reason) if reason.starts_with(super::lifecycle::NOT_LIVE_YET) => {}
+        Progress::Pending(reason) => {
+            worker::console_log!("operation {} ({}) on {} continues later: {reason}", op.id, op.kind, op.tenant_slug)
+        }
+        _ => {}
     }
     Ok(progress)
 }

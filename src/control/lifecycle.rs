@@ -30,6 +30,9 @@ const OP_LEASE_MS: f64 = 60_000.0;
 const BINDINGS_LEASE_MS: f64 = 30_000.0;
 /// Export polls within one invocation before leaving the rest to the next.
 const EXPORT_POLLS: u32 = 20;
+/// Why a create's verify step waits: its binding is not visible to the invocation that added it.
+pub const NOT_LIVE_YET: &str = "binding not live in this Worker version yet";
+
 /// The R2 binding backups go to.
 pub const BACKUPS_BINDING: &str = "BACKUPS";
 
@@ -125,8 +128,11 @@ impl<'a> Lifecycle<'a> {
     }
 
     /// Runs `op` from its first step not done, as far as it can go in this invocation.
+    ///
+    /// The lease is per tenant, not per operation: a delete never runs while a create of the same
+    /// tenant is mid-step (it would miss a database that step is about to record).
     pub async fn run(&self, op: &OperationRow) -> Result<Progress, ApiError> {
-        let lease = format!("op:{}", op.id);
+        let lease = format!("tenant:{}", op.tenant_slug);
         if !store::acquire_lease(&self.db, &lease, &self.holder, now_ms(), OP_LEASE_MS).await? {
             return Ok(Progress::Busy);
         }
@@ -245,8 +251,8 @@ impl<'a> Lifecycle<'a> {
                 self.bindings_step().await
             }
             Step::DropDatabase => {
-                if let Some(id) = &tenant.database_id {
-                    self.api.delete_database(id).await?;
+                if let Some(id) = self.resolve_database(tenant).await? {
+                    self.api.delete_database(&id).await?;
                 }
                 Ok(StepOutcome::Done)
             }
@@ -403,17 +409,31 @@ impl<'a> Lifecycle<'a> {
                 if !bindings::diff(&settings.bindings, &want).missing.is_empty() {
                     self.reconcile_bindings().await?;
                 }
-                Ok(StepOutcome::Later("binding not live in this Worker version yet".into()))
+                Ok(StepOutcome::Later(NOT_LIVE_YET.into()))
             }
             Err(e) => Ok(StepOutcome::Later(format!("binding answers but is not ready: {e}"))),
         }
     }
 
+    /// The tenant's database id: the recorded one, or (a create cut short between creating the
+    /// database and recording it) the one found by its deterministic name, recorded now.
+    async fn resolve_database(&self, tenant: &TenantRow) -> Result<Option<String>, StepError> {
+        if let Some(id) = &tenant.database_id {
+            return Ok(Some(id.clone()));
+        }
+        let found = self.api.find_database(&tenant.database_name).await?;
+        if let Some(db) = &found {
+            store::set_database(&self.db, &tenant.slug, &db.uuid).await?;
+        }
+        Ok(found.map(|db| db.uuid))
+    }
+
     async fn backup(&self, tenant: &TenantRow) -> Result<StepOutcome, StepError> {
-        let Some(id) = tenant.database_id.as_deref() else {
+        let Some(id) = self.resolve_database(tenant).await? else {
             // Nothing was ever created: nothing to back up.
             return Ok(StepOutcome::Done);
         };
+        let id = id.as_str();
         let bucket =
             self.env.bucket(BACKUPS_BINDING).map_err(|_| StepError::Permanent("no BACKUPS bucket is bound".into()))?;
         if let Some(key) = tenant.backup_location.as_deref().and_then(|l| l.strip_prefix("r2://BACKUPS/")) {

@@ -351,7 +351,8 @@ pub async fn record_failure(db: &D1Database, op_id: &str, error: &str) -> Result
     changed(
         db,
         &format!(
-            "UPDATE operations SET state = 'running', attempts = attempts + 1, last_error = ?2, updated_at = {NOW} WHERE id = ?1"
+            "UPDATE operations SET state = 'running', attempts = attempts + 1, last_error = ?2, updated_at = {NOW} \
+             WHERE id = ?1 AND state IN ('pending', 'running')"
         ),
         &[s(op_id), s(error)],
     )

@@ -241,3 +241,22 @@ describe("bindings and the reconciler", () => {
     expect((await admin("POST", "/v1/reconcile")).json.orphans.found).not.toContain(name);
   });
 });
+
+describe("deploy", () => {
+  test("the deploy script keeps every tenant binding in the config it deploys", async () => {
+    const { slug, binding, uuid } = await createTenant();
+    const { spawnSync } = await import("node:child_process");
+    const path = await import("node:path");
+    const { ROOT } = await import("../../cloud/stack.mjs");
+    const out = spawnSync(process.execPath, [path.join(ROOT, "scripts", "deploy.mjs"), "--dry-run"], {
+      cwd: ROOT,
+      encoding: "utf8",
+      env: { ...process.env, CLOUDFLARE_API_BASE_URL: stack.apiBase, CLOUDFLARE_API_TOKEN: stack.token, CLOUDFLARE_ACCOUNT_ID: stack.accountId, CI: "true" },
+    });
+    expect(out.status, out.stderr).toBe(0);
+    const config = JSON.parse(out.stdout.slice(out.stdout.indexOf("{")));
+    expect(config.d1_databases).toContainEqual({ binding, database_name: `tenantry-${slug}`, database_id: uuid });
+    expect(config.d1_databases.find((d) => d.binding === "CONTROL_DB")).toBeTruthy();
+    expect(config.triggers.crons).toEqual(["*/5 * * * *"]);
+  });
+});
