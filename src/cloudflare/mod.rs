@@ -359,6 +359,11 @@ impl<T: Transport> Client<T> {
         Ok(all)
     }
 
+    /// Database `id` (a name works too, as the API accepts one in the id slot).
+    pub async fn get_database(&self, id: &str) -> Result<Database, CfError> {
+        Ok(self.call(&endpoints::get_database(id)).await?.0)
+    }
+
     /// Deletes database `id`; one that does not exist counts as deleted.
     pub async fn delete_database(&self, id: &str) -> Result<(), CfError> {
         match self.call::<Value>(&endpoints::delete_database(id)).await {

@@ -169,6 +169,15 @@ fn find_database_matches_names_exactly_across_pages() {
 }
 
 #[test]
+fn get_database_by_id_and_unknown_ids() {
+    let fake = Fake::with(vec![ok(db("u1", "tenantry-acme")), err(404, 7404, "not found")]);
+    let c = client(&fake);
+    assert_eq!(block_on(c.get_database("u1")).unwrap().name, "tenantry-acme");
+    assert!(matches!(block_on(c.get_database("nope")), Err(CfError::NotFound { code: 7404, .. })));
+    assert_eq!(fake.sent.borrow()[0].url, "https://api.example/client/v4/accounts/acc/d1/database/u1");
+}
+
+#[test]
 fn deleting_a_missing_database_is_done() {
     let fake = Fake::with(vec![err(404, 7404, "not found")]);
     assert!(block_on(client(&fake).delete_database("gone")).is_ok());

@@ -240,6 +240,25 @@ describe("bindings and the reconciler", () => {
     await api("DELETE", `/d1/database/${orphan.uuid}`);
     expect((await admin("POST", "/v1/reconcile")).json.orphans.found).not.toContain(name);
   });
+
+  test("with ORPHAN_POLICY=remove the reconciler deletes orphans, and only orphans", async () => {
+    const { slug, uuid } = await createTenant();
+    const name = `tenantry-${freshSlug("orphan")}`;
+    const orphan = (await api("POST", "/d1/database", { name })).result;
+    const policy = (text) => setBindings((bs) => [...bs.filter((b) => b.name !== "ORPHAN_POLICY"), { type: "plain_text", name: "ORPHAN_POLICY", text }]);
+    await policy("remove");
+    try {
+      await waitFor(async () => {
+        const report = await admin("POST", "/v1/reconcile");
+        return report.json.orphans.removed.includes(name);
+      }, "the orphan to be removed");
+      expect((await api("GET", `/d1/database/${orphan.uuid}`, undefined, { raw: true })).status).toBe(404);
+      expect((await api("GET", `/d1/database/${uuid}`)).result.uuid).toBe(uuid);
+      expect((await request(`${slug}.localhost`, "/api/tenant")).status).toBe(200);
+    } finally {
+      await policy("report");
+    }
+  });
 });
 
 describe("deploy", () => {
