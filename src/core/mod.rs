@@ -5,11 +5,14 @@
 //! feeds it strings from the request and `Env`.
 
 pub mod bindings;
+pub mod cache;
 pub mod config;
 pub mod host;
 pub mod lifecycle;
 pub mod migrations;
 pub mod names;
 pub mod password;
+pub mod plans;
 pub mod retry;
 pub mod slug;
+pub mod token;

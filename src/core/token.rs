@@ -1,0 +1,300 @@
+//! Access tokens: HS256 JWTs (jwt-compact) signed with a key derived per tenant.
+//!
+//! The signing key of tenant `t` under master secret `m` is `HMAC-SHA256(m, "tenantry/jwt/v1/" + t)`.
+//! A token minted for one tenant therefore cannot verify for another even with its claims edited:
+//! the verifier derives the key from the claimed tenant, then requires that tenant to be the routed
+//! one (a valid token for another tenant is a 403, anything unverifiable a 401).
+//!
+//! Only `HS256` is accepted (no `none`, no algorithm switching: jwt-compact compares the header's
+//! `alg` with the verifier's). Every token names its master key in `kid`; the key ring holds the
+//! current key and, during a rotation, the previous one, so tokens issued before the rotation stay
+//! valid until they expire (the grace period is how long the previous key stays configured).
+
+use chrono::{DateTime, Duration, Utc};
+use hmac::{Hmac, Mac};
+use jwt_compact::alg::{Hs256, Hs256Key};
+use jwt_compact::prelude::*;
+use jwt_compact::ValidationError;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use super::slug::TenantSlug;
+
+/// A user's role inside a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Admin,
+    Member,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Member => "member",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "admin" => Some(Self::Admin),
+            "member" => Some(Self::Member),
+            _ => None,
+        }
+    }
+}
+
+/// The claims tenantry puts in a token (beside `exp` and `iat`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantClaims {
+    pub tenant: String,
+    /// The user's id in the tenant database.
+    pub sub: i64,
+    pub role: Role,
+}
+
+/// One master key: its id (the token's `kid`) and secret.
+#[derive(Clone)]
+pub struct MasterKey {
+    pub kid: String,
+    secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MasterKey({}, ***)", self.kid)
+    }
+}
+
+impl MasterKey {
+    /// Parses `kid:secret`; the secret must be at least 32 bytes.
+    pub fn parse(value: &str) -> Result<Self, &'static str> {
+        let (kid, secret) = value.split_once(':').ok_or("a key is written `kid:secret`")?;
+        if kid.is_empty() || kid.len() > 64 || !kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err("a key id is 1 to 64 letters, digits, '-' or '_'");
+        }
+        if secret.len() < 32 {
+            return Err("a key secret must be at least 32 bytes");
+        }
+        Ok(Self { kid: kid.to_owned(), secret: secret.as_bytes().to_vec() })
+    }
+
+    fn tenant_key(&self, tenant: &str) -> Hs256Key {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes keys of any length");
+        mac.update(b"tenantry/jwt/v1/");
+        mac.update(tenant.as_bytes());
+        Hs256Key::new(mac.finalize().into_bytes())
+    }
+}
+
+/// The keys tokens are signed and checked with.
+#[derive(Debug, Clone)]
+pub struct KeyRing {
+    pub current: MasterKey,
+    pub previous: Option<MasterKey>,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("an Authorization: Bearer token is required")]
+    Missing,
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token's algorithm is not accepted")]
+    Algorithm,
+    #[error("the token's key is unknown or retired")]
+    UnknownKey,
+    #[error("the token's signature is invalid")]
+    Signature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token belongs to another tenant")]
+    WrongTenant,
+}
+
+impl AuthError {
+    /// 403 for a genuine token of another tenant; 401 for everything else.
+    pub fn status(&self) -> u16 {
+        if *self == Self::WrongTenant {
+            403
+        } else {
+            401
+        }
+    }
+}
+
+/// Token lifetime.
+pub const TOKEN_TTL_SECONDS: i64 = 3600;
+const LEEWAY_SECONDS: i64 = 30;
+
+fn at(now_ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(now_ms).unwrap_or_default()
+}
+
+impl KeyRing {
+    fn key(&self, kid: &str) -> Option<&MasterKey> {
+        std::iter::once(&self.current).chain(self.previous.as_ref()).find(|k| k.kid == kid)
+    }
+
+    /// A token for `claims`, valid for [`TOKEN_TTL_SECONDS`] from `now_ms`, signed with the
+    /// current key. Returns the token and its expiry (Unix seconds).
+    pub fn issue(&self, claims: &TenantClaims, now_ms: i64) -> (String, i64) {
+        let options = TimeOptions::new(Duration::seconds(LEEWAY_SECONDS), move || at(now_ms));
+        let claims = Claims::new(claims.clone()).set_duration_and_issuance(&options, Duration::seconds(TOKEN_TTL_SECONDS));
+        let expires = claims.expiration.map_or(0, |e| e.timestamp());
+        let header = Header::empty().with_key_id(self.current.kid.clone()).with_token_type("JWT");
+        let key = self.current.tenant_key(&claims.custom.tenant);
+        let token = Hs256.token(&header, &claims, &key).expect("HS256 signing with a valid key cannot fail");
+        (token, expires)
+    }
+
+    /// Verifies `token` for the tenant the request was routed to.
+    pub fn verify(&self, token: &str, routed: &TenantSlug, now_ms: i64) -> Result<TenantClaims, AuthError> {
+        let untrusted = UntrustedToken::new(token).map_err(|_| AuthError::Malformed)?;
+        if untrusted.algorithm() != "HS256" {
+            return Err(AuthError::Algorithm);
+        }
+        let kid = untrusted.header().key_id.as_deref().ok_or(AuthError::UnknownKey)?;
+        let master = self.key(kid).ok_or(AuthError::UnknownKey)?;
+        let claimed: Claims<TenantClaims> = untrusted.deserialize_claims_unchecked().map_err(|_| AuthError::Malformed)?;
+        let tenant = TenantSlug::parse(&claimed.custom.tenant).map_err(|_| AuthError::Malformed)?;
+        let verified = Hs256.validator::<TenantClaims>(&master.tenant_key(tenant.as_str())).validate(&untrusted).map_err(|e| {
+            match e {
+                ValidationError::AlgorithmMismatch { .. } => AuthError::Algorithm,
+                ValidationError::InvalidSignature | ValidationError::MalformedSignature(_) => AuthError::Signature,
+                _ => AuthError::Malformed,
+            }
+        })?;
+        let options = TimeOptions::new(Duration::seconds(LEEWAY_SECONDS), move || at(now_ms));
+        verified.claims().validate_expiration(&options).map_err(|e| match e {
+            ValidationError::Expired => AuthError::Expired,
+            _ => AuthError::Malformed,
+        })?;
+        if &tenant != routed {
+            return Err(AuthError::WrongTenant);
+        }
+        Ok(verified.claims().custom.clone())
+    }
+}
+
+/// The token in an `Authorization` header value.
+pub fn bearer(header: Option<&str>) -> Result<&str, AuthError> {
+    let value = header.ok_or(AuthError::Missing)?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(AuthError::Malformed);
+    }
+    Ok(token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn ring() -> KeyRing {
+        KeyRing { current: MasterKey::parse("k2:0123456789abcdef0123456789abcdef-new").unwrap(), previous: Some(MasterKey::parse("k1:0123456789abcdef0123456789abcdef-old").unwrap()) }
+    }
+
+    fn slug(s: &str) -> TenantSlug {
+        TenantSlug::parse(s).unwrap()
+    }
+
+    fn claims(tenant: &str) -> TenantClaims {
+        TenantClaims { tenant: tenant.into(), sub: 7, role: Role::Admin }
+    }
+
+    /// Re-encodes the payload of `token` with `edit` applied, keeping header and signature.
+    fn tamper(token: &str, edit: impl Fn(&mut serde_json::Value)) -> String {
+        let parts: Vec<&str> = token.split('.').collect();
+        let mut payload: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        edit(&mut payload);
+        format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(payload.to_string()), parts[2])
+    }
+
+    fn unsigned(header: serde_json::Value, payload: serde_json::Value) -> String {
+        format!("{}.{}.", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(payload.to_string()))
+    }
+
+    #[test]
+    fn a_fresh_token_verifies_for_its_tenant() {
+        let (token, exp) = ring().issue(&claims("acme"), NOW);
+        assert_eq!(exp, NOW / 1000 + TOKEN_TTL_SECONDS);
+        assert_eq!(ring().verify(&token, &slug("acme"), NOW + 1000), Ok(claims("acme")));
+    }
+
+    #[test]
+    fn another_tenants_token_is_403_and_editing_its_tenant_breaks_the_signature() {
+        let (token, _) = ring().issue(&claims("globex"), NOW);
+        assert_eq!(ring().verify(&token, &slug("acme"), NOW), Err(AuthError::WrongTenant));
+        let edited = tamper(&token, |p| p["tenant"] = "acme".into());
+        assert_eq!(ring().verify(&edited, &slug("acme"), NOW), Err(AuthError::Signature));
+        let promoted = tamper(&ring().issue(&TenantClaims { role: Role::Member, ..claims("acme") }, NOW).0, |p| p["role"] = "admin".into());
+        assert_eq!(ring().verify(&promoted, &slug("acme"), NOW), Err(AuthError::Signature));
+    }
+
+    #[test]
+    fn expiry_is_enforced_with_a_small_leeway() {
+        let (token, _) = ring().issue(&claims("acme"), NOW);
+        let ttl_ms = TOKEN_TTL_SECONDS * 1000;
+        assert!(ring().verify(&token, &slug("acme"), NOW + ttl_ms + 29_000).is_ok());
+        assert_eq!(ring().verify(&token, &slug("acme"), NOW + ttl_ms + 31_000), Err(AuthError::Expired));
+        let no_exp = tamper(&token, |p| {
+            p.as_object_mut().unwrap().remove("exp");
+        });
+        assert!(ring().verify(&no_exp, &slug("acme"), NOW).is_err());
+    }
+
+    #[test]
+    fn none_and_other_algorithms_are_refused() {
+        let payload = serde_json::json!({ "tenant": "acme", "sub": 1, "role": "admin", "exp": NOW / 1000 + 60 });
+        for alg in ["none", "None", "HS512", "RS256", "EdDSA"] {
+            let token = unsigned(serde_json::json!({ "alg": alg, "kid": "k2" }), payload.clone());
+            assert_eq!(ring().verify(&token, &slug("acme"), NOW), Err(AuthError::Algorithm), "{alg}");
+        }
+    }
+
+    #[test]
+    fn rotation_keeps_previous_tokens_until_the_previous_key_is_dropped() {
+        let old_ring = KeyRing { current: ring().previous.unwrap(), previous: None };
+        let (old_token, _) = old_ring.issue(&claims("acme"), NOW);
+        assert!(ring().verify(&old_token, &slug("acme"), NOW).is_ok(), "previous key still accepted");
+        let rotated = KeyRing { current: ring().current, previous: None };
+        assert_eq!(rotated.verify(&old_token, &slug("acme"), NOW), Err(AuthError::UnknownKey));
+        let (new_token, _) = ring().issue(&claims("acme"), NOW);
+        let header: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(new_token.split('.').next().unwrap()).unwrap()).unwrap();
+        assert_eq!((header["kid"].as_str(), header["alg"].as_str()), (Some("k2"), Some("HS256")));
+        assert!(rotated.verify(&new_token, &slug("acme"), NOW).is_ok());
+    }
+
+    #[test]
+    fn garbage_is_malformed_or_unknown() {
+        for junk in ["", "abc", "a.b", "a.b.c", "....", "eyJhbGciOiJIUzI1NiJ9.e30.sig"] {
+            assert!(ring().verify(junk, &slug("acme"), NOW).is_err(), "{junk}");
+        }
+        let (token, _) = ring().issue(&claims("acme"), NOW);
+        let bad_tenant = tamper(&token, |p| p["tenant"] = "NOT A SLUG".into());
+        assert_eq!(ring().verify(&bad_tenant, &slug("acme"), NOW), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn bearer_headers_and_key_parsing() {
+        assert_eq!(bearer(Some("Bearer abc")), Ok("abc"));
+        assert_eq!(bearer(Some("bearer abc")), Ok("abc"));
+        assert_eq!(bearer(None), Err(AuthError::Missing));
+        for bad in ["Basic abc", "Bearer", "Bearer ", "abc"] {
+            assert_eq!(bearer(Some(bad)), Err(AuthError::Malformed), "{bad}");
+        }
+        assert!(MasterKey::parse("k1:short").is_err());
+        assert!(MasterKey::parse("nocolon").is_err());
+        assert!(MasterKey::parse("bad kid:0123456789abcdef0123456789abcdef").is_err());
+        assert!(!format!("{:?}", ring()).contains("0123456789abcdef"));
+        assert_eq!(AuthError::WrongTenant.status(), 403);
+        assert_eq!(AuthError::Expired.status(), 401);
+    }
+}
