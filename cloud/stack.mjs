@@ -20,6 +20,8 @@ export const LOCAL_ACCOUNT_ID = "0123456789abcdef0123456789abcdef";
 export const LOCAL_TOKEN = "tenantry-local-cloud-token";
 /** The admin API's bearer token in the local stack (a secret on a real deployment). */
 export const LOCAL_ADMIN_TOKEN = "tenantry-local-admin-token";
+/** The JWT master key in the local stack, `kid:secret` (a secret on a real deployment). */
+export const LOCAL_JWT_KEY = "local-1:tenantry-local-jwt-master-secret-0123456789";
 const D1_NAME_PREFIX = "tenantry-";
 const CONTROL_DB_NAME = `${D1_NAME_PREFIX}control`;
 const HOP_BY_HOP = ["connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "host", "upgrade"];
@@ -73,6 +75,7 @@ export async function startStack({ stateDir, port = 0, cloudPort = 0, poolSize, 
     { type: "plain_text", name: "ORPHAN_POLICY", text: orphanPolicy },
     { type: "secret_text", name: "CLOUDFLARE_API_TOKEN", text: LOCAL_TOKEN },
     { type: "secret_text", name: "ADMIN_TOKEN", text: LOCAL_ADMIN_TOKEN },
+    { type: "secret_text", name: "JWT_SIGNING_KEY", text: LOCAL_JWT_KEY },
   ];
   const current = cloud.script(SCRIPT_NAME).bindings;
   const unchanged = own.every((b) => current.some((c) => JSON.stringify(c) === JSON.stringify(b)));
@@ -92,6 +95,7 @@ export async function startStack({ stateDir, port = 0, cloudPort = 0, poolSize, 
     apiBase: `${cloud.url}/client/v4`,
     token: LOCAL_TOKEN,
     adminToken: LOCAL_ADMIN_TOKEN,
+    jwtKey: LOCAL_JWT_KEY,
     accountId: LOCAL_ACCOUNT_ID,
     controlDatabase: control,
     cloud,

@@ -22,6 +22,7 @@ export default async function setup({ provide }) {
     apiBase: stack.apiBase,
     token: stack.token,
     adminToken: stack.adminToken,
+    jwtKey: stack.jwtKey,
     controlDatabaseId: stack.controlDatabase.uuid,
     accountId: stack.accountId,
     stateDir,

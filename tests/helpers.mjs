@@ -4,7 +4,7 @@
 
 import http from "node:http";
 import { inject } from "vitest";
-import { provisionTenant, setBindings as setBindingsWith } from "../cloud/provision.mjs";
+import { setBindings as setBindingsWith } from "../cloud/provision.mjs";
 import { apiClient } from "../cloud/stack.mjs";
 
 export const stack = inject("stack");
@@ -75,28 +75,36 @@ export async function waitForStatus(slug, status, timeoutMs = 30_000) {
   return last.json.tenant;
 }
 
-/** Creates a tenant through the admin API and waits until it is active and answering. */
-export async function createTenant(slug = freshSlug(), { plan = "free" } = {}) {
-  const res = await admin("POST", "/v1/tenants", { slug, name: `Tenant ${slug}`, plan, admin: { email: `admin@${slug}.test`, password: ADMIN_PASSWORD } });
-  if (![201, 202].includes(res.status)) throw new Error(`create ${slug}: ${res.status} ${res.text}`);
-  const tenant = await waitForStatus(slug, "active");
-  await waitFor(async () => (await request(`${slug}.localhost`, "/api/tenant")).status === 200, `tenant ${slug} to answer`);
-  return { slug, uuid: tenant.database.id, binding: tenant.binding, tenant };
+/** Signs in on tenant `slug`; returns the token (throws unless 200). */
+export async function login(slug, email, password = ADMIN_PASSWORD) {
+  const res = await request(`${slug}.localhost`, "/api/auth/login", { method: "POST", body: { email, password } });
+  if (res.status !== 200) throw new Error(`login ${email} on ${slug}: ${res.status} ${res.text}`);
+  return res.json.token;
+}
+
+/** `request` on tenant `slug`'s host with a bearer token. */
+export function authed(slug, token, path, opts = {}) {
+  return request(`${slug}.localhost`, path, { ...opts, headers: { authorization: `Bearer ${token}`, ...(opts.headers ?? {}) } });
 }
 
 /**
- * A tenant database made by hand through the local cloud, outside the control plane (to test
- * binding mechanics on their own). Named `raw-...` so the orphan scan never counts it. Remove it
- * with `dropRaw`.
+ * Creates a tenant through the admin API, waits until it is active and serving, and signs its
+ * first admin in. Returns { slug, uuid, binding, tenant, email, token }.
  */
-export async function provisionRaw(slug, { bind = true } = {}) {
-  return provisionTenant(api, slug, { prefix: "raw-", bind });
+export async function createTenant(slug = freshSlug(), { plan = "free" } = {}) {
+  const email = `admin@${slug}.test`;
+  const res = await admin("POST", "/v1/tenants", { slug, name: `Tenant ${slug}`, plan, admin: { email, password: ADMIN_PASSWORD } });
+  if (![201, 202].includes(res.status)) throw new Error(`create ${slug}: ${res.status} ${res.text}`);
+  const tenant = await waitForStatus(slug, "active");
+  let token;
+  await waitFor(async () => {
+    const r = await request(`${slug}.localhost`, "/api/auth/login", { method: "POST", body: { email, password: ADMIN_PASSWORD } });
+    token = r.json?.token;
+    return r.status === 200;
+  }, `tenant ${slug} to serve`);
+  return { slug, uuid: tenant.database.id, binding: tenant.binding, tenant, email, token };
 }
 
-export async function dropRaw(raw) {
-  await setBindings((bindings) => bindings.filter((b) => b.name !== raw.binding));
-  await api("DELETE", `/d1/database/${raw.uuid}`);
-}
 
 /** Fires the Worker's cron trigger once (what Cloudflare does every 5 minutes). */
 export async function cron() {

@@ -28,8 +28,6 @@ use crate::core::password;
 use crate::core::slug::TenantSlug;
 use crate::http::{self, ApiError};
 
-const MAX_BODY: usize = 64 * 1024;
-
 pub async fn handle(req: &Request, env: &Env, path: &str) -> Result<Response, ApiError> {
     authenticate(req, env)?;
     let segments: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
@@ -91,26 +89,6 @@ fn not_found(slug: &str) -> ApiError {
         "tenant_not_found",
         format!("there is no tenant `{}`", slug.chars().take(60).collect::<String>()),
     )
-}
-
-async fn read_json(req: &Request) -> Result<Map<String, Value>, ApiError> {
-    let bytes = req.clone()?.bytes().await.map_err(|_| ApiError::BadRequest {
-        code: "invalid_body",
-        message: "the request body could not be read".into(),
-    })?;
-    if bytes.len() > MAX_BODY {
-        return Err(ApiError::PayloadTooLarge { limit: MAX_BODY });
-    }
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => {
-            Err(ApiError::BadRequest { code: "invalid_json", message: "the request body must be a JSON object".into() })
-        }
-        Err(e) => Err(ApiError::BadRequest {
-            code: "invalid_json",
-            message: format!("the request body is not valid JSON: {e}"),
-        }),
-    }
 }
 
 /// A validated create request.
@@ -297,7 +275,7 @@ async fn standing(
 }
 
 async fn create(req: &Request, env: &Env) -> Result<Response, ApiError> {
-    let body = read_json(req).await?;
+    let body = http::read_json(req).await?;
     let request = validate_create(&body).map_err(invalid)?;
     let lc = Lifecycle::from_env(env)?;
     let slug = request.slug.as_str();
@@ -457,7 +435,7 @@ async fn get(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
 }
 
 async fn update(req: &Request, env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
-    let body = read_json(req).await?;
+    let body = http::read_json(req).await?;
     let mut errors = BTreeMap::new();
     let mut name = None;
     let mut plan = None;
@@ -512,6 +490,8 @@ async fn update(req: &Request, env: &Env, slug: &TenantSlug) -> Result<Response,
         }
     }
     store::update_details(&db, slug.as_str(), name.as_deref(), plan.map(Plan::as_str)).await?;
+    // This isolate sees the change at once; others within the lookup cache's TTL.
+    crate::tenant::registry::forget(slug.as_str());
     let request_id = crate::crypto::random_id()?;
     store::audit(&db, "admin", "tenant.update", Some(slug.as_str()), &request_id, &Value::Object(body)).await?;
     let tenant = store::get_tenant(&db, slug.as_str()).await?.ok_or_else(|| not_found(slug.as_str()))?;
@@ -551,6 +531,7 @@ async fn delete(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
             }
         }
     };
+    crate::tenant::registry::forget(s);
     run_logged(&lc, &op).await?;
     standing(&lc, s, TenantStatus::Deleted, 200).await
 }

@@ -395,22 +395,18 @@ impl<'a> Lifecycle<'a> {
     /// the common "not live yet" case, finished by the next touch.
     async fn verify(&self, tenant: &TenantRow) -> Result<StepOutcome, StepError> {
         let slug = TenantSlug::parse(&tenant.slug).map_err(|e| StepError::Permanent(e.to_string()))?;
+        let binding = BindingName::for_tenant(&slug);
+        if self.env.d1(binding.as_str()).is_err() {
+            // Not bound here. If the settings do not hold it either, bind again.
+            let settings = self.api.get_settings(&self.script).await?;
+            let want = [TenantBinding { binding, database_id: database_id(tenant)?.to_owned() }];
+            if !bindings::diff(&settings.bindings, &want).missing.is_empty() {
+                self.reconcile_bindings().await?;
+            }
+            return Ok(StepOutcome::Later(NOT_LIVE_YET.into()));
+        }
         match TenantDb::open(self.env, slug).await {
             Ok(_) => Ok(StepOutcome::Done),
-            Err(ApiError::NotFound { .. }) => {
-                // Not bound here. If the settings do not hold it either, bind again.
-                let settings = self.api.get_settings(&self.script).await?;
-                let want = [TenantBinding {
-                    binding: BindingName::for_tenant(
-                        &TenantSlug::parse(&tenant.slug).map_err(|e| StepError::Permanent(e.to_string()))?,
-                    ),
-                    database_id: database_id(tenant)?.to_owned(),
-                }];
-                if !bindings::diff(&settings.bindings, &want).missing.is_empty() {
-                    self.reconcile_bindings().await?;
-                }
-                Ok(StepOutcome::Later(NOT_LIVE_YET.into()))
-            }
             Err(e) => Ok(StepOutcome::Later(format!("binding answers but is not ready: {e}"))),
         }
     }

@@ -70,7 +70,8 @@ impl MasterKey {
     /// Parses `kid:secret`; the secret must be at least 32 bytes.
     pub fn parse(value: &str) -> Result<Self, &'static str> {
         let (kid, secret) = value.split_once(':').ok_or("a key is written `kid:secret`")?;
-        if kid.is_empty() || kid.len() > 64 || !kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if kid.is_empty() || kid.len() > 64 || !kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err("a key id is 1 to 64 letters, digits, '-' or '_'");
         }
         if secret.len() < 32 {
@@ -141,7 +142,8 @@ impl KeyRing {
     /// current key. Returns the token and its expiry (Unix seconds).
     pub fn issue(&self, claims: &TenantClaims, now_ms: i64) -> (String, i64) {
         let options = TimeOptions::new(Duration::seconds(LEEWAY_SECONDS), move || at(now_ms));
-        let claims = Claims::new(claims.clone()).set_duration_and_issuance(&options, Duration::seconds(TOKEN_TTL_SECONDS));
+        let claims =
+            Claims::new(claims.clone()).set_duration_and_issuance(&options, Duration::seconds(TOKEN_TTL_SECONDS));
         let expires = claims.expiration.map_or(0, |e| e.timestamp());
         let header = Header::empty().with_key_id(self.current.kid.clone()).with_token_type("JWT");
         let key = self.current.tenant_key(&claims.custom.tenant);
@@ -157,15 +159,17 @@ impl KeyRing {
         }
         let kid = untrusted.header().key_id.as_deref().ok_or(AuthError::UnknownKey)?;
         let master = self.key(kid).ok_or(AuthError::UnknownKey)?;
-        let claimed: Claims<TenantClaims> = untrusted.deserialize_claims_unchecked().map_err(|_| AuthError::Malformed)?;
+        let claimed: Claims<TenantClaims> =
+            untrusted.deserialize_claims_unchecked().map_err(|_| AuthError::Malformed)?;
         let tenant = TenantSlug::parse(&claimed.custom.tenant).map_err(|_| AuthError::Malformed)?;
-        let verified = Hs256.validator::<TenantClaims>(&master.tenant_key(tenant.as_str())).validate(&untrusted).map_err(|e| {
-            match e {
+        let verified = Hs256
+            .validator::<TenantClaims>(&master.tenant_key(tenant.as_str()))
+            .validate(&untrusted)
+            .map_err(|e| match e {
                 ValidationError::AlgorithmMismatch { .. } => AuthError::Algorithm,
                 ValidationError::InvalidSignature | ValidationError::MalformedSignature(_) => AuthError::Signature,
                 _ => AuthError::Malformed,
-            }
-        })?;
+            })?;
         let options = TimeOptions::new(Duration::seconds(LEEWAY_SECONDS), move || at(now_ms));
         verified.claims().validate_expiration(&options).map_err(|e| match e {
             ValidationError::Expired => AuthError::Expired,
@@ -198,7 +202,10 @@ mod tests {
     const NOW: i64 = 1_800_000_000_000;
 
     fn ring() -> KeyRing {
-        KeyRing { current: MasterKey::parse("k2:0123456789abcdef0123456789abcdef-new").unwrap(), previous: Some(MasterKey::parse("k1:0123456789abcdef0123456789abcdef-old").unwrap()) }
+        KeyRing {
+            current: MasterKey::parse("k2:0123456789abcdef0123456789abcdef-new").unwrap(),
+            previous: Some(MasterKey::parse("k1:0123456789abcdef0123456789abcdef-old").unwrap()),
+        }
     }
 
     fn slug(s: &str) -> TenantSlug {
@@ -212,7 +219,8 @@ mod tests {
     /// Re-encodes the payload of `token` with `edit` applied, keeping header and signature.
     fn tamper(token: &str, edit: impl Fn(&mut serde_json::Value)) -> String {
         let parts: Vec<&str> = token.split('.').collect();
-        let mut payload: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        let mut payload: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
         edit(&mut payload);
         format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(payload.to_string()), parts[2])
     }
@@ -234,7 +242,9 @@ mod tests {
         assert_eq!(ring().verify(&token, &slug("acme"), NOW), Err(AuthError::WrongTenant));
         let edited = tamper(&token, |p| p["tenant"] = "acme".into());
         assert_eq!(ring().verify(&edited, &slug("acme"), NOW), Err(AuthError::Signature));
-        let promoted = tamper(&ring().issue(&TenantClaims { role: Role::Member, ..claims("acme") }, NOW).0, |p| p["role"] = "admin".into());
+        let promoted = tamper(&ring().issue(&TenantClaims { role: Role::Member, ..claims("acme") }, NOW).0, |p| {
+            p["role"] = "admin".into()
+        });
         assert_eq!(ring().verify(&promoted, &slug("acme"), NOW), Err(AuthError::Signature));
     }
 
@@ -267,7 +277,8 @@ mod tests {
         let rotated = KeyRing { current: ring().current, previous: None };
         assert_eq!(rotated.verify(&old_token, &slug("acme"), NOW), Err(AuthError::UnknownKey));
         let (new_token, _) = ring().issue(&claims("acme"), NOW);
-        let header: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(new_token.split('.').next().unwrap()).unwrap()).unwrap();
+        let header: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(new_token.split('.').next().unwrap()).unwrap()).unwrap();
         assert_eq!((header["kid"].as_str(), header["alg"].as_str()), (Some("k2"), Some("HS256")));
         assert!(rotated.verify(&new_token, &slug("acme"), NOW).is_ok());
     }

@@ -15,6 +15,10 @@ pub enum ApiError {
     /// Missing or wrong credentials.
     #[error("{message}")]
     Unauthorized { message: String },
+    /// Authenticated but not allowed (another tenant's token, a member on an admin route, a
+    /// suspended tenant, a plan limit).
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
     #[error("{message}")]
     NotFound { code: &'static str, message: String },
     /// The request conflicts with the resource's state (a taken slug, an impossible transition).
@@ -27,6 +31,9 @@ pub enum ApiError {
     Unprocessable { message: String, fields: std::collections::BTreeMap<String, String> },
     #[error("method not allowed")]
     MethodNotAllowed { allow: &'static str },
+    /// Too many attempts; retry after `retry_after` seconds.
+    #[error("{message}")]
+    TooManyRequests { code: &'static str, message: String, retry_after: u32 },
     /// Temporarily unable to serve; the client should retry after `retry_after` seconds.
     #[error("{message}")]
     Unavailable { code: &'static str, message: String, retry_after: u32 },
@@ -54,10 +61,12 @@ impl ApiError {
         match self {
             Self::BadRequest { .. } => 400,
             Self::Unauthorized { .. } => 401,
+            Self::Forbidden { .. } => 403,
             Self::NotFound { .. } => 404,
             Self::Conflict { .. } => 409,
             Self::PayloadTooLarge { .. } => 413,
             Self::Unprocessable { .. } => 422,
+            Self::TooManyRequests { .. } => 429,
             Self::MethodNotAllowed { .. } => 405,
             Self::Unavailable { .. } => 503,
             Self::Internal { .. } => 500,
@@ -69,6 +78,8 @@ impl ApiError {
             Self::BadRequest { code, .. }
             | Self::NotFound { code, .. }
             | Self::Conflict { code, .. }
+            | Self::Forbidden { code, .. }
+            | Self::TooManyRequests { code, .. }
             | Self::Unavailable { code, .. } => code,
             Self::Unauthorized { .. } => "unauthorized",
             Self::PayloadTooLarge { .. } => "payload_too_large",
@@ -95,7 +106,9 @@ impl ApiError {
     /// Extra response headers this error carries.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         match self {
-            Self::Unavailable { retry_after, .. } => vec![("Retry-After", retry_after.to_string())],
+            Self::Unavailable { retry_after, .. } | Self::TooManyRequests { retry_after, .. } => {
+                vec![("Retry-After", retry_after.to_string())]
+            }
             Self::MethodNotAllowed { allow } => vec![("Allow", (*allow).to_owned())],
             Self::Unauthorized { .. } => vec![("WWW-Authenticate", "Bearer".to_owned())],
             _ => Vec::new(),
@@ -133,6 +146,8 @@ mod tests {
             (ApiError::not_found("nope", "m"), 404, "nope"),
             (ApiError::Unauthorized { message: "m".into() }, 401, "unauthorized"),
             (ApiError::Conflict { code: "taken", message: "m".into() }, 409, "taken"),
+            (ApiError::Forbidden { code: "no", message: "m".into() }, 403, "no"),
+            (ApiError::TooManyRequests { code: "slow", message: "m".into(), retry_after: 3 }, 429, "slow"),
             (ApiError::PayloadTooLarge { limit: 10 }, 413, "payload_too_large"),
             (
                 ApiError::Unprocessable { message: "m".into(), fields: [("slug".to_owned(), "bad".to_owned())].into() },

@@ -11,16 +11,20 @@ pub use error::ApiError;
 use crate::core::config::Config;
 use crate::core::host::{self, Route};
 
-/// Serves one request. Never fails: every error becomes a JSON error response.
+/// Serves one request. Never fails: every error becomes a JSON error response. Every response
+/// carries `X-Request-Id` (also recorded in audit logs).
 pub async fn handle(req: Request, env: &Env) -> Response {
+    let request_id = crate::crypto::random_id().unwrap_or_else(|_| "unavailable".into());
     let outcome = match route(&req, env).await {
         Ok(route) => match route {
             Route::ControlPlane => crate::control::handle(&req, env).await,
-            Route::Tenant(slug) => crate::tenant::handle(&req, env, slug).await,
+            Route::Tenant(slug) => crate::tenant::handle(&req, env, slug, &request_id).await,
         },
         Err(e) => Err(e),
     };
-    outcome.unwrap_or_else(|e| error_response(&e))
+    let mut response = outcome.unwrap_or_else(|e| error_response(&e));
+    let _ = response.headers_mut().set("X-Request-Id", &request_id);
+    response
 }
 
 /// Decides where the request goes, from the URL's host (in Miniflare and on Cloudflare the URL
@@ -62,6 +66,59 @@ pub fn error_response(err: &ApiError) -> Response {
         let _ = response.headers_mut().set(name, &value);
     }
     response
+}
+
+/// Request bodies larger than this are refused with 413.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The request body as a JSON object: 413 past [`MAX_BODY`], 400 when not a JSON object.
+pub async fn read_json(req: &Request) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+    let unreadable =
+        || ApiError::BadRequest { code: "invalid_body", message: "the request body could not be read".into() };
+    let bytes = req.clone().map_err(|_| unreadable())?.bytes().await.map_err(|_| unreadable())?;
+    if bytes.len() > MAX_BODY {
+        return Err(ApiError::PayloadTooLarge { limit: MAX_BODY });
+    }
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => {
+            Err(ApiError::BadRequest { code: "invalid_json", message: "the request body must be a JSON object".into() })
+        }
+        Err(e) => Err(ApiError::BadRequest {
+            code: "invalid_json",
+            message: format!("the request body is not valid JSON: {e}"),
+        }),
+    }
+}
+
+/// `limit` (1..=max, default `default`) and `cursor` (a positive id) query parameters.
+pub fn page_params(req: &Request, default: u32, max: u32) -> Result<(u32, Option<i64>), ApiError> {
+    let url = req.url()?;
+    let bad = |message: String| ApiError::BadRequest { code: "invalid_parameter", message };
+    let mut limit = default;
+    let mut cursor = None;
+    for (key, value) in url.query_pairs() {
+        match key.as_ref() {
+            "limit" => {
+                limit = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=max).contains(n))
+                    .ok_or_else(|| bad(format!("limit must be a whole number from 1 to {max}")))?
+            }
+            "cursor" => {
+                cursor = Some(
+                    value
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| bad("cursor is not a cursor this API gave".into()))?,
+                )
+            }
+            _ => {}
+        }
+    }
+    Ok((limit, cursor))
 }
 
 /// The error for a path that exists with other methods.

@@ -1,38 +1,132 @@
-//! The tenant-facing API on `{slug}.{APEX}`, served from that tenant's own D1 database only.
+//! The tenant API on `{slug}.{APEX}` (or the apex with `X-Tenant-ID`), served from that tenant's
+//! own D1 database only.
 //!
-//! [`TenantDb::open`] is the one way to get a tenant's database: it looks the binding up by the
-//! name derived from the routed slug, then checks that the database is stamped with that same
-//! slug and carries exactly this Worker's tenant schema before any handler runs.
+//! The request path: look the tenant up (cached, see `registry`) and let its status decide; open
+//! its database by binding name ([`TenantDb`], checked to be stamped with this slug and at this
+//! Worker's schema); authenticate the bearer token against the routed tenant; build the
+//! [`TenantContext`]; run the handler. Handlers get the database only through the context.
 //!
-//! This is the first slice: there is no authentication yet, and the tenant registry is not
-//! consulted (a tenant exists when its binding does). The data plane issue adds both.
+//! Adding a route is one line in [`route`] and a handler `async fn(&TenantContext, &Request)`.
 
-use serde::{Deserialize, Serialize};
+mod auth;
+mod context;
+mod projects;
+pub mod registry;
+mod users;
+
+use serde::Deserialize;
 use worker::{D1Database, Env, Method, Request, Response};
 
+pub use context::TenantContext;
+
+use crate::core::lifecycle::TenantStatus;
 use crate::core::migrations::{self, LedgerState};
 use crate::core::names::BindingName;
 use crate::core::slug::TenantSlug;
 use crate::http::{self, ApiError};
 
-/// Seconds a client should wait before retrying when the tenant's database is not ready.
+/// Seconds a client should wait before retrying when the tenant is not ready.
 const RETRY_AFTER_SECONDS: u32 = 5;
 
-pub async fn handle(req: &Request, env: &Env, slug: TenantSlug) -> Result<Response, ApiError> {
+/// The header that reports how many control-plane queries this request made (0 when hot).
+pub const CONTROL_QUERIES_HEADER: &str = "X-Tenantry-Control-Queries";
+
+pub async fn handle(req: &Request, env: &Env, slug: TenantSlug, request_id: &str) -> Result<Response, ApiError> {
     let path = req.path();
-    let method = req.method();
-    let allow = match path.as_str() {
-        "/api/tenant" | "/api/projects" => "GET",
-        _ => return Err(http::route_not_found()),
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if segments.first() != Some(&"api") {
+        return Err(http::route_not_found());
+    }
+    let lookup = registry::lookup(env, &slug).await?;
+    let queries = lookup.control_plane_queries;
+    let outcome = serve(req, env, slug, request_id, lookup, &segments).await;
+    let mut response = outcome.unwrap_or_else(|e| http::error_response(&e));
+    let _ = response.headers_mut().set(CONTROL_QUERIES_HEADER, &queries.to_string());
+    Ok(response)
+}
+
+async fn serve(
+    req: &Request,
+    env: &Env,
+    slug: TenantSlug,
+    request_id: &str,
+    lookup: registry::Lookup,
+    segments: &[&str],
+) -> Result<Response, ApiError> {
+    let record = lookup.record.ok_or_else(|| not_found(&slug))?;
+    match record.status.parse::<TenantStatus>() {
+        Ok(TenantStatus::Active) => {}
+        Ok(TenantStatus::Provisioning) => {
+            return Err(ApiError::Unavailable {
+                code: "tenant_provisioning",
+                message: "this tenant is still being set up; retry shortly".into(),
+                retry_after: RETRY_AFTER_SECONDS,
+            })
+        }
+        Ok(TenantStatus::Suspended) => {
+            let why = record.status_message.as_deref().unwrap_or("contact the platform operator");
+            return Err(ApiError::Forbidden {
+                code: "tenant_suspended",
+                message: format!("this tenant is suspended: {why}"),
+            });
+        }
+        Ok(TenantStatus::Failed) => {
+            return Err(ApiError::Unavailable {
+                code: "tenant_unavailable",
+                message: "this tenant could not be set up; the platform operator has been told".into(),
+                retry_after: 60,
+            })
+        }
+        Ok(TenantStatus::Deleting | TenantStatus::Deleted) | Err(_) => return Err(not_found(&slug)),
+    }
+    let tenant = if lookup.verified_database.is_some() && lookup.verified_database == record.database_id {
+        TenantDb::bound(env, slug)?
+    } else {
+        let tenant = TenantDb::open(env, slug).await?;
+        if let Some(id) = &record.database_id {
+            registry::mark_verified(tenant.slug(), &record, id);
+        }
+        tenant
     };
-    if method != Method::Get {
-        return Err(http::method_not_allowed(allow));
+
+    // The one unauthenticated tenant route.
+    if segments == ["api", "auth", "login"] {
+        return match req.method() {
+            Method::Post => auth::login(req, env, &tenant, request_id).await,
+            _ => Err(http::method_not_allowed("POST")),
+        };
     }
-    let tenant = TenantDb::open(env, slug).await?;
-    match path.as_str() {
-        "/api/tenant" => tenant_info(&tenant),
-        _ => list_projects(&tenant, req).await,
+    let ctx = auth::authenticate(req, env, tenant, record, request_id).await?;
+    route(&ctx, req, segments).await
+}
+
+/// The tenant API's routes.
+async fn route(ctx: &TenantContext, req: &Request, segments: &[&str]) -> Result<Response, ApiError> {
+    use Method::*;
+    let method = req.method();
+    match (segments, method) {
+        (["api", "me"], Get) => users::me(ctx).await,
+        (["api", "tenant"], Get) => tenant_info(ctx).await,
+        (["api", "users"], Get) => users::list(ctx, req).await,
+        (["api", "users"], Post) => users::create(ctx, req).await,
+        (["api", "users", id], Get) => users::get(ctx, id).await,
+        (["api", "users", id], Patch) => users::update(ctx, req, id).await,
+        (["api", "users", id], Delete) => users::delete(ctx, id).await,
+        (["api", "projects"], Get) => projects::list(ctx, req).await,
+        (["api", "projects"], Post) => projects::create(ctx, req).await,
+        (["api", "projects", id], Get) => projects::get(ctx, id).await,
+        (["api", "projects", id], Patch) => projects::update(ctx, req, id).await,
+        (["api", "projects", id], Delete) => projects::delete(ctx, id).await,
+        (["api", "audit-log"], Get) => context::audit_log(ctx, req).await,
+        (["api", "me" | "tenant" | "audit-log"], _) => Err(http::method_not_allowed("GET")),
+        (["api", "users" | "projects"], _) => Err(http::method_not_allowed("GET, POST")),
+        (["api", "users" | "projects", _], _) => Err(http::method_not_allowed("GET, PATCH, DELETE")),
+        _ => Err(http::route_not_found()),
     }
+}
+
+fn not_found(slug: &TenantSlug) -> ApiError {
+    ApiError::not_found("tenant_not_found", format!("there is no tenant `{slug}`"))
 }
 
 /// A tenant's database, checked to belong to that tenant and to be at this Worker's schema.
@@ -53,11 +147,16 @@ struct Name {
 }
 
 impl TenantDb {
+    /// The binding, trusted because this isolate verified it recently (see `registry`).
+    fn bound(env: &Env, slug: TenantSlug) -> Result<Self, ApiError> {
+        let db = binding(env, &slug)?;
+        Ok(Self { slug, db, applied: migrations::TENANT.iter().map(|m| m.name.to_owned()).collect() })
+    }
+
+    /// Opens and verifies: the binding exists, the database is stamped with `slug`, and its
+    /// ledger holds exactly this Worker's tenant migrations.
     pub async fn open(env: &Env, slug: TenantSlug) -> Result<Self, ApiError> {
-        let binding = BindingName::for_tenant(&slug);
-        let db = env
-            .d1(binding.as_str())
-            .map_err(|_| ApiError::not_found("tenant_not_found", format!("there is no tenant `{slug}`")))?;
+        let db = binding(env, &slug)?;
         let not_ready = |detail: String| {
             worker::console_error!("tenant {slug}: database not ready: {detail}");
             ApiError::Unavailable {
@@ -84,17 +183,19 @@ impl TenantDb {
         if stamp.first().map(|s| s.value.as_str()) != Some(slug.as_str()) {
             let found = stamp.first().map_or("<none>", |s| s.value.as_str());
             return Err(not_ready(format!(
-                "SECURITY: binding {binding} holds a database stamped {found:?}; refusing to serve"
+                "SECURITY: the binding holds a database stamped {found:?}; refusing to serve"
             )));
         }
         match migrations::compare(migrations::TENANT, &applied) {
             LedgerState::Current => Ok(Self { slug, db, applied }),
-            LedgerState::Behind { pending } => Err(ApiError::Unavailable {
-                code: "tenant_migrating",
-                message: "this tenant's database is being brought up to date; retry shortly".into(),
-                retry_after: RETRY_AFTER_SECONDS,
-            })
-            .inspect_err(|_| worker::console_warn!("tenant {}: pending migrations {pending:?}", slug)),
+            LedgerState::Behind { pending } => {
+                worker::console_warn!("tenant {slug}: pending migrations {pending:?}");
+                Err(ApiError::Unavailable {
+                    code: "tenant_migrating",
+                    message: "this tenant's database is being brought up to date; retry shortly".into(),
+                    retry_after: RETRY_AFTER_SECONDS,
+                })
+            }
             LedgerState::Diverged { unknown } => {
                 Err(not_ready(format!("ledger has migrations this Worker does not know: {unknown:?}")))
             }
@@ -105,48 +206,28 @@ impl TenantDb {
         &self.slug
     }
 
-    pub fn db(&self) -> &D1Database {
+    fn db(&self) -> &D1Database {
         &self.db
     }
 }
 
-#[derive(Serialize)]
-struct TenantInfo<'a> {
-    tenant: &'a str,
-    schema: &'a [String],
-}
-
-fn tenant_info(tenant: &TenantDb) -> Result<Response, ApiError> {
-    http::json(200, &TenantInfo { tenant: tenant.slug().as_str(), schema: &tenant.applied })
-}
-
-#[derive(Serialize, Deserialize)]
-struct Project {
-    id: i64,
-    name: String,
-    description: String,
-    created_at: String,
-    updated_at: String,
-}
-
-/// `GET /api/projects?limit=N`: the tenant's projects, oldest first.
-async fn list_projects(tenant: &TenantDb, req: &Request) -> Result<Response, ApiError> {
-    let url = req.url()?;
-    let limit = match url.query_pairs().find(|(k, _)| k == "limit") {
-        None => 50,
-        Some((_, v)) => {
-            v.parse::<u32>().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| ApiError::BadRequest {
-                code: "invalid_parameter",
-                message: "limit must be a whole number from 1 to 100".into(),
-            })?
+/// The tenant's binding. A routed tenant that is active but unbound is a server-side
+/// inconsistency (the reconciler restores bindings): 503, logged.
+fn binding(env: &Env, slug: &TenantSlug) -> Result<D1Database, ApiError> {
+    let name = BindingName::for_tenant(slug);
+    env.d1(name.as_str()).map_err(|_| {
+        ApiError::Unavailable {
+            code: "tenant_unavailable",
+            message: "this tenant is temporarily unavailable; retry shortly".into(),
+            retry_after: RETRY_AFTER_SECONDS,
         }
-    };
-    let projects = tenant
-        .db()
-        .prepare("SELECT id, name, description, created_at, updated_at FROM projects ORDER BY id LIMIT ?1")
-        .bind(&[limit.into()])?
-        .all()
-        .await?
-        .results::<Project>()?;
-    http::json(200, &serde_json::json!({ "tenant": tenant.slug().as_str(), "projects": projects }))
+        .inspect_log(&format!("tenant {slug} is active but binding {name} is missing; the reconciler restores it"))
+    })
+}
+
+async fn tenant_info(ctx: &TenantContext) -> Result<Response, ApiError> {
+    http::json(
+        200,
+        &serde_json::json!({ "tenant": ctx.slug().as_str(), "plan": ctx.plan().as_str(), "schema": ctx.schema() }),
+    )
 }

@@ -116,7 +116,12 @@ test(`${LIFECYCLES} randomised lifecycles under injected faults converge`, { tim
 
   const bindings = (await api("GET", "/workers/scripts/tenantry/settings")).result.bindings;
   const boundIds = new Map(bindings.filter((b) => b.type === "d1").map((b) => [b.name, b.id]));
-  const answering = await Promise.all(active.map(async (t) => (await request(`${t.slug}.localhost`, "/api/tenant")).status === 200));
+  const answering = await Promise.all(
+    active.map(async (t) => {
+      const res = await request(`${t.slug}.localhost`, "/api/auth/login", { method: "POST", body: { email: `a@${t.slug}.test`, password: ADMIN_PASSWORD } });
+      return res.status === 200;
+    }),
+  );
   const bound = active.filter((t) => boundIds.get(t.binding) === t.database.id);
 
   const databases = (await api("GET", `/d1/database?name=tenantry-${tag}&per_page=1000`)).result.filter((d) => d.name.startsWith(`tenantry-${tag}`));

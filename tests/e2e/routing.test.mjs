@@ -4,6 +4,8 @@
 import { beforeAll, describe, expect, test } from "vitest";
 import { createTenant, request } from "../helpers.mjs";
 
+const bearer = (token) => ({ authorization: `Bearer ${token}` });
+
 const expectJsonError = (res, status, code) => {
   expect(res.status, res.text).toBe(status);
   expect(res.headers["content-type"]).toMatch(/^application\/json/);
@@ -39,17 +41,17 @@ describe("tenant routing", () => {
 
   test("a tenant answers on its subdomain, in any letter case", async () => {
     for (const host of [`${tenant.slug}.localhost`, `${tenant.slug.toUpperCase()}.LOCALHOST`]) {
-      const res = await request(host, "/api/tenant");
+      const res = await request(host, "/api/tenant", { headers: bearer(tenant.token) });
       expect(res.status, host).toBe(200);
-      expect(res.json).toEqual({ tenant: tenant.slug, schema: ["0001_tenant_base.sql", "0002_users.sql"] });
+      expect(res.json).toEqual({ tenant: tenant.slug, plan: "free", schema: ["0001_tenant_base.sql", "0002_users.sql", "0003_auth_and_audit.sql"] });
     }
   });
 
   test("X-Tenant-ID on the apex routes to the tenant; a disagreeing header is a 400", async () => {
-    const viaHeader = await request("localhost", "/api/tenant", { headers: { "x-tenant-id": tenant.slug } });
+    const viaHeader = await request("localhost", "/api/tenant", { headers: { "x-tenant-id": tenant.slug, ...bearer(tenant.token) } });
     expect(viaHeader.status).toBe(200);
     expect(viaHeader.json.tenant).toBe(tenant.slug);
-    const agree = await request(`${tenant.slug}.localhost`, "/api/tenant", { headers: { "x-tenant-id": tenant.slug } });
+    const agree = await request(`${tenant.slug}.localhost`, "/api/tenant", { headers: { "x-tenant-id": tenant.slug, ...bearer(tenant.token) } });
     expect(agree.status).toBe(200);
     expectJsonError(await request(`${tenant.slug}.localhost`, "/api/tenant", { headers: { "x-tenant-id": "other-tenant" } }), 400, "tenant_conflict");
     expectJsonError(await request("localhost", "/api/tenant", { headers: { "x-tenant-id": "Not A Slug" } }), 400, "invalid_tenant_header");
@@ -66,10 +68,13 @@ describe("tenant routing", () => {
 
   test("tenant routes: unknown path 404, wrong method 405, bad parameter 400", async () => {
     const host = `${tenant.slug}.localhost`;
-    expectJsonError(await request(host, "/api/nope"), 404, "route_not_found");
-    expectJsonError(await request(host, "/api/projects", { method: "DELETE" }), 405, "method_not_allowed");
+    const headers = bearer(tenant.token);
+    expectJsonError(await request(host, "/api/nope", { headers }), 404, "route_not_found");
+    expectJsonError(await request(host, "/nope", { headers }), 404, "route_not_found");
+    expectJsonError(await request(host, "/api/projects", { method: "PUT", headers }), 405, "method_not_allowed");
     for (const limit of ["0", "101", "abc", "-1", "1e3"]) {
-      expectJsonError(await request(host, `/api/projects?limit=${limit}`), 400, "invalid_parameter");
+      expectJsonError(await request(host, `/api/projects?limit=${limit}`, { headers }), 400, "invalid_parameter");
     }
+    expectJsonError(await request(host, "/api/projects"), 401, "unauthorized");
   });
 });

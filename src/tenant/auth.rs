@@ -1,0 +1,175 @@
+//! Logging in (`POST /api/auth/login`) and checking the bearer token on every other route.
+//!
+//! Signing keys come from the secrets `JWT_SIGNING_KEY` (`kid:secret`, the current key) and, during
+//! a rotation, `JWT_SIGNING_KEY_PREVIOUS`; see `core::token` for the per-tenant derivation.
+//! Logins are throttled per tenant and email in the tenant's own database: after
+//! [`MAX_FAILURES`] failures within [`WINDOW_MS`], further attempts get 429 until the window ends.
+
+use serde::Deserialize;
+use serde_json::json;
+use wasm_bindgen::JsValue;
+use worker::{Env, Request, Response};
+
+use super::context::{audit_statement, AuthUser, TenantContext};
+use super::registry::TenantRecord;
+use super::TenantDb;
+use crate::core::token::{bearer, AuthError, KeyRing, MasterKey, Role, TenantClaims};
+use crate::http::{self, ApiError};
+
+pub const MAX_FAILURES: i64 = 10;
+pub const WINDOW_MS: i64 = 15 * 60 * 1000;
+/// Checked when the email is unknown, so a miss costs the same time as a wrong password.
+const DECOY_HASH: &str = "$pbkdf2-sha256$i=100000$dGVuYW50cnktZGVjb3k$yG3Qw1i8n6m2W7Xq7m3i8Q0f2uJ3m0t6s1Yc2A5Ld9Q";
+
+fn now_ms() -> i64 {
+    js_sys::Date::now() as i64
+}
+
+fn key_ring(env: &Env) -> Result<KeyRing, ApiError> {
+    let not_configured = |what: &str| {
+        ApiError::Unavailable {
+            code: "auth_not_configured",
+            message: "sign-in is not configured on this deployment".into(),
+            retry_after: 60,
+        }
+        .inspect_log(what)
+    };
+    let current =
+        env.secret("JWT_SIGNING_KEY").map_err(|_| not_configured("secret JWT_SIGNING_KEY is not set"))?.to_string();
+    let current = MasterKey::parse(&current).map_err(|e| not_configured(&format!("JWT_SIGNING_KEY: {e}")))?;
+    let previous = match env.secret("JWT_SIGNING_KEY_PREVIOUS") {
+        Ok(v) if !v.to_string().is_empty() => Some(
+            MasterKey::parse(&v.to_string()).map_err(|e| not_configured(&format!("JWT_SIGNING_KEY_PREVIOUS: {e}")))?,
+        ),
+        _ => None,
+    };
+    Ok(KeyRing { current, previous })
+}
+
+fn auth_error(e: AuthError) -> ApiError {
+    match e {
+        AuthError::WrongTenant => ApiError::Forbidden { code: "wrong_tenant", message: e.to_string() },
+        other => ApiError::Unauthorized { message: other.to_string() },
+    }
+}
+
+/// Checks the bearer token against the routed tenant and loads the user it names.
+pub async fn authenticate(
+    req: &Request,
+    env: &Env,
+    tenant: TenantDb,
+    record: TenantRecord,
+    request_id: &str,
+) -> Result<TenantContext, ApiError> {
+    let header = req.headers().get("Authorization").ok().flatten();
+    let token = bearer(header.as_deref()).map_err(auth_error)?;
+    let claims = key_ring(env)?.verify(token, tenant.slug(), now_ms()).map_err(auth_error)?;
+    // The database decides who the user is now: a deleted user's token stops working, a demoted
+    // admin loses admin rights at once.
+    let user: Option<AuthUser> = tenant
+        .db()
+        .prepare("SELECT id, email, role FROM users WHERE id = ?1")
+        .bind(&[JsValue::from(claims.sub as f64)])?
+        .first(None)
+        .await?;
+    let user = user.ok_or_else(|| ApiError::Unauthorized { message: "the token's user no longer exists".into() })?;
+    Ok(TenantContext::new(tenant, record, user, request_id))
+}
+
+#[derive(Deserialize)]
+struct LoginUser {
+    id: i64,
+    email: String,
+    role: String,
+    password_hash: String,
+}
+
+#[derive(Deserialize)]
+struct Attempts {
+    window_start: i64,
+    failures: i64,
+}
+
+pub async fn login(req: &Request, env: &Env, tenant: &TenantDb, request_id: &str) -> Result<Response, ApiError> {
+    let body = http::read_json(req).await?;
+    let mut fields = std::collections::BTreeMap::new();
+    let email = match body.get("email") {
+        Some(serde_json::Value::String(e)) if !e.trim().is_empty() && e.len() <= 254 => Some(e.trim().to_owned()),
+        _ => {
+            fields.insert("email".to_owned(), "is required: a string".to_owned());
+            None
+        }
+    };
+    let password = match body.get("password") {
+        Some(serde_json::Value::String(p)) if !p.is_empty() && p.len() <= 256 => Some(p.clone()),
+        _ => {
+            fields.insert("password".to_owned(), "is required: a string of at most 256 bytes".to_owned());
+            None
+        }
+    };
+    let (Some(email), Some(password)) = (email, password) else {
+        return Err(ApiError::Unprocessable { message: "the request has invalid fields".into(), fields });
+    };
+    let ring = key_ring(env)?;
+    let db = tenant.db();
+    let now = now_ms();
+
+    let attempts: Option<Attempts> = db
+        .prepare("SELECT window_start, failures FROM login_attempts WHERE email = ?1")
+        .bind(&[JsValue::from_str(&email)])?
+        .first(None)
+        .await?;
+    if let Some(a) = &attempts {
+        let remaining = a.window_start + WINDOW_MS - now;
+        if a.failures >= MAX_FAILURES && remaining > 0 {
+            return Err(ApiError::TooManyRequests {
+                code: "too_many_attempts",
+                message: "too many failed sign-ins for this email; try again later".into(),
+                retry_after: (remaining / 1000 + 1) as u32,
+            });
+        }
+    }
+
+    let user: Option<LoginUser> = db
+        .prepare("SELECT id, email, role, password_hash FROM users WHERE email = ?1")
+        .bind(&[JsValue::from_str(&email)])?
+        .first(None)
+        .await?;
+    let ok = match &user {
+        Some(u) => crate::crypto::verify_password(&password, &u.password_hash).await?,
+        None => {
+            crate::crypto::verify_password(&password, DECOY_HASH).await?;
+            false
+        }
+    };
+    let Some(user) = user.filter(|_| ok) else {
+        // A new window when the old one is over; else one more failure in it.
+        let record = db
+            .prepare(
+                "INSERT INTO login_attempts (email, window_start, failures) VALUES (?1, ?2, 1) \
+                 ON CONFLICT (email) DO UPDATE SET \
+                 failures = CASE WHEN window_start + ?3 <= ?2 THEN 1 ELSE failures + 1 END, \
+                 window_start = CASE WHEN window_start + ?3 <= ?2 THEN ?2 ELSE window_start END",
+            )
+            .bind(&[JsValue::from_str(&email), JsValue::from(now as f64), JsValue::from(WINDOW_MS as f64)])?;
+        let audit = audit_statement(db, None, "login.failed", &format!("email:{email}"), request_id, &json!({}))?;
+        db.batch(vec![record, audit]).await?;
+        return Err(ApiError::Unauthorized { message: "the email or password is wrong".into() });
+    };
+
+    let role = Role::parse(&user.role).unwrap_or(Role::Member);
+    let (token, expires_at) = ring.issue(&TenantClaims { tenant: tenant.slug().to_string(), sub: user.id, role }, now);
+    let actor = AuthUser { id: user.id, email: user.email.clone(), role: user.role.clone() };
+    db.batch(vec![
+        db.prepare("DELETE FROM login_attempts WHERE email = ?1").bind(&[JsValue::from_str(&email)])?,
+        audit_statement(db, Some(&actor), "login", &format!("user:{}", user.id), request_id, &json!({}))?,
+    ])
+    .await?;
+    http::json(
+        200,
+        &json!({
+            "token": token, "token_type": "Bearer", "expires_at": expires_at,
+            "user": { "id": user.id, "email": user.email, "role": user.role },
+        }),
+    )
+}

@@ -1,0 +1,138 @@
+//! What every tenant handler receives: the tenant, its database, the authenticated user and the
+//! request id. There is no other way for handler code to reach a tenant database.
+
+use serde::{Deserialize, Serialize};
+use wasm_bindgen::JsValue;
+use worker::{D1Database, D1PreparedStatement, Request, Response};
+
+use super::registry::TenantRecord;
+use super::TenantDb;
+use crate::core::lifecycle::Plan;
+use crate::core::slug::TenantSlug;
+use crate::core::token::Role;
+use crate::http::{self, ApiError};
+
+/// The authenticated user, as the tenant database has them now (not as the token said).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthUser {
+    pub id: i64,
+    pub email: String,
+    pub role: String,
+}
+
+pub struct TenantContext {
+    tenant: TenantDb,
+    record: TenantRecord,
+    user: AuthUser,
+    request_id: String,
+}
+
+impl TenantContext {
+    pub(super) fn new(tenant: TenantDb, record: TenantRecord, user: AuthUser, request_id: &str) -> Self {
+        Self { tenant, record, user, request_id: request_id.to_owned() }
+    }
+
+    /// This tenant's database, and only this tenant's.
+    pub fn db(&self) -> &D1Database {
+        self.tenant.db()
+    }
+
+    pub fn slug(&self) -> &TenantSlug {
+        self.tenant.slug()
+    }
+
+    pub fn plan(&self) -> Plan {
+        self.record.plan.parse().unwrap_or(Plan::Free)
+    }
+
+    pub fn schema(&self) -> &[String] {
+        &self.tenant.applied
+    }
+
+    pub fn user(&self) -> &AuthUser {
+        &self.user
+    }
+
+    pub fn is_admin(&self) -> bool {
+        Role::parse(&self.user.role) == Some(Role::Admin)
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden { code: "admin_required", message: "only a tenant admin can do this".into() })
+        }
+    }
+
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// An audit row for `action` on `target`, to run in the same batch as the change it records.
+    pub fn audit(
+        &self,
+        action: &str,
+        target: &str,
+        detail: &serde_json::Value,
+    ) -> Result<D1PreparedStatement, ApiError> {
+        audit_statement(self.db(), Some(&self.user), action, target, &self.request_id, detail)
+    }
+}
+
+pub(super) fn audit_statement(
+    db: &D1Database,
+    actor: Option<&AuthUser>,
+    action: &str,
+    target: &str,
+    request_id: &str,
+    detail: &serde_json::Value,
+) -> Result<D1PreparedStatement, ApiError> {
+    Ok(db.prepare("INSERT INTO audit_log (actor_id, actor_email, action, target, request_id, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)").bind(&[
+        actor.map_or(JsValue::NULL, |a| JsValue::from(a.id as f64)),
+        actor.map_or(JsValue::NULL, |a| JsValue::from_str(&a.email)),
+        JsValue::from_str(action),
+        JsValue::from_str(target),
+        JsValue::from_str(request_id),
+        JsValue::from_str(&detail.to_string()),
+    ])?)
+}
+
+#[derive(Serialize, Deserialize)]
+struct AuditRow {
+    id: i64,
+    at: String,
+    actor_id: Option<i64>,
+    actor_email: Option<String>,
+    action: String,
+    target: Option<String>,
+    request_id: String,
+    detail: String,
+}
+
+/// `GET /api/audit-log?limit=&cursor=` (admins): newest first.
+pub async fn audit_log(ctx: &TenantContext, req: &Request) -> Result<Response, ApiError> {
+    ctx.require_admin()?;
+    let (limit, cursor) = http::page_params(req, 50, 200)?;
+    let rows: Vec<AuditRow> = ctx
+        .db()
+        .prepare("SELECT id, at, actor_id, actor_email, action, target, request_id, detail FROM audit_log WHERE id < ?1 ORDER BY id DESC LIMIT ?2")
+        .bind(&[JsValue::from(cursor.unwrap_or(i64::MAX) as f64), JsValue::from(limit + 1)])?
+        .all()
+        .await?
+        .results()?;
+    let more = rows.len() > limit as usize;
+    let entries: Vec<serde_json::Value> = rows
+        .iter()
+        .take(limit as usize)
+        .map(|r| {
+            serde_json::json!({
+                "id": r.id, "at": r.at, "actor": { "id": r.actor_id, "email": r.actor_email }, "action": r.action,
+                "target": r.target, "request_id": r.request_id,
+                "detail": serde_json::from_str::<serde_json::Value>(&r.detail).unwrap_or_default(),
+            })
+        })
+        .collect();
+    let next = if more { rows.get(limit as usize - 1).map(|r| r.id) } else { None };
+    http::json(200, &serde_json::json!({ "entries": entries, "next_cursor": next }))
+}

@@ -1,0 +1,156 @@
+//! `/api/projects`: the sample resource every user of a tenant can read and change.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use wasm_bindgen::JsValue;
+use worker::{Request, Response};
+
+use super::users::parse_id;
+use super::TenantContext;
+use crate::core::plans::{self, Resource};
+use crate::http::{self, ApiError};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Project {
+    id: i64,
+    name: String,
+    description: String,
+    created_by: Option<i64>,
+    created_at: String,
+    updated_at: String,
+}
+
+const COLUMNS: &str = "id, name, description, created_by, created_at, updated_at";
+
+fn not_found() -> ApiError {
+    ApiError::not_found("project_not_found", "no such project in this tenant")
+}
+
+async fn find(ctx: &TenantContext, id: i64) -> Result<Project, ApiError> {
+    ctx.db()
+        .prepare(format!("SELECT {COLUMNS} FROM projects WHERE id = ?1"))
+        .bind(&[JsValue::from(id as f64)])?
+        .first::<Project>(None)
+        .await?
+        .ok_or_else(not_found)
+}
+
+/// `{name?, description?}`; `name` required when creating.
+fn parse(body: &Map<String, Value>, creating: bool) -> Result<(Option<String>, Option<String>), ApiError> {
+    let mut fields = BTreeMap::new();
+    let (mut name, mut description) = (None, None);
+    for (key, value) in body {
+        match (key.as_str(), value) {
+            ("name", Value::String(n)) => {
+                let n = n.trim();
+                match n.chars().count() {
+                    0 => drop(fields.insert("name".into(), "must not be empty".into())),
+                    c if c > 200 => drop(fields.insert("name".into(), "must be at most 200 characters".into())),
+                    _ => name = Some(n.to_owned()),
+                }
+            }
+            ("description", Value::String(d)) if d.chars().count() <= 5000 => description = Some(d.clone()),
+            ("description", Value::String(_)) => {
+                drop(fields.insert("description".into(), "must be at most 5000 characters".into()))
+            }
+            ("name" | "description", _) => drop(fields.insert(key.clone(), "must be a string".into())),
+            _ => drop(fields.insert(key.clone(), "is not a known field".into())),
+        }
+    }
+    if creating && name.is_none() && !fields.contains_key("name") {
+        fields.insert("name".into(), "is required".into());
+    }
+    if fields.is_empty() {
+        Ok((name, description))
+    } else {
+        Err(ApiError::Unprocessable { message: "the request has invalid fields".into(), fields })
+    }
+}
+
+/// `GET /api/projects?limit=&cursor=`: oldest first.
+pub async fn list(ctx: &TenantContext, req: &Request) -> Result<Response, ApiError> {
+    let (limit, cursor) = http::page_params(req, 50, 100)?;
+    let rows: Vec<Project> = ctx
+        .db()
+        .prepare(format!("SELECT {COLUMNS} FROM projects WHERE id > ?1 ORDER BY id LIMIT ?2"))
+        .bind(&[JsValue::from(cursor.unwrap_or(0) as f64), JsValue::from(limit + 1)])?
+        .all()
+        .await?
+        .results()?;
+    let more = rows.len() > limit as usize;
+    let next = if more { rows.get(limit as usize - 1).map(|p| p.id) } else { None };
+    let projects: Vec<&Project> = rows.iter().take(limit as usize).collect();
+    http::json(200, &json!({ "projects": projects, "next_cursor": next }))
+}
+
+/// `POST /api/projects`: `{name, description?}`
+pub async fn create(ctx: &TenantContext, req: &Request) -> Result<Response, ApiError> {
+    let body = http::read_json(req).await?;
+    let (name, description) = parse(&body, true)?;
+    let name = name.ok_or_else(|| ApiError::internal("validated name missing"))?;
+    #[derive(Deserialize)]
+    struct N {
+        n: u64,
+    }
+    let current = ctx.db().prepare("SELECT count(*) AS n FROM projects").first::<N>(None).await?.map_or(0, |r| r.n);
+    plans::check_add(ctx.plan(), Resource::Projects, current)
+        .map_err(|e| ApiError::Forbidden { code: "plan_limit_reached", message: e.to_string() })?;
+    let db = ctx.db();
+    let insert = db
+        .prepare(format!(
+            "INSERT INTO projects (name, description, created_by) VALUES (?1, ?2, ?3) RETURNING {COLUMNS}"
+        ))
+        .bind(&[
+            JsValue::from_str(&name),
+            JsValue::from_str(description.as_deref().unwrap_or("")),
+            JsValue::from(ctx.user().id as f64),
+        ])?;
+    let audit = ctx.audit("project.create", &format!("project:{name}"), &json!({ "name": name }))?;
+    let results = db.batch(vec![insert, audit]).await?;
+    let project = results
+        .first()
+        .map(|r| r.results::<Project>())
+        .transpose()?
+        .and_then(|mut v| v.pop())
+        .ok_or_else(|| ApiError::internal("insert returned no row"))?;
+    http::json(201, &json!({ "project": project }))
+}
+
+/// `GET /api/projects/{id}`
+pub async fn get(ctx: &TenantContext, id: &str) -> Result<Response, ApiError> {
+    let id = parse_id(id, not_found)?;
+    http::json(200, &json!({ "project": find(ctx, id).await? }))
+}
+
+/// `PATCH /api/projects/{id}`: `{name?, description?}`
+pub async fn update(ctx: &TenantContext, req: &Request, id: &str) -> Result<Response, ApiError> {
+    let id = parse_id(id, not_found)?;
+    let body = http::read_json(req).await?;
+    let (name, description) = parse(&body, false)?;
+    find(ctx, id).await?;
+    let opt = |v: Option<&str>| v.map_or(JsValue::NULL, JsValue::from_str);
+    let db = ctx.db();
+    let update = db
+        .prepare(
+            "UPDATE projects SET name = COALESCE(?2, name), description = COALESCE(?3, description), \
+             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
+        )
+        .bind(&[JsValue::from(id as f64), opt(name.as_deref()), opt(description.as_deref())])?;
+    let changed: Vec<&str> = body.keys().map(String::as_str).collect();
+    let audit = ctx.audit("project.update", &format!("project:{id}"), &json!({ "fields": changed }))?;
+    db.batch(vec![update, audit]).await?;
+    http::json(200, &json!({ "project": find(ctx, id).await? }))
+}
+
+/// `DELETE /api/projects/{id}`
+pub async fn delete(ctx: &TenantContext, id: &str) -> Result<Response, ApiError> {
+    let id = parse_id(id, not_found)?;
+    let project = find(ctx, id).await?;
+    let db = ctx.db();
+    let delete = db.prepare("DELETE FROM projects WHERE id = ?1").bind(&[JsValue::from(id as f64)])?;
+    let audit = ctx.audit("project.delete", &format!("project:{id}"), &json!({ "name": project.name }))?;
+    db.batch(vec![delete, audit]).await?;
+    http::json(200, &json!({ "deleted": { "project": id } }))
+}

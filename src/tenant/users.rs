@@ -1,0 +1,228 @@
+//! `/api/me` and `/api/users`: a tenant's users. Only admins manage users; a user may read
+//! themself. The last admin can be neither demoted nor deleted.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use wasm_bindgen::JsValue;
+use worker::{Request, Response};
+
+use super::TenantContext;
+use crate::control::admin::valid_email;
+use crate::core::password;
+use crate::core::plans::{self, Resource};
+use crate::core::token::Role;
+use crate::http::{self, ApiError};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct User {
+    id: i64,
+    email: String,
+    role: String,
+    created_at: String,
+    updated_at: String,
+}
+
+const COLUMNS: &str = "id, email, role, created_at, updated_at";
+
+fn not_found() -> ApiError {
+    ApiError::not_found("user_not_found", "no such user in this tenant")
+}
+
+/// A path id: a positive integer, or the resource does not exist.
+pub fn parse_id(raw: &str, missing: fn() -> ApiError) -> Result<i64, ApiError> {
+    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(missing)
+}
+
+async fn find(ctx: &TenantContext, id: i64) -> Result<User, ApiError> {
+    ctx.db()
+        .prepare(format!("SELECT {COLUMNS} FROM users WHERE id = ?1"))
+        .bind(&[JsValue::from(id as f64)])?
+        .first::<User>(None)
+        .await?
+        .ok_or_else(not_found)
+}
+
+async fn count(ctx: &TenantContext, sql: &str) -> Result<u64, ApiError> {
+    #[derive(Deserialize)]
+    struct N {
+        n: u64,
+    }
+    Ok(ctx.db().prepare(sql).first::<N>(None).await?.map_or(0, |r| r.n))
+}
+
+fn invalid(fields: BTreeMap<String, String>) -> ApiError {
+    ApiError::Unprocessable { message: "the request has invalid fields".into(), fields }
+}
+
+/// `GET /api/me`
+pub async fn me(ctx: &TenantContext) -> Result<Response, ApiError> {
+    let user = find(ctx, ctx.user().id).await?;
+    http::json(200, &json!({ "user": user, "tenant": { "slug": ctx.slug().as_str(), "plan": ctx.plan().as_str() } }))
+}
+
+/// `GET /api/users?limit=&cursor=` (admins)
+pub async fn list(ctx: &TenantContext, req: &Request) -> Result<Response, ApiError> {
+    ctx.require_admin()?;
+    let (limit, cursor) = http::page_params(req, 50, 200)?;
+    let rows: Vec<User> = ctx
+        .db()
+        .prepare(format!("SELECT {COLUMNS} FROM users WHERE id > ?1 ORDER BY id LIMIT ?2"))
+        .bind(&[JsValue::from(cursor.unwrap_or(0) as f64), JsValue::from(limit + 1)])?
+        .all()
+        .await?
+        .results()?;
+    let more = rows.len() > limit as usize;
+    let next = if more { rows.get(limit as usize - 1).map(|u| u.id) } else { None };
+    let users: Vec<&User> = rows.iter().take(limit as usize).collect();
+    http::json(200, &json!({ "users": users, "next_cursor": next }))
+}
+
+/// `GET /api/users/{id}` (admins, or the user themself)
+pub async fn get(ctx: &TenantContext, id: &str) -> Result<Response, ApiError> {
+    let id = parse_id(id, not_found)?;
+    if id != ctx.user().id {
+        ctx.require_admin()?;
+    }
+    http::json(200, &json!({ "user": find(ctx, id).await? }))
+}
+
+struct Changes {
+    email: Option<String>,
+    password: Option<String>,
+    role: Option<Role>,
+}
+
+fn parse_changes(body: &Map<String, Value>, creating: bool) -> Result<Changes, ApiError> {
+    let mut fields = BTreeMap::new();
+    let mut changes = Changes { email: None, password: None, role: None };
+    for (key, value) in body {
+        match (key.as_str(), value) {
+            ("email", Value::String(e)) => {
+                changes.email = valid_email(e).map_err(|m| fields.insert("email".into(), m.into())).ok()
+            }
+            ("password", Value::String(p)) => {
+                changes.password = password::validate_new(p)
+                    .map(|_| p.clone())
+                    .map_err(|m| fields.insert("password".into(), m.into()))
+                    .ok()
+            }
+            ("role", Value::String(r)) => {
+                changes.role = Role::parse(r).or_else(|| {
+                    fields.insert("role".into(), "must be admin or member".into());
+                    None
+                })
+            }
+            ("email" | "password" | "role", _) => {
+                fields.insert(key.clone(), "must be a string".into());
+            }
+            _ => {
+                fields.insert(key.clone(), "is not a known field".into());
+            }
+        }
+    }
+    if creating {
+        for (key, present) in [("email", changes.email.is_some()), ("password", changes.password.is_some())] {
+            if !present && !body.contains_key(key) {
+                fields.insert(key.into(), "is required".into());
+            }
+        }
+    }
+    if fields.is_empty() {
+        Ok(changes)
+    } else {
+        Err(invalid(fields))
+    }
+}
+
+fn email_taken() -> ApiError {
+    ApiError::Conflict { code: "email_taken", message: "a user with this email already exists in this tenant".into() }
+}
+
+fn is_unique_violation(e: &worker::Error) -> bool {
+    e.to_string().contains("UNIQUE constraint failed")
+}
+
+/// `POST /api/users` (admins): `{email, password, role?}`
+pub async fn create(ctx: &TenantContext, req: &Request) -> Result<Response, ApiError> {
+    ctx.require_admin()?;
+    let body = http::read_json(req).await?;
+    let changes = parse_changes(&body, true)?;
+    let (Some(email), Some(password)) = (changes.email, changes.password) else {
+        unreachable!("checked by parse_changes")
+    };
+    let role = changes.role.unwrap_or(Role::Member);
+    let current = count(ctx, "SELECT count(*) AS n FROM users").await?;
+    plans::check_add(ctx.plan(), Resource::Users, current)
+        .map_err(|e| ApiError::Forbidden { code: "plan_limit_reached", message: e.to_string() })?;
+    let hash = crate::crypto::hash_password(&password).await?;
+    let db = ctx.db();
+    let insert = db
+        .prepare(format!("INSERT INTO users (email, password_hash, role) VALUES (?1, ?2, ?3) RETURNING {COLUMNS}"))
+        .bind(&[JsValue::from_str(&email), JsValue::from_str(&hash), JsValue::from_str(role.as_str())])?;
+    let audit = ctx.audit("user.create", &format!("email:{email}"), &json!({ "role": role.as_str() }))?;
+    let results =
+        db.batch(vec![insert, audit])
+            .await
+            .map_err(|e| if is_unique_violation(&e) { email_taken() } else { e.into() })?;
+    let user = results
+        .first()
+        .map(|r| r.results::<User>())
+        .transpose()?
+        .and_then(|mut v| v.pop())
+        .ok_or_else(|| ApiError::internal("insert returned no row"))?;
+    http::json(201, &json!({ "user": user }))
+}
+
+/// `PATCH /api/users/{id}` (admins): `{email?, password?, role?}`
+pub async fn update(ctx: &TenantContext, req: &Request, id: &str) -> Result<Response, ApiError> {
+    ctx.require_admin()?;
+    let id = parse_id(id, not_found)?;
+    let body = http::read_json(req).await?;
+    let changes = parse_changes(&body, false)?;
+    let user = find(ctx, id).await?;
+    if changes.role == Some(Role::Member)
+        && user.role == "admin"
+        && count(ctx, "SELECT count(*) AS n FROM users WHERE role = 'admin'").await? <= 1
+    {
+        return Err(ApiError::Conflict {
+            code: "last_admin",
+            message: "the tenant's last admin cannot be demoted".into(),
+        });
+    }
+    let hash = match &changes.password {
+        Some(p) => Some(crate::crypto::hash_password(p).await?),
+        None => None,
+    };
+    let opt = |v: Option<&str>| v.map_or(JsValue::NULL, JsValue::from_str);
+    let db = ctx.db();
+    let update = db
+        .prepare(
+            "UPDATE users SET email = COALESCE(?2, email), password_hash = COALESCE(?3, password_hash), role = COALESCE(?4, role), \
+             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
+        )
+        .bind(&[JsValue::from(id as f64), opt(changes.email.as_deref()), opt(hash.as_deref()), opt(changes.role.map(Role::as_str))])?;
+    let changed: Vec<&str> = body.keys().map(String::as_str).collect();
+    let audit = ctx.audit("user.update", &format!("user:{id}"), &json!({ "fields": changed }))?;
+    db.batch(vec![update, audit]).await.map_err(|e| if is_unique_violation(&e) { email_taken() } else { e.into() })?;
+    http::json(200, &json!({ "user": find(ctx, id).await? }))
+}
+
+/// `DELETE /api/users/{id}` (admins)
+pub async fn delete(ctx: &TenantContext, id: &str) -> Result<Response, ApiError> {
+    ctx.require_admin()?;
+    let id = parse_id(id, not_found)?;
+    let user = find(ctx, id).await?;
+    if user.role == "admin" && count(ctx, "SELECT count(*) AS n FROM users WHERE role = 'admin'").await? <= 1 {
+        return Err(ApiError::Conflict {
+            code: "last_admin",
+            message: "the tenant's last admin cannot be deleted".into(),
+        });
+    }
+    let db = ctx.db();
+    let delete = db.prepare("DELETE FROM users WHERE id = ?1").bind(&[JsValue::from(id as f64)])?;
+    let audit = ctx.audit("user.delete", &format!("user:{id}"), &json!({ "email": user.email }))?;
+    db.batch(vec![delete, audit]).await?;
+    http::json(200, &json!({ "deleted": { "user": id } }))
+}

@@ -1,0 +1,109 @@
+// Cross-tenant fuzz: 5 tenants × every tenant endpoint × (own token, another tenant's token,
+// tampered, expired, none, alg=none, header spoofing). Asserts the status of every case, that no
+// answer carries another tenant's data, and that no write landed anywhere but in the caller's
+// own tenant. Prints how many cases ran.
+
+import { beforeAll, expect, test } from "vitest";
+import { authed, createTenant, freshSlug, request, sql, stack } from "../helpers.mjs";
+import { mint, tamper } from "../jwt.mjs";
+
+const TENANTS = 5;
+let tenants;
+
+beforeAll(async () => {
+  const tag = freshSlug("sec");
+  tenants = await Promise.all(Array.from({ length: TENANTS }, (_, i) => createTenant(`${tag}-${i}`, { plan: "enterprise" })));
+  for (const t of tenants) {
+    // Markers: strings that must never appear in another tenant's answers.
+    t.marker = `marker-${t.slug}`;
+    const p = await authed(t.slug, t.token, "/api/projects", { method: "POST", body: { name: `${t.marker}-project`, description: t.marker } });
+    t.projectId = p.json.project.id;
+    const u = await authed(t.slug, t.token, "/api/users", { method: "POST", body: { email: `${t.marker}@x.test`, password: "member password", role: "member" } });
+    t.memberId = u.json.user.id;
+    t.adminId = (await authed(t.slug, t.token, "/api/me")).json.user.id;
+  }
+}, 180_000);
+
+/** Every tenant endpoint, as (method, path, body) for tenant `t`. */
+function endpoints(t) {
+  return [
+    ["GET", "/api/me"],
+    ["GET", "/api/tenant"],
+    ["GET", "/api/users"],
+    ["POST", "/api/users", { email: `new-${Math.random().toString(36).slice(2)}@x.test`, password: "another password" }],
+    ["GET", `/api/users/${t.memberId}`],
+    ["PATCH", `/api/users/${t.memberId}`, { role: "member" }],
+    ["DELETE", "/api/users/999999"],
+    ["GET", "/api/projects"],
+    ["POST", "/api/projects", { name: `fuzz-${t.marker}` }],
+    ["GET", `/api/projects/${t.projectId}`],
+    ["PATCH", `/api/projects/${t.projectId}`, { description: t.marker }],
+    ["DELETE", "/api/projects/999999"],
+    ["GET", "/api/audit-log"],
+  ];
+}
+
+/** The status a legitimate call by the tenant's admin gets. */
+function ownStatus(method, path) {
+  if (method === "POST") return 201;
+  if (method === "DELETE") return 404; // ids that do not exist: nothing is removed during the fuzz
+  return 200;
+}
+
+test(`cross-tenant fuzz over ${TENANTS} tenants`, { timeout: 300_000 }, async () => {
+  const now = Math.floor(Date.now() / 1000);
+  let cases = 0;
+  const failures = [];
+  const check = (label, res, status, victim, caller) => {
+    cases++;
+    if (res.status !== status) failures.push(`${label}: status ${res.status}, wanted ${status}: ${res.text.slice(0, 200)}`);
+    if (res.status >= 500) failures.push(`${label}: server error`);
+    if (!/^application\/json/.test(res.headers["content-type"] ?? "")) failures.push(`${label}: not JSON`);
+    // No answer may carry data of a tenant other than the one the caller belongs to.
+    for (const other of tenants) {
+      if (other !== caller && other !== victim && res.text.includes(other.marker)) failures.push(`${label}: leaked ${other.slug}`);
+    }
+    if (caller !== victim && res.text.includes(victim.marker)) failures.push(`${label}: leaked victim data to ${caller.slug}`);
+  };
+
+  for (const victim of tenants) {
+    const other = tenants[(tenants.indexOf(victim) + 1) % TENANTS];
+    const claims = { tenant: victim.slug, sub: victim.adminId, role: "admin", iat: now, exp: now + 600 };
+    const variants = [
+      // [label, token, extra headers, host, expected status (fn), whose data the caller may see]
+      ["own", victim.token, {}, `${victim.slug}.localhost`, ownStatus, victim],
+      ["other-tenant-token", other.token, {}, `${victim.slug}.localhost`, () => 403, other],
+      ["tampered", tamper(other.token, (c) => (c.tenant = victim.slug)), {}, `${victim.slug}.localhost`, () => 401, other],
+      ["promoted", tamper(victim.token, (c) => (c.sub = victim.memberId + 1000)), {}, `${victim.slug}.localhost`, () => 401, other],
+      ["expired", mint(stack.jwtKey, { ...claims, iat: now - 7200, exp: now - 3600 }), {}, `${victim.slug}.localhost`, () => 401, other],
+      ["no-token", null, {}, `${victim.slug}.localhost`, () => 401, other],
+      ["alg-none", mint(stack.jwtKey, claims, { alg: "none", sign: false }), {}, `${victim.slug}.localhost`, () => 401, other],
+      ["spoof-header-on-subdomain", other.token, { "x-tenant-id": other.slug }, `${victim.slug}.localhost`, () => 400, other],
+      ["spoof-header-on-apex", other.token, { "x-tenant-id": victim.slug }, "localhost", () => 403, other],
+    ];
+    for (const [label, token, headers, host, expected, caller] of variants) {
+      for (const [method, path, body] of endpoints(victim)) {
+        const res = await request(host, path, {
+          method,
+          body,
+          headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...headers },
+        });
+        check(`${victim.slug} ${label} ${method} ${path}`, res, expected(method, path), victim, caller);
+      }
+    }
+  }
+
+  // No write landed anywhere but in its own tenant: every row of every tenant is its own.
+  for (const t of tenants) {
+    const [projects] = await sql(t.uuid, "SELECT name, description FROM projects");
+    const [users] = await sql(t.uuid, "SELECT email FROM users");
+    const text = JSON.stringify([projects.results, users.results]);
+    for (const other of tenants) if (other !== t && text.includes(other.marker)) failures.push(`${t.slug} holds ${other.slug}'s data`);
+    // Exactly the fuzz's own-token creations happened: 1 (setup) + 1 (own POST) project.
+    expect(projects.results.length, t.slug).toBe(2);
+    expect(users.results.length, t.slug).toBe(3);
+  }
+
+  console.log(`security fuzz: ${cases} cases (${TENANTS} tenants × ${endpoints(tenants[0]).length} endpoints × 9 variants), ${failures.length} failures`);
+  expect(failures).toEqual([]);
+});
