@@ -35,7 +35,7 @@ tenantry is running.
 
   control plane   ${stack.url}/healthz
   admin API       ${stack.url}/v1/tenants   (Authorization: Bearer ${stack.adminToken})
-  demo tenant     ${stack.tenantUrl(demo)}/api/tenant   (${status}; admin@acme.test / "change me, please")
+  demo tenant     ${stack.tenantUrl(demo)}/api/auth/login   (${status}; admin@acme.test / "change me, please")
   local cloud     ${stack.apiBase}   (Cloudflare API stand-in)
                   token ${stack.token}, account ${stack.accountId}
 
