@@ -3,6 +3,7 @@
 
 import { pbkdf2Sync } from "node:crypto";
 import { afterEach, describe, expect, test } from "vitest";
+import { tenantMigrations } from "../../cloud/provision.mjs";
 import {
   ADMIN_PASSWORD, admin, api, createTenant, cron, freshSlug, login, request, setBindings, setFaults, sql, stack, waitFor, waitForStatus,
 } from "../helpers.mjs";
@@ -57,7 +58,7 @@ describe("create", () => {
     expect(first.json.tenant).toMatchObject({ slug, plan: "pro", database: { name: `tenantry-${slug}` } });
     if (first.status === 202) expect(first.json.operation).toMatchObject({ kind: "create" });
     const tenant = await waitForStatus(slug, "active");
-    expect(tenant.schema_version).toBe(2);
+    expect(tenant.schema_version).toBe(tenantMigrations().length);
 
     const again = await admin("POST", "/v1/tenants", body(slug));
     expect(again.status).toBe(201);
