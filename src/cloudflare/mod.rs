@@ -306,14 +306,25 @@ impl<T: Transport> Client<T> {
             authorization: Some(self.token.header()),
             body: endpoint.body.clone(),
         };
-        let mut attempt = 1;
-        let mut waited = Duration::ZERO;
-        loop {
-            let outcome = match self.transport.send(&request).await {
+        self.retrying(|| async {
+            match self.transport.send(&request).await {
                 Ok(response) => classify::<R>(endpoint.name, response),
                 Err(error) => Err(CfError::Transport { endpoint: endpoint.name, error }),
-            };
-            let error = match outcome {
+            }
+        })
+        .await
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the retry policy says stop.
+    async fn retrying<O, F, Fut>(&self, mut attempt: F) -> Result<O, CfError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<O, CfError>>,
+    {
+        let mut attempts = 1;
+        let mut waited = Duration::ZERO;
+        loop {
+            let error = match attempt().await {
                 Ok(ok) => return Ok(ok),
                 Err(e) => e,
             };
@@ -323,11 +334,11 @@ impl<T: Transport> Client<T> {
                 CfError::Transport { .. } => Failure::Network,
                 _ => Failure::Permanent,
             };
-            match self.policy.next_delay(attempt, failure, waited, self.transport.random()) {
+            match self.policy.next_delay(attempts, failure, waited, self.transport.random()) {
                 Some(delay) => {
                     self.transport.sleep(delay).await;
                     waited += delay;
-                    attempt += 1;
+                    attempts += 1;
                 }
                 None => return Err(error),
             }
@@ -384,34 +395,17 @@ impl<T: Transport> Client<T> {
     pub async fn download(&self, url: &str) -> Result<Vec<u8>, CfError> {
         let endpoint = "d1.export.download";
         let request = HttpRequest { method: Method::Get, url: url.to_owned(), authorization: None, body: Body::None };
-        let mut attempt = 1;
-        let mut waited = Duration::ZERO;
-        loop {
-            let error = match self.transport.send(&request).await {
-                Ok(r) if (200..300).contains(&r.status) => return Ok(r.body),
+        self.retrying(|| async {
+            match self.transport.send(&request).await {
+                Ok(r) if (200..300).contains(&r.status) => Ok(r.body),
                 Ok(r) if r.status >= 500 => {
-                    CfError::Server { endpoint, status: r.status, code: 0, message: String::new() }
+                    Err(CfError::Server { endpoint, status: r.status, code: 0, message: String::new() })
                 }
-                Ok(r) => {
-                    return Err(CfError::Api {
-                        endpoint,
-                        status: r.status,
-                        code: 0,
-                        message: "download refused".into(),
-                    })
-                }
-                Err(error) => CfError::Transport { endpoint, error },
-            };
-            let failure = if matches!(error, CfError::Server { .. }) { Failure::Server } else { Failure::Network };
-            match self.policy.next_delay(attempt, failure, waited, self.transport.random()) {
-                Some(delay) => {
-                    self.transport.sleep(delay).await;
-                    waited += delay;
-                    attempt += 1;
-                }
-                None => return Err(error),
+                Ok(r) => Err(CfError::Api { endpoint, status: r.status, code: 0, message: "download refused".into() }),
+                Err(error) => Err(CfError::Transport { endpoint, error }),
             }
-        }
+        })
+        .await
     }
 
     pub async fn get_settings(&self, script: &str) -> Result<ScriptSettings, CfError> {

@@ -414,9 +414,8 @@ async fn list(req: &Request, env: &Env) -> Result<Response, ApiError> {
     }
     let db = env.d1(super::CONTROL_BINDING)?;
     let rows = store::list_tenants(&db, status, cursor, limit + 1).await?;
-    let more = rows.len() > limit as usize;
-    let page: Vec<Value> = rows.iter().take(limit as usize).map(tenant_view).collect();
-    let next = if more { rows.get(limit as usize - 1).map(|t| t.slug.clone()) } else { None };
+    let (rows, next) = http::split_page(rows, limit, |t| t.slug.clone());
+    let page: Vec<Value> = rows.iter().map(tenant_view).collect();
     http::json(200, &json!({ "tenants": page, "next_cursor": next }))
 }
 

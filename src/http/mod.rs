@@ -121,6 +121,15 @@ pub fn page_params(req: &Request, default: u32, max: u32) -> Result<(u32, Option
     Ok((limit, cursor))
 }
 
+/// Splits `rows` (fetched with `LIMIT limit + 1`) into the page and the cursor of the next page,
+/// the key of the page's last row when there is more.
+pub fn split_page<T, K>(mut rows: Vec<T>, limit: u32, key: impl Fn(&T) -> K) -> (Vec<T>, Option<K>) {
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next = if more { rows.last().map(key) } else { None };
+    (rows, next)
+}
+
 /// The error for a path that exists with other methods.
 pub fn method_not_allowed(allow: &'static str) -> ApiError {
     ApiError::MethodNotAllowed { allow }

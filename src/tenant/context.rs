@@ -121,10 +121,9 @@ pub async fn audit_log(ctx: &TenantContext, req: &Request) -> Result<Response, A
         .all()
         .await?
         .results()?;
-    let more = rows.len() > limit as usize;
+    let (rows, next) = http::split_page(rows, limit, |r| r.id);
     let entries: Vec<serde_json::Value> = rows
         .iter()
-        .take(limit as usize)
         .map(|r| {
             serde_json::json!({
                 "id": r.id, "at": r.at, "actor": { "id": r.actor_id, "email": r.actor_email }, "action": r.action,
@@ -133,6 +132,5 @@ pub async fn audit_log(ctx: &TenantContext, req: &Request) -> Result<Response, A
             })
         })
         .collect();
-    let next = if more { rows.get(limit as usize - 1).map(|r| r.id) } else { None };
     http::json(200, &serde_json::json!({ "entries": entries, "next_cursor": next }))
 }

@@ -79,9 +79,7 @@ pub async fn list(ctx: &TenantContext, req: &Request) -> Result<Response, ApiErr
         .all()
         .await?
         .results()?;
-    let more = rows.len() > limit as usize;
-    let next = if more { rows.get(limit as usize - 1).map(|p| p.id) } else { None };
-    let projects: Vec<&Project> = rows.iter().take(limit as usize).collect();
+    let (projects, next) = http::split_page(rows, limit, |p| p.id);
     http::json(200, &json!({ "projects": projects, "next_cursor": next }))
 }
 

@@ -73,9 +73,7 @@ pub async fn list(ctx: &TenantContext, req: &Request) -> Result<Response, ApiErr
         .all()
         .await?
         .results()?;
-    let more = rows.len() > limit as usize;
-    let next = if more { rows.get(limit as usize - 1).map(|u| u.id) } else { None };
-    let users: Vec<&User> = rows.iter().take(limit as usize).collect();
+    let (users, next) = http::split_page(rows, limit, |u| u.id);
     http::json(200, &json!({ "users": users, "next_cursor": next }))
 }
 
