@@ -12,6 +12,8 @@
 //! | `DELETE /v1/tenants/{slug}` | delete (backup first): 200 when deleted, 202 + operation otherwise |
 //! | `GET /v1/tenants/{slug}/operations` | the tenant's lifecycle operations, newest first |
 //! | `GET /v1/tenants/{slug}/backup` | the backup taken when the tenant was deleted (a SQL dump) |
+//! | `POST /v1/migrations/apply` | migrate tenants that are behind: `{after?, limit?, concurrency?}`, returns `next` to continue |
+//! | `GET /v1/migrations/status` | tenants per schema version, and the failures |
 //! | `POST /v1/reconcile` | run the scheduled reconciler now, and report |
 
 use std::collections::BTreeMap;
@@ -53,6 +55,14 @@ pub async fn handle(req: &Request, env: &Env, path: &str) -> Result<Response, Ap
         },
         ["tenants", slug, "backup"] => match method {
             Method::Get => backup(env, &parse_slug(slug)?).await,
+            _ => Err(http::method_not_allowed("GET")),
+        },
+        ["migrations", "apply"] => match method {
+            Method::Post => migrations_apply(req, env).await,
+            _ => Err(http::method_not_allowed("POST")),
+        },
+        ["migrations", "status"] => match method {
+            Method::Get => http::json(200, &super::fleet::status(&env.d1(super::CONTROL_BINDING)?).await?),
             _ => Err(http::method_not_allowed("GET")),
         },
         ["reconcile"] => match method {
@@ -533,6 +543,54 @@ async fn delete(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
     crate::tenant::registry::forget(s);
     run_logged(&lc, &op).await?;
     standing(&lc, s, TenantStatus::Deleted, 200).await
+}
+
+/// Default tenants migrated at once; the `MIGRATION_CONCURRENCY` var overrides it.
+const DEFAULT_CONCURRENCY: usize = 8;
+
+async fn migrations_apply(req: &Request, env: &Env) -> Result<Response, ApiError> {
+    let body = http::read_json(req).await?;
+    let mut fields = BTreeMap::new();
+    let after = match body.get("after") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) if s.len() <= 64 => s.clone(),
+        Some(_) => {
+            fields.insert("after".into(), "must be the `next` of a previous answer".into());
+            String::new()
+        }
+    };
+    let number = |key: &str, default: u64, max: u64, fields: &mut BTreeMap<String, String>| match body.get(key) {
+        None | Some(Value::Null) => default,
+        Some(v) => v.as_u64().filter(|n| (1..=max).contains(n)).unwrap_or_else(|| {
+            fields.insert(key.into(), format!("must be a whole number from 1 to {max}"));
+            default
+        }),
+    };
+    let configured =
+        env.var("MIGRATION_CONCURRENCY").ok().and_then(|v| v.to_string().parse().ok()).unwrap_or(DEFAULT_CONCURRENCY);
+    let limit = number("limit", 100, 200, &mut fields) as u32;
+    let concurrency = number("concurrency", configured as u64, 32, &mut fields) as usize;
+    for key in body.keys() {
+        if !["after", "limit", "concurrency"].contains(&key.as_str()) {
+            fields.insert(key.clone(), "is not a known field".into());
+        }
+    }
+    if !fields.is_empty() {
+        return Err(invalid(fields));
+    }
+    let db = env.d1(super::CONTROL_BINDING)?;
+    let report = super::fleet::migrate_pass(env, &db, &after, limit, concurrency).await?;
+    let request_id = crate::crypto::random_id()?;
+    store::audit(
+        &db,
+        "admin",
+        "migrations.apply",
+        None,
+        &request_id,
+        &json!({ "processed": report.processed, "failed": report.failed.len() }),
+    )
+    .await?;
+    http::json(200, &report)
 }
 
 async fn backup(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {

@@ -570,10 +570,13 @@ impl<'a> Lifecycle<'a> {
         // Binding changes made by the operations above are checked once more.
         let bindings_after = self.reconcile_bindings().await.map_err(StepError::into_api)?;
         let (orphans, removed) = self.orphans().await.map_err(StepError::into_api)?;
+        // One bounded migration pass per run: a fleet behind the code catches up run by run.
+        let migrations = super::fleet::migrate_pass(self.env, &self.db, "", 50, 8).await?;
         Ok(json!({
             "bindings": bindings_after.or(bindings),
             "operations": { "finished": finished, "unfinished": pending },
             "orphans": { "found": orphans, "removed": removed },
+            "migrations": { "processed": migrations.processed, "failed": migrations.failed.len(), "more": migrations.next.is_some() },
         }))
     }
 }

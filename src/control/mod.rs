@@ -8,6 +8,7 @@ use crate::core::migrations::{self, LedgerState};
 use crate::http::{self, ApiError};
 
 pub mod admin;
+pub mod fleet;
 pub mod lifecycle;
 pub mod store;
 

@@ -15,4 +15,5 @@ pub mod password;
 pub mod plans;
 pub mod retry;
 pub mod slug;
+pub mod sql;
 pub mod token;

@@ -10,6 +10,7 @@
 
 mod auth;
 mod context;
+pub mod migrate;
 mod projects;
 pub mod registry;
 mod users;
@@ -188,14 +189,19 @@ impl TenantDb {
         }
         match migrations::compare(migrations::TENANT, &applied) {
             LedgerState::Current => Ok(Self { slug, db, applied }),
-            LedgerState::Behind { pending } => {
-                worker::console_warn!("tenant {slug}: pending migrations {pending:?}");
-                Err(ApiError::Unavailable {
-                    code: "tenant_migrating",
-                    message: "this tenant's database is being brought up to date; retry shortly".into(),
-                    retry_after: RETRY_AFTER_SECONDS,
-                })
-            }
+            // Behind this Worker's code: migrate on demand, through the binding (never the REST API),
+            // each migration atomic. If that fails the tenant is not served with the wrong schema.
+            LedgerState::Behind { pending } => match migrate::apply_pending(&db).await {
+                Ok(_) => Ok(Self { slug, db, applied: migrations::TENANT.iter().map(|m| m.name.to_owned()).collect() }),
+                Err(e) => {
+                    worker::console_error!("tenant {slug}: on-demand migration of {pending:?} failed: {e}");
+                    Err(ApiError::Unavailable {
+                        code: "tenant_migrating",
+                        message: "this tenant's database is being brought up to date; retry shortly".into(),
+                        retry_after: RETRY_AFTER_SECONDS,
+                    })
+                }
+            },
             LedgerState::Diverged { unknown } => {
                 Err(not_ready(format!("ledger has migrations this Worker does not know: {unknown:?}")))
             }
