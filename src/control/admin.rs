@@ -14,6 +14,9 @@
 //! | `GET /v1/tenants/{slug}/backup` | the backup taken when the tenant was deleted (a SQL dump) |
 //! | `POST /v1/migrations/apply` | migrate tenants that are behind: `{after?, limit?, concurrency?}`, returns `next` to continue |
 //! | `GET /v1/migrations/status` | tenants per schema version, and the failures |
+//! | `GET/POST /v1/roles`, `GET/PATCH/DELETE /v1/roles/{name}` | system roles, synced into every tenant |
+//! | `GET/PUT/DELETE /v1/maintenance` | fleet-wide maintenance `{message, until?}` |
+//! | `GET/PATCH /v1/settings` | default settings every tenant inherits (`{key: value}`, `null` removes) |
 //! | `POST /v1/reconcile` | run the scheduled reconciler now, and report |
 
 use std::collections::BTreeMap;
@@ -64,6 +67,28 @@ pub async fn handle(req: &Request, env: &Env, path: &str) -> Result<Response, Ap
         ["migrations", "status"] => match method {
             Method::Get => http::json(200, &super::fleet::status(&env.d1(super::CONTROL_BINDING)?).await?),
             _ => Err(http::method_not_allowed("GET")),
+        },
+        ["roles"] => match method {
+            Method::Get => http::json(200, &json!({ "roles": store::roles(&env.d1(super::CONTROL_BINDING)?).await? })),
+            Method::Post => role_write(req, env, None).await,
+            _ => Err(http::method_not_allowed("GET, POST")),
+        },
+        ["roles", name] => match method {
+            Method::Get => role_get(env, name).await,
+            Method::Patch => role_write(req, env, Some(name)).await,
+            Method::Delete => role_delete(env, name).await,
+            _ => Err(http::method_not_allowed("GET, PATCH, DELETE")),
+        },
+        ["maintenance"] => match method {
+            Method::Get => fleet_maintenance_get(env).await,
+            Method::Put => fleet_maintenance_set(req, env).await,
+            Method::Delete => fleet_maintenance_clear(env).await,
+            _ => Err(http::method_not_allowed("GET, PUT, DELETE")),
+        },
+        ["settings"] => match method {
+            Method::Get => settings_get(env).await,
+            Method::Patch => settings_patch(req, env).await,
+            _ => Err(http::method_not_allowed("GET, PATCH")),
         },
         ["reconcile"] => match method {
             Method::Post => http::json(200, &Lifecycle::from_env(env)?.reconcile_all().await?),
@@ -238,6 +263,7 @@ pub fn tenant_view(t: &TenantRow) -> Value {
         "schema_version": t.schema_version,
         "backup": t.backup_location.as_ref().map(|l| json!({ "location": l, "bytes": t.backup_bytes, "sha256": t.backup_sha256 })),
         "last_error": t.last_error,
+        "maintenance": t.maintenance_message.as_ref().map(|m| json!({ "message": m, "until": t.maintenance_until })),
         "created_at": t.created_at,
         "updated_at": t.updated_at,
         "deleted_at": t.deleted_at,
@@ -450,6 +476,7 @@ async fn update(req: &Request, env: &Env, slug: &TenantSlug) -> Result<Response,
     let mut plan = None;
     let mut target = None;
     let mut message = None;
+    let mut maintenance: Option<Option<Maintenance>> = None;
     for (key, value) in &body {
         match (key.as_str(), value) {
             ("name", Value::String(n)) => name = valid_name(n).map_err(|e| errors.insert("name".into(), e.into())).ok(),
@@ -465,6 +492,11 @@ async fn update(req: &Request, env: &Env, slug: &TenantSlug) -> Result<Response,
                 _ => {
                     errors.insert("status".into(), "must be suspended or active".into());
                 }
+            },
+            ("maintenance", Value::Null) => maintenance = Some(None),
+            ("maintenance", v) => match parse_maintenance(v) {
+                Ok(m) => maintenance = Some(Some(m)),
+                Err(e) => drop(errors.insert("maintenance".into(), e.into())),
             },
             ("message", Value::String(m)) if m.chars().count() <= 500 => message = Some(m.clone()),
             ("message", Value::Null) => {}
@@ -499,6 +531,10 @@ async fn update(req: &Request, env: &Env, slug: &TenantSlug) -> Result<Response,
         }
     }
     store::update_details(&db, slug.as_str(), name.as_deref(), plan.map(Plan::as_str)).await?;
+    if let Some(m) = &maintenance {
+        store::set_maintenance(&db, slug.as_str(), m.as_ref().map(|m| (m.message.as_str(), m.until.as_deref())))
+            .await?;
+    }
     // This isolate sees the change at once; others within the lookup cache's TTL.
     crate::tenant::registry::forget(slug.as_str());
     let request_id = crate::crypto::random_id()?;
@@ -543,6 +579,178 @@ async fn delete(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
     crate::tenant::registry::forget(s);
     run_logged(&lc, &op).await?;
     standing(&lc, s, TenantStatus::Deleted, 200).await
+}
+
+fn role_not_found(name: &str) -> ApiError {
+    ApiError::not_found(
+        "role_not_found",
+        format!("there is no system role `{}`", name.chars().take(40).collect::<String>()),
+    )
+}
+
+async fn role_get(env: &Env, name: &str) -> Result<Response, ApiError> {
+    let roles = store::roles(&env.d1(super::CONTROL_BINDING)?).await?;
+    let role = roles.into_iter().find(|r| r.name == name).ok_or_else(|| role_not_found(name))?;
+    http::json(200, &json!({ "role": role }))
+}
+
+/// Runs one bounded sync pass right away, so small fleets are in sync when the answer comes;
+/// the cron reconciler carries larger fleets (and failures) on.
+async fn sync_now(env: &Env, db: &worker::D1Database) -> Result<Value, ApiError> {
+    let report = super::fleet::migrate_pass(env, db, "", 100, DEFAULT_CONCURRENCY).await?;
+    Ok(json!({ "tenants_synced": report.migrated.len(), "failed": report.failed, "more": report.next.is_some() }))
+}
+
+/// `POST /v1/roles` (create) or `PATCH /v1/roles/{name}` (update).
+async fn role_write(req: &Request, env: &Env, path_name: Option<&str>) -> Result<Response, ApiError> {
+    let body = http::read_json(req).await?;
+    let crate::core::roles::RoleChanges { name, description, permissions } =
+        crate::core::roles::parse(&body, path_name.is_none()).map_err(invalid)?;
+    let db = env.d1(super::CONTROL_BINDING)?;
+    let existing = store::roles(&db).await?;
+    let (name, status) = match path_name {
+        None => {
+            let name = name.ok_or_else(|| ApiError::internal("validated name missing"))?;
+            if existing.iter().any(|r| r.name == name) {
+                return Err(ApiError::Conflict {
+                    code: "role_exists",
+                    message: format!("system role `{name}` already exists"),
+                });
+            }
+            (name, 201)
+        }
+        Some(n) => {
+            if !existing.iter().any(|r| r.name == n) {
+                return Err(role_not_found(n));
+            }
+            (n.to_owned(), 200)
+        }
+    };
+    let current = existing.iter().find(|r| r.name == name);
+    let description = description.or_else(|| current.map(|r| r.description.clone())).unwrap_or_default();
+    let permissions = permissions.or_else(|| current.map(|r| r.permissions.clone())).unwrap_or_default();
+    store::write_role(&db, &name, Some((&description, &permissions))).await?;
+    store::audit(
+        &db,
+        "admin",
+        if status == 201 { "role.create" } else { "role.update" },
+        None,
+        &crate::crypto::random_id()?,
+        &Value::Object(body),
+    )
+    .await?;
+    let sync = sync_now(env, &db).await?;
+    let role = crate::core::roles::RoleSpec { name, description, permissions };
+    http::json(status, &json!({ "role": role, "sync": sync }))
+}
+
+async fn role_delete(env: &Env, name: &str) -> Result<Response, ApiError> {
+    let db = env.d1(super::CONTROL_BINDING)?;
+    if !store::write_role(&db, name, None).await? {
+        return Err(role_not_found(name));
+    }
+    store::audit(&db, "admin", "role.delete", None, &crate::crypto::random_id()?, &json!({ "name": name })).await?;
+    let sync = sync_now(env, &db).await?;
+    http::json(200, &json!({ "deleted": { "role": name }, "sync": sync }))
+}
+
+/// A maintenance window: requests answer 503 with `message` until an admin lifts it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Maintenance {
+    pub message: String,
+    pub until: Option<String>,
+}
+
+fn parse_maintenance(value: &Value) -> Result<Maintenance, &'static str> {
+    const SHAPE: &str = "must be {\"message\": text of 1 to 500 characters, \"until\"?: an RFC 3339 time} or null";
+    let obj = value.as_object().ok_or(SHAPE)?;
+    if obj.keys().any(|k| k != "message" && k != "until") {
+        return Err(SHAPE);
+    }
+    let message = obj
+        .get("message")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|m| (1..=500).contains(&m.chars().count()))
+        .ok_or(SHAPE)?;
+    let until = match obj.get("until") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(u)) if chrono::DateTime::parse_from_rfc3339(u).is_ok() => Some(u.clone()),
+        Some(_) => return Err(SHAPE),
+    };
+    Ok(Maintenance { message: message.to_owned(), until })
+}
+
+async fn fleet_maintenance_get(env: &Env) -> Result<Response, ApiError> {
+    let db = env.d1(super::CONTROL_BINDING)?;
+    let current = store::platform_value(&db, "maintenance").await?.and_then(|v| serde_json::from_str::<Value>(&v).ok());
+    http::json(200, &json!({ "maintenance": current }))
+}
+
+async fn fleet_maintenance_set(req: &Request, env: &Env) -> Result<Response, ApiError> {
+    let body = Value::Object(http::read_json(req).await?);
+    let maintenance =
+        parse_maintenance(&body).map_err(|e| invalid([("maintenance".to_owned(), e.to_owned())].into()))?;
+    let db = env.d1(super::CONTROL_BINDING)?;
+    let value = serde_json::to_string(&maintenance).map_err(ApiError::internal)?;
+    store::set_platform_value(&db, "maintenance", Some(&value)).await?;
+    store::audit(&db, "admin", "fleet.maintenance.start", None, &crate::crypto::random_id()?, &body).await?;
+    http::json(200, &json!({ "maintenance": maintenance }))
+}
+
+async fn fleet_maintenance_clear(env: &Env) -> Result<Response, ApiError> {
+    let db = env.d1(super::CONTROL_BINDING)?;
+    store::set_platform_value(&db, "maintenance", None).await?;
+    store::audit(&db, "admin", "fleet.maintenance.end", None, &crate::crypto::random_id()?, &json!({})).await?;
+    http::json(200, &json!({ "maintenance": null }))
+}
+
+/// Setting keys: lowercase, digits, `_` and `.`, starting with a letter, at most 64.
+pub fn valid_setting_key(key: &str) -> bool {
+    (1..=64).contains(&key.len())
+        && key.starts_with(|c: char| c.is_ascii_lowercase())
+        && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+}
+
+/// Validates a `{key: value | null}` settings patch; values are JSON of at most 4 KiB.
+pub fn validate_settings_patch(body: &Map<String, Value>) -> Result<Vec<(String, Option<String>)>, ApiError> {
+    let mut fields = BTreeMap::new();
+    let mut changes = Vec::new();
+    if body.is_empty() || body.len() > 100 {
+        fields.insert("settings".to_owned(), "send 1 to 100 keys".to_owned());
+    }
+    for (key, value) in body {
+        if !valid_setting_key(key) {
+            fields.insert(key.clone(), "is not a valid setting key (a-z, 0-9, '_', '.'; at most 64)".into());
+            continue;
+        }
+        let text = value.to_string();
+        if text.len() > 4096 {
+            fields.insert(key.clone(), "must be at most 4 KiB of JSON".into());
+            continue;
+        }
+        changes.push((key.clone(), (!value.is_null()).then_some(text)));
+    }
+    if fields.is_empty() {
+        Ok(changes)
+    } else {
+        Err(invalid(fields))
+    }
+}
+
+async fn settings_get(env: &Env) -> Result<Response, ApiError> {
+    let db = env.d1(super::CONTROL_BINDING)?;
+    let defaults = store::settings_defaults(&db).await?;
+    http::json(200, &json!({ "settings": defaults }))
+}
+
+async fn settings_patch(req: &Request, env: &Env) -> Result<Response, ApiError> {
+    let body = http::read_json(req).await?;
+    let changes = validate_settings_patch(&body)?;
+    let db = env.d1(super::CONTROL_BINDING)?;
+    store::set_settings_defaults(&db, &changes).await?;
+    store::audit(&db, "admin", "settings.update", None, &crate::crypto::random_id()?, &Value::Object(body)).await?;
+    http::json(200, &json!({ "settings": store::settings_defaults(&db).await? }))
 }
 
 /// Default tenants migrated at once; the `MIGRATION_CONCURRENCY` var overrides it.

@@ -406,7 +406,16 @@ impl<'a> Lifecycle<'a> {
             return Ok(StepOutcome::Later(NOT_LIVE_YET.into()));
         }
         match TenantDb::open(self.env, slug).await {
-            Ok(_) => Ok(StepOutcome::Done),
+            Ok(_) => {
+                // New tenants get the platform's roles before they go live.
+                let entities = super::fleet::Entities::load(&self.db).await?;
+                let db = self.env.d1(binding.as_str())?;
+                if let Err(e) = super::fleet::sync_entities(&db, &entities).await {
+                    return Ok(StepOutcome::Later(format!("syncing roles: {e}")));
+                }
+                super::fleet::record_sync(&self.db, &tenant.slug, entities.version, None).await;
+                Ok(StepOutcome::Done)
+            }
             Err(e) => Ok(StepOutcome::Later(format!("binding answers but is not ready: {e}"))),
         }
     }

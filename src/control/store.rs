@@ -30,6 +30,8 @@ pub struct TenantRow {
     pub created_at: String,
     pub updated_at: String,
     pub deleted_at: Option<String>,
+    pub maintenance_message: Option<String>,
+    pub maintenance_until: Option<String>,
 }
 
 impl TenantRow {
@@ -69,7 +71,7 @@ const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 const TENANT_COLUMNS: &str =
     "slug, display_name, plan, status, database_name, database_id, binding_name, schema_version, \
      status_message, backup_location, backup_bytes, backup_sha256, last_error, bind_wanted, create_fingerprint, \
-     created_at, updated_at, deleted_at";
+     created_at, updated_at, deleted_at, maintenance_message, maintenance_until";
 
 fn s(value: &str) -> JsValue {
     JsValue::from_str(value)
@@ -265,6 +267,119 @@ pub async fn update_details(db: &D1Database, slug: &str, name: Option<&str>, pla
     )
     .await
     .map(drop)
+}
+
+pub async fn set_maintenance(db: &D1Database, slug: &str, maintenance: Option<(&str, Option<&str>)>) -> Result<()> {
+    changed(
+        db,
+        &format!(
+            "UPDATE tenants SET maintenance_message = ?2, maintenance_until = ?3, updated_at = {NOW} WHERE slug = ?1"
+        ),
+        &[s(slug), opt(maintenance.map(|m| m.0)), opt(maintenance.and_then(|m| m.1))],
+    )
+    .await
+    .map(drop)
+}
+
+// --- platform state and settings defaults ----------------------------------------------------
+
+pub async fn platform_value(db: &D1Database, key: &str) -> Result<Option<String>> {
+    #[derive(Deserialize)]
+    struct V {
+        value: String,
+    }
+    Ok(db
+        .prepare("SELECT value FROM platform WHERE key = ?1")
+        .bind(&[s(key)])?
+        .first::<V>(None)
+        .await?
+        .map(|v| v.value))
+}
+
+/// Sets (or with `None` removes) a platform value.
+pub async fn set_platform_value(db: &D1Database, key: &str, value: Option<&str>) -> Result<()> {
+    match value {
+        Some(v) => changed(
+            db,
+            "INSERT INTO platform (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[s(key), s(v)],
+        )
+        .await
+        .map(drop),
+        None => changed(db, "DELETE FROM platform WHERE key = ?1", &[s(key)]).await.map(drop),
+    }
+}
+
+/// The default settings, `{key: value}`.
+pub async fn settings_defaults(db: &D1Database) -> Result<serde_json::Map<String, serde_json::Value>> {
+    #[derive(Deserialize)]
+    struct Row {
+        key: String,
+        value: String,
+    }
+    let rows: Vec<Row> = db.prepare("SELECT key, value FROM settings_defaults ORDER BY key").all().await?.results()?;
+    Ok(rows.into_iter().map(|r| (r.key, serde_json::from_str(&r.value).unwrap_or(serde_json::Value::Null))).collect())
+}
+
+/// Applies `(key, Some(json))` upserts and `(key, None)` removals in one batch.
+pub async fn set_settings_defaults(db: &D1Database, changes: &[(String, Option<String>)]) -> Result<()> {
+    let mut batch = Vec::new();
+    for (key, value) in changes {
+        batch.push(match value {
+            Some(v) => db
+                .prepare(format!(
+                    "INSERT INTO settings_defaults (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = {NOW}"
+                ))
+                .bind(&[s(key), s(v)])?,
+            None => db.prepare("DELETE FROM settings_defaults WHERE key = ?1").bind(&[s(key)])?,
+        });
+    }
+    db.batch(batch).await.map(drop)
+}
+
+// --- system roles -------------------------------------------------------------------------
+
+/// The platform's roles, by name.
+pub async fn roles(db: &D1Database) -> Result<Vec<crate::core::roles::RoleSpec>> {
+    #[derive(Deserialize)]
+    struct Row {
+        name: String,
+        description: String,
+        permissions: String,
+    }
+    let rows: Vec<Row> =
+        db.prepare("SELECT name, description, permissions FROM roles ORDER BY name").all().await?.results()?;
+    Ok(rows
+        .into_iter()
+        .map(|r| crate::core::roles::RoleSpec {
+            name: r.name,
+            description: r.description,
+            permissions: serde_json::from_str(&r.permissions).unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// The version of the platform's entities (roles); bumped by every change.
+pub async fn entity_version(db: &D1Database) -> Result<i64> {
+    Ok(platform_value(db, "entity_version").await?.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+/// Upserts (`Some`) or deletes (`None`) a role and bumps the entity version, in one batch.
+/// Returns whether a row changed.
+pub async fn write_role(db: &D1Database, name: &str, role: Option<(&str, &[String])>) -> Result<bool> {
+    let write = match role {
+        Some((description, permissions)) => db
+            .prepare(format!(
+                "INSERT INTO roles (name, description, permissions) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO UPDATE SET \
+                 description = excluded.description, permissions = excluded.permissions, updated_at = {NOW}"
+            ))
+            .bind(&[s(name), s(description), s(&serde_json::to_string(permissions).unwrap_or_else(|_| "[]".into()))])?,
+        None => db.prepare("DELETE FROM roles WHERE name = ?1").bind(&[s(name)])?,
+    };
+    let bump =
+        db.prepare("UPDATE platform SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'entity_version'");
+    let results = db.batch(vec![write, bump]).await?;
+    Ok(results.first().and_then(|r| r.meta().ok().flatten()).and_then(|m| m.changes).unwrap_or(0) > 0)
 }
 
 // --- operations ---------------------------------------------------------------------------

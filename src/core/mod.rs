@@ -14,6 +14,7 @@ pub mod names;
 pub mod password;
 pub mod plans;
 pub mod retry;
+pub mod roles;
 pub mod slug;
 pub mod sql;
 pub mod token;

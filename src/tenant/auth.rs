@@ -73,7 +73,8 @@ pub async fn authenticate(
         .first(None)
         .await?;
     let user = user.ok_or_else(|| ApiError::Unauthorized { message: "the token's user no longer exists".into() })?;
-    Ok(TenantContext::new(tenant, record, user, request_id))
+    let platform = super::context::Platform::new(env.d1(crate::control::CONTROL_BINDING)?);
+    Ok(TenantContext::new(tenant, record, user, request_id, platform))
 }
 
 #[derive(Deserialize)]

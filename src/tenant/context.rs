@@ -25,11 +25,38 @@ pub struct TenantContext {
     record: TenantRecord,
     user: AuthUser,
     request_id: String,
+    platform: Platform,
+}
+
+/// Read-only access to what the platform defines for every tenant (default settings), without
+/// exposing the control-plane database itself.
+pub struct Platform(D1Database);
+
+impl Platform {
+    pub(super) fn new(control: D1Database) -> Self {
+        Self(control)
+    }
+
+    /// The control plane's default settings, `{key: value}` (one control-plane query).
+    pub async fn settings_defaults(&self) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+        Ok(crate::control::store::settings_defaults(&self.0).await?)
+    }
 }
 
 impl TenantContext {
-    pub(super) fn new(tenant: TenantDb, record: TenantRecord, user: AuthUser, request_id: &str) -> Self {
-        Self { tenant, record, user, request_id: request_id.to_owned() }
+    pub(super) fn new(
+        tenant: TenantDb,
+        record: TenantRecord,
+        user: AuthUser,
+        request_id: &str,
+        platform: Platform,
+    ) -> Self {
+        Self { tenant, record, user, request_id: request_id.to_owned(), platform }
+    }
+
+    /// What the platform defines for every tenant.
+    pub fn platform(&self) -> &Platform {
+        &self.platform
     }
 
     /// This tenant's database, and only this tenant's.

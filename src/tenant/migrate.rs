@@ -23,7 +23,7 @@ pub struct MigrateError {
 }
 
 /// SQLite's message from a D1 error, on one line (the D1 error's Debug form carries a JS stack).
-fn message(e: &worker::Error) -> String {
+pub fn message(e: &worker::Error) -> String {
     let text = match e {
         worker::Error::D1(d1) => d1.cause(),
         other => other.to_string(),

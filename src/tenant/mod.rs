@@ -13,6 +13,8 @@ mod context;
 pub mod migrate;
 mod projects;
 pub mod registry;
+mod roles;
+mod settings;
 mod users;
 
 use serde::Deserialize;
@@ -55,6 +57,11 @@ async fn serve(
     segments: &[&str],
 ) -> Result<Response, ApiError> {
     let record = lookup.record.ok_or_else(|| not_found(&slug))?;
+    if matches!(record.status.parse::<TenantStatus>(), Ok(TenantStatus::Active | TenantStatus::Suspended)) {
+        if let Some(maintenance) = maintenance(&record) {
+            return Err(maintenance);
+        }
+    }
     match record.status.parse::<TenantStatus>() {
         Ok(TenantStatus::Active) => {}
         Ok(TenantStatus::Provisioning) => {
@@ -119,11 +126,44 @@ async fn route(ctx: &TenantContext, req: &Request, segments: &[&str]) -> Result<
         (["api", "projects", id], Patch) => projects::update(ctx, req, id).await,
         (["api", "projects", id], Delete) => projects::delete(ctx, id).await,
         (["api", "audit-log"], Get) => context::audit_log(ctx, req).await,
+        (["api", "roles"], Get) => roles::list(ctx).await,
+        (["api", "roles"], Post) => roles::create(ctx, req).await,
+        (["api", "roles", name], Patch) => roles::update(ctx, req, name).await,
+        (["api", "roles", name], Delete) => roles::delete(ctx, name).await,
+        (["api", "roles", _], _) => Err(http::method_not_allowed("PATCH, DELETE")),
+        (["api", "settings"], Get) => settings::get(ctx).await,
+        (["api", "settings"], Patch) => settings::update(ctx, req).await,
+        (["api", "settings"], _) => Err(http::method_not_allowed("GET, PATCH")),
         (["api", "me" | "tenant" | "audit-log"], _) => Err(http::method_not_allowed("GET")),
-        (["api", "users" | "projects"], _) => Err(http::method_not_allowed("GET, POST")),
+        (["api", "users" | "projects" | "roles"], _) => Err(http::method_not_allowed("GET, POST")),
         (["api", "users" | "projects", _], _) => Err(http::method_not_allowed("GET, PATCH, DELETE")),
         _ => Err(http::route_not_found()),
     }
+}
+
+/// The 503 for a tenant (or the whole fleet) in maintenance, if it is.
+fn maintenance(record: &registry::TenantRecord) -> Option<ApiError> {
+    #[derive(Deserialize)]
+    struct Fleet {
+        message: String,
+        until: Option<String>,
+    }
+    let (message, until) = match (&record.maintenance_message, &record.fleet_maintenance) {
+        (Some(message), _) => (message.clone(), record.maintenance_until.clone()),
+        (None, Some(fleet)) => {
+            let fleet: Fleet = serde_json::from_str(fleet).ok()?;
+            (fleet.message, fleet.until)
+        }
+        (None, None) => return None,
+    };
+    let now = js_sys::Date::now();
+    let retry_after = until
+        .as_deref()
+        .map(js_sys::Date::parse)
+        .filter(|ms| ms.is_finite())
+        .map_or(60, |ms| (((ms - now) / 1000.0).ceil().clamp(5.0, 3600.0)) as u32);
+    let until_text = until.map(|u| format!(" (expected to end {u})")).unwrap_or_default();
+    Some(ApiError::Unavailable { code: "maintenance", message: format!("{message}{until_text}"), retry_after })
 }
 
 fn not_found(slug: &TenantSlug) -> ApiError {

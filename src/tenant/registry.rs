@@ -29,6 +29,10 @@ pub struct TenantRecord {
     pub plan: String,
     pub status_message: Option<String>,
     pub database_id: Option<String>,
+    pub maintenance_message: Option<String>,
+    pub maintenance_until: Option<String>,
+    /// The fleet-wide maintenance (JSON `{message, until}`), read in the same query.
+    pub fleet_maintenance: Option<String>,
 }
 
 #[derive(Clone)]
@@ -63,7 +67,10 @@ pub async fn lookup(env: &Env, slug: &TenantSlug) -> Result<Lookup, ApiError> {
     }
     let db = env.d1(crate::control::CONTROL_BINDING)?;
     let record: Option<TenantRecord> = db
-        .prepare("SELECT slug, status, plan, status_message, database_id FROM tenants WHERE slug = ?1")
+        .prepare(
+            "SELECT slug, status, plan, status_message, database_id, maintenance_message, maintenance_until, \
+             (SELECT value FROM platform WHERE key = 'maintenance') AS fleet_maintenance FROM tenants WHERE slug = ?1",
+        )
         .bind(&[JsValue::from_str(slug.as_str())])?
         .first(None)
         .await?;

@@ -1,0 +1,122 @@
+//! `/api/roles`: the platform's system roles (synced from the control plane, read-only here:
+//! 403 on change) and the tenant's own roles (admins manage them).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use wasm_bindgen::JsValue;
+use worker::{Request, Response};
+
+use super::TenantContext;
+use crate::core::roles;
+use crate::http::{self, ApiError};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Row {
+    name: String,
+    description: String,
+    permissions: String,
+    is_system: i64,
+    created_at: String,
+    updated_at: String,
+}
+
+fn view(r: &Row) -> Value {
+    json!({
+        "name": r.name, "description": r.description,
+        "permissions": serde_json::from_str::<Value>(&r.permissions).unwrap_or(json!([])),
+        "is_system": r.is_system == 1, "created_at": r.created_at, "updated_at": r.updated_at,
+    })
+}
+
+fn not_found() -> ApiError {
+    ApiError::not_found("role_not_found", "no such role in this tenant")
+}
+
+async fn find(ctx: &TenantContext, name: &str) -> Result<Row, ApiError> {
+    ctx.db()
+        .prepare("SELECT name, description, permissions, is_system, created_at, updated_at FROM roles WHERE name = ?1")
+        .bind(&[JsValue::from_str(name)])?
+        .first::<Row>(None)
+        .await?
+        .ok_or_else(not_found)
+}
+
+/// A role the tenant may change: it exists and is not a system role.
+async fn own_role(ctx: &TenantContext, name: &str) -> Result<Row, ApiError> {
+    let role = find(ctx, name).await?;
+    if role.is_system == 1 {
+        return Err(ApiError::Forbidden {
+            code: "system_role_read_only",
+            message: format!("`{name}` is a platform role: it is managed by the platform and read-only here"),
+        });
+    }
+    Ok(role)
+}
+
+fn invalid(fields: std::collections::BTreeMap<String, String>) -> ApiError {
+    ApiError::Unprocessable { message: "the request has invalid fields".into(), fields }
+}
+
+/// `GET /api/roles`
+pub async fn list(ctx: &TenantContext) -> Result<Response, ApiError> {
+    let rows: Vec<Row> = ctx
+        .db()
+        .prepare("SELECT name, description, permissions, is_system, created_at, updated_at FROM roles ORDER BY is_system DESC, name")
+        .all()
+        .await?
+        .results()?;
+    http::json(200, &json!({ "roles": rows.iter().map(view).collect::<Vec<_>>() }))
+}
+
+/// `POST /api/roles` (admins): `{name, description?, permissions?}`
+pub async fn create(ctx: &TenantContext, req: &Request) -> Result<Response, ApiError> {
+    ctx.require_admin()?;
+    let body = http::read_json(req).await?;
+    let roles::RoleChanges { name, description, permissions } = roles::parse(&body, true).map_err(invalid)?;
+    let name = name.ok_or_else(|| ApiError::internal("validated name missing"))?;
+    if find(ctx, &name).await.is_ok() {
+        return Err(ApiError::Conflict { code: "role_exists", message: format!("role `{name}` already exists") });
+    }
+    let permissions = serde_json::to_string(&permissions.unwrap_or_default()).map_err(ApiError::internal)?;
+    let db = ctx.db();
+    let insert =
+        db.prepare("INSERT INTO roles (name, description, permissions, is_system) VALUES (?1, ?2, ?3, 0)").bind(&[
+            JsValue::from_str(&name),
+            JsValue::from_str(description.as_deref().unwrap_or("")),
+            JsValue::from_str(&permissions),
+        ])?;
+    let audit = ctx.audit("role.create", &format!("role:{name}"), &Value::Object(body))?;
+    db.batch(vec![insert, audit]).await?;
+    http::json(201, &json!({ "role": view(&find(ctx, &name).await?) }))
+}
+
+/// `PATCH /api/roles/{name}` (admins; not system roles)
+pub async fn update(ctx: &TenantContext, req: &Request, name: &str) -> Result<Response, ApiError> {
+    ctx.require_admin()?;
+    own_role(ctx, name).await?;
+    let body = http::read_json(req).await?;
+    let roles::RoleChanges { description, permissions, .. } = roles::parse(&body, false).map_err(invalid)?;
+    let permissions = permissions.map(|p| serde_json::to_string(&p).unwrap_or_else(|_| "[]".into()));
+    let opt = |v: Option<&str>| v.map_or(JsValue::NULL, JsValue::from_str);
+    let db = ctx.db();
+    let update = db
+        .prepare(
+            "UPDATE roles SET description = COALESCE(?2, description), permissions = COALESCE(?3, permissions), \
+             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE name = ?1 AND is_system = 0",
+        )
+        .bind(&[JsValue::from_str(name), opt(description.as_deref()), opt(permissions.as_deref())])?;
+    let audit = ctx.audit("role.update", &format!("role:{name}"), &Value::Object(body))?;
+    db.batch(vec![update, audit]).await?;
+    http::json(200, &json!({ "role": view(&find(ctx, name).await?) }))
+}
+
+/// `DELETE /api/roles/{name}` (admins; not system roles)
+pub async fn delete(ctx: &TenantContext, name: &str) -> Result<Response, ApiError> {
+    ctx.require_admin()?;
+    own_role(ctx, name).await?;
+    let db = ctx.db();
+    let delete = db.prepare("DELETE FROM roles WHERE name = ?1 AND is_system = 0").bind(&[JsValue::from_str(name)])?;
+    let audit = ctx.audit("role.delete", &format!("role:{name}"), &json!({}))?;
+    db.batch(vec![delete, audit]).await?;
+    http::json(200, &json!({ "deleted": { "role": name } }))
+}
