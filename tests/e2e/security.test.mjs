@@ -40,6 +40,10 @@ function endpoints(t) {
     ["PATCH", `/api/projects/${t.projectId}`, { description: t.marker }],
     ["DELETE", "/api/projects/999999"],
     ["GET", "/api/audit-log"],
+    ["GET", "/api/roles"],
+    ["POST", "/api/roles", { name: `r-${Math.random().toString(36).slice(2, 10)}`, description: t.marker }],
+    ["GET", "/api/settings"],
+    ["PATCH", "/api/settings", { note: t.marker }],
   ];
 }
 
@@ -97,7 +101,9 @@ test(`cross-tenant fuzz over ${TENANTS} tenants`, { timeout: 300_000 }, async ()
   for (const t of tenants) {
     const [projects] = await sql(t.uuid, "SELECT name, description FROM projects");
     const [users] = await sql(t.uuid, "SELECT email FROM users");
-    const text = JSON.stringify([projects.results, users.results]);
+    const [roles] = await sql(t.uuid, "SELECT description FROM roles");
+    const [settings] = await sql(t.uuid, "SELECT value FROM settings");
+    const text = JSON.stringify([projects.results, users.results, roles.results, settings.results]);
     for (const other of tenants) if (other !== t && text.includes(other.marker)) failures.push(`${t.slug} holds ${other.slug}'s data`);
     // Exactly the fuzz's own-token creations happened: 1 (setup) + 1 (own POST) project.
     expect(projects.results.length, t.slug).toBe(2);
