@@ -579,8 +579,11 @@ impl<'a> Lifecycle<'a> {
         // Binding changes made by the operations above are checked once more.
         let bindings_after = self.reconcile_bindings().await.map_err(StepError::into_api)?;
         let (orphans, removed) = self.orphans().await.map_err(StepError::into_api)?;
-        // One bounded migration pass per run: a fleet behind the code catches up run by run.
-        let migrations = super::fleet::migrate_pass(self.env, &self.db, "", 50, 8).await?;
+        // One bounded migration pass per run, continuing where the last run stopped (so tenants
+        // that keep failing at the front never starve the rest): a fleet catches up run by run.
+        let cursor = store::platform_value(&self.db, "fleet_cursor").await?.unwrap_or_default();
+        let migrations = super::fleet::migrate_pass(self.env, &self.db, &cursor, 50, 8).await?;
+        store::set_platform_value(&self.db, "fleet_cursor", migrations.next.as_deref()).await?;
         Ok(json!({
             "bindings": bindings_after.or(bindings),
             "operations": { "finished": finished, "unfinished": pending },
