@@ -36,8 +36,6 @@ pub const NOT_LIVE_YET: &str = "binding not live in this Worker version yet";
 /// The R2 binding backups go to.
 pub const BACKUPS_BINDING: &str = "BACKUPS";
 
-const LEDGER_DDL: &str = "CREATE TABLE IF NOT EXISTS d1_migrations(\n    id         INTEGER PRIMARY KEY AUTOINCREMENT,\n    name       TEXT UNIQUE,\n    applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL\n)";
-
 /// The input a create operation carries until the admin is seeded.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CreateInput {
@@ -289,7 +287,7 @@ impl<'a> Lifecycle<'a> {
 
     async fn migrate(&self, tenant: &TenantRow) -> Result<StepOutcome, StepError> {
         let id = database_id(tenant)?;
-        self.api.query(id, LEDGER_DDL, &[]).await?;
+        self.api.query(id, migrations::LEDGER_DDL, &[]).await?;
         // A database stamped for another tenant is never taken over (checked before any change).
         let stamp_sql = "SELECT value FROM tenant_meta WHERE key = 'slug' \
              AND EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tenant_meta')";

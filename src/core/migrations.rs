@@ -15,6 +15,10 @@ include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
 /// The ledger table wrangler creates and reads.
 pub const LEDGER_TABLE: &str = "d1_migrations";
 
+/// The ledger's definition, as wrangler creates it.
+pub const LEDGER_DDL: &str = "CREATE TABLE IF NOT EXISTS d1_migrations(id INTEGER PRIMARY KEY AUTOINCREMENT, \
+     name TEXT UNIQUE, applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL)";
+
 /// How a database's ledger compares with the migrations this Worker embeds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LedgerState {

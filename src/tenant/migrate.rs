@@ -7,11 +7,8 @@ use serde::Deserialize;
 use wasm_bindgen::JsValue;
 use worker::D1Database;
 
-use crate::core::migrations::{self, LedgerState, LEDGER_TABLE};
+use crate::core::migrations::{self, LedgerState, LEDGER_DDL, LEDGER_TABLE};
 use crate::core::sql::split_statements;
-
-const LEDGER_DDL: &str = "CREATE TABLE IF NOT EXISTS d1_migrations(id INTEGER PRIMARY KEY AUTOINCREMENT, \
-     name TEXT UNIQUE, applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL)";
 
 /// A migration that could not be applied; the database stays at `version`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
