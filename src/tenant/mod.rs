@@ -40,7 +40,15 @@ pub async fn handle(req: &Request, env: &Env, slug: TenantSlug, request_id: &str
     if segments.first() != Some(&"api") {
         return Err(http::route_not_found());
     }
-    let lookup = registry::lookup(env, &slug).await?;
+    // The control plane being unreachable is our problem, and a passing one: 503, not 500.
+    let lookup = registry::lookup(env, &slug).await.map_err(|e| {
+        ApiError::Unavailable {
+            code: "control_plane_unavailable",
+            message: "the service is temporarily unavailable; retry shortly".into(),
+            retry_after: RETRY_AFTER_SECONDS,
+        }
+        .inspect_log(&format!("tenant lookup for {slug} failed: {e:?}"))
+    })?;
     let queries = lookup.control_plane_queries;
     let outcome = serve(req, env, slug, request_id, lookup, &segments).await;
     let mut response = outcome.unwrap_or_else(|e| http::error_response(&e));
