@@ -246,10 +246,6 @@ pub fn validate_create(body: &Map<String, Value>) -> Result<CreateRequest, BTree
     }
 }
 
-fn invalid(fields: BTreeMap<String, String>) -> ApiError {
-    ApiError::Unprocessable { message: "the request has invalid fields".into(), fields }
-}
-
 /// The public view of a tenant.
 pub fn tenant_view(t: &TenantRow) -> Value {
     json!({
@@ -312,7 +308,7 @@ async fn standing(
 
 async fn create(req: &Request, env: &Env) -> Result<Response, ApiError> {
     let body = http::read_json(req).await?;
-    let request = validate_create(&body).map_err(invalid)?;
+    let request = validate_create(&body).map_err(ApiError::invalid_fields)?;
     let lc = Lifecycle::from_env(env)?;
     let slug = request.slug.as_str();
     let fingerprint = request.fingerprint();
@@ -512,7 +508,7 @@ async fn update(req: &Request, env: &Env, slug: &TenantSlug) -> Result<Response,
         }
     }
     if !errors.is_empty() {
-        return Err(invalid(errors));
+        return Err(ApiError::invalid_fields(errors));
     }
     let db = env.d1(super::CONTROL_BINDING)?;
     let tenant = store::get_tenant(&db, slug.as_str()).await?.ok_or_else(|| not_found(slug.as_str()))?;
@@ -605,7 +601,7 @@ async fn sync_now(env: &Env, db: &worker::D1Database) -> Result<Value, ApiError>
 async fn role_write(req: &Request, env: &Env, path_name: Option<&str>) -> Result<Response, ApiError> {
     let body = http::read_json(req).await?;
     let crate::core::roles::RoleChanges { name, description, permissions } =
-        crate::core::roles::parse(&body, path_name.is_none()).map_err(invalid)?;
+        crate::core::roles::parse(&body, path_name.is_none()).map_err(ApiError::invalid_fields)?;
     let db = env.d1(super::CONTROL_BINDING)?;
     let existing = store::roles(&db).await?;
     let (name, status) = match path_name {
@@ -689,8 +685,8 @@ async fn fleet_maintenance_get(env: &Env) -> Result<Response, ApiError> {
 
 async fn fleet_maintenance_set(req: &Request, env: &Env) -> Result<Response, ApiError> {
     let body = Value::Object(http::read_json(req).await?);
-    let maintenance =
-        parse_maintenance(&body).map_err(|e| invalid([("maintenance".to_owned(), e.to_owned())].into()))?;
+    let maintenance = parse_maintenance(&body)
+        .map_err(|e| ApiError::invalid_fields([("maintenance".to_owned(), e.to_owned())].into()))?;
     let db = env.d1(super::CONTROL_BINDING)?;
     let value = serde_json::to_string(&maintenance).map_err(ApiError::internal)?;
     store::set_platform_value(&db, "maintenance", Some(&value)).await?;
@@ -734,7 +730,7 @@ pub fn validate_settings_patch(body: &Map<String, Value>) -> Result<Vec<(String,
     if fields.is_empty() {
         Ok(changes)
     } else {
-        Err(invalid(fields))
+        Err(ApiError::invalid_fields(fields))
     }
 }
 
@@ -784,7 +780,7 @@ async fn migrations_apply(req: &Request, env: &Env) -> Result<Response, ApiError
         }
     }
     if !fields.is_empty() {
-        return Err(invalid(fields));
+        return Err(ApiError::invalid_fields(fields));
     }
     let db = env.d1(super::CONTROL_BINDING)?;
     let report = super::fleet::migrate_pass(env, &db, &after, limit, concurrency).await?;

@@ -47,6 +47,11 @@ impl ApiError {
         Self::NotFound { code, message: message.into() }
     }
 
+    /// 422 with the bad fields and why each is bad.
+    pub fn invalid_fields(fields: std::collections::BTreeMap<String, String>) -> Self {
+        Self::Unprocessable { message: "the request has invalid fields".into(), fields }
+    }
+
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         Self::Internal { detail: detail.to_string() }
     }

@@ -109,7 +109,7 @@ pub async fn login(req: &Request, env: &Env, tenant: &TenantDb, request_id: &str
         }
     };
     let (Some(email), Some(password)) = (email, password) else {
-        return Err(ApiError::Unprocessable { message: "the request has invalid fields".into(), fields });
+        return Err(ApiError::invalid_fields(fields));
     };
     let ring = key_ring(env)?;
     let db = tenant.db();

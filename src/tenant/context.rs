@@ -92,6 +92,15 @@ impl TenantContext {
         }
     }
 
+    /// The `n` column of a `SELECT count(*) AS n ...` on this tenant's database.
+    pub async fn count(&self, sql: &str) -> Result<u64, ApiError> {
+        #[derive(Deserialize)]
+        struct N {
+            n: u64,
+        }
+        Ok(self.db().prepare(sql).first::<N>(None).await?.map_or(0, |r| r.n))
+    }
+
     pub fn request_id(&self) -> &str {
         &self.request_id
     }

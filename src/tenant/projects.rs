@@ -65,7 +65,7 @@ fn parse(body: &Map<String, Value>, creating: bool) -> Result<(Option<String>, O
     if fields.is_empty() {
         Ok((name, description))
     } else {
-        Err(ApiError::Unprocessable { message: "the request has invalid fields".into(), fields })
+        Err(ApiError::invalid_fields(fields))
     }
 }
 
@@ -88,11 +88,7 @@ pub async fn create(ctx: &TenantContext, req: &Request) -> Result<Response, ApiE
     let body = http::read_json(req).await?;
     let (name, description) = parse(&body, true)?;
     let name = name.ok_or_else(|| ApiError::internal("validated name missing"))?;
-    #[derive(Deserialize)]
-    struct N {
-        n: u64,
-    }
-    let current = ctx.db().prepare("SELECT count(*) AS n FROM projects").first::<N>(None).await?.map_or(0, |r| r.n);
+    let current = ctx.count("SELECT count(*) AS n FROM projects").await?;
     plans::check_add(ctx.plan(), Resource::Projects, current)
         .map_err(|e| ApiError::Forbidden { code: "plan_limit_reached", message: e.to_string() })?;
     let db = ctx.db();

@@ -53,10 +53,6 @@ async fn own_role(ctx: &TenantContext, name: &str) -> Result<Row, ApiError> {
     Ok(role)
 }
 
-fn invalid(fields: std::collections::BTreeMap<String, String>) -> ApiError {
-    ApiError::Unprocessable { message: "the request has invalid fields".into(), fields }
-}
-
 /// `GET /api/roles`
 pub async fn list(ctx: &TenantContext) -> Result<Response, ApiError> {
     let rows: Vec<Row> = ctx
@@ -72,7 +68,8 @@ pub async fn list(ctx: &TenantContext) -> Result<Response, ApiError> {
 pub async fn create(ctx: &TenantContext, req: &Request) -> Result<Response, ApiError> {
     ctx.require_admin()?;
     let body = http::read_json(req).await?;
-    let roles::RoleChanges { name, description, permissions } = roles::parse(&body, true).map_err(invalid)?;
+    let roles::RoleChanges { name, description, permissions } =
+        roles::parse(&body, true).map_err(ApiError::invalid_fields)?;
     let name = name.ok_or_else(|| ApiError::internal("validated name missing"))?;
     if find(ctx, &name).await.is_ok() {
         return Err(ApiError::Conflict { code: "role_exists", message: format!("role `{name}` already exists") });
@@ -95,7 +92,8 @@ pub async fn update(ctx: &TenantContext, req: &Request, name: &str) -> Result<Re
     ctx.require_admin()?;
     own_role(ctx, name).await?;
     let body = http::read_json(req).await?;
-    let roles::RoleChanges { description, permissions, .. } = roles::parse(&body, false).map_err(invalid)?;
+    let roles::RoleChanges { description, permissions, .. } =
+        roles::parse(&body, false).map_err(ApiError::invalid_fields)?;
     let permissions = permissions.map(|p| serde_json::to_string(&p).unwrap_or_else(|_| "[]".into()));
     let opt = |v: Option<&str>| v.map_or(JsValue::NULL, JsValue::from_str);
     let db = ctx.db();

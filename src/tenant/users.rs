@@ -44,18 +44,6 @@ async fn find(ctx: &TenantContext, id: i64) -> Result<User, ApiError> {
         .ok_or_else(not_found)
 }
 
-async fn count(ctx: &TenantContext, sql: &str) -> Result<u64, ApiError> {
-    #[derive(Deserialize)]
-    struct N {
-        n: u64,
-    }
-    Ok(ctx.db().prepare(sql).first::<N>(None).await?.map_or(0, |r| r.n))
-}
-
-fn invalid(fields: BTreeMap<String, String>) -> ApiError {
-    ApiError::Unprocessable { message: "the request has invalid fields".into(), fields }
-}
-
 /// `GET /api/me`
 pub async fn me(ctx: &TenantContext) -> Result<Response, ApiError> {
     let user = find(ctx, ctx.user().id).await?;
@@ -130,7 +118,7 @@ fn parse_changes(body: &Map<String, Value>, creating: bool) -> Result<Changes, A
     if fields.is_empty() {
         Ok(changes)
     } else {
-        Err(invalid(fields))
+        Err(ApiError::invalid_fields(fields))
     }
 }
 
@@ -151,7 +139,7 @@ pub async fn create(ctx: &TenantContext, req: &Request) -> Result<Response, ApiE
         unreachable!("checked by parse_changes")
     };
     let role = changes.role.unwrap_or(Role::Member);
-    let current = count(ctx, "SELECT count(*) AS n FROM users").await?;
+    let current = ctx.count("SELECT count(*) AS n FROM users").await?;
     plans::check_add(ctx.plan(), Resource::Users, current)
         .map_err(|e| ApiError::Forbidden { code: "plan_limit_reached", message: e.to_string() })?;
     let hash = crate::crypto::hash_password(&password).await?;
@@ -182,7 +170,7 @@ pub async fn update(ctx: &TenantContext, req: &Request, id: &str) -> Result<Resp
     let user = find(ctx, id).await?;
     if changes.role == Some(Role::Member)
         && user.role == "admin"
-        && count(ctx, "SELECT count(*) AS n FROM users WHERE role = 'admin'").await? <= 1
+        && ctx.count("SELECT count(*) AS n FROM users WHERE role = 'admin'").await? <= 1
     {
         return Err(ApiError::Conflict {
             code: "last_admin",
@@ -212,7 +200,7 @@ pub async fn delete(ctx: &TenantContext, id: &str) -> Result<Response, ApiError>
     ctx.require_admin()?;
     let id = parse_id(id, not_found)?;
     let user = find(ctx, id).await?;
-    if user.role == "admin" && count(ctx, "SELECT count(*) AS n FROM users WHERE role = 'admin'").await? <= 1 {
+    if user.role == "admin" && ctx.count("SELECT count(*) AS n FROM users WHERE role = 'admin'").await? <= 1 {
         return Err(ApiError::Conflict {
             code: "last_admin",
             message: "the tenant's last admin cannot be deleted".into(),
