@@ -25,3 +25,17 @@ export async function setBindings(api, change) {
   const next = change(current.map((b) => ({ type: "inherit", name: b.name })));
   return api("PATCH", `/workers/scripts/${SCRIPT_NAME}/settings`, { bindings: next }, { multipart: true });
 }
+
+/**
+ * The SQL that puts a tenant database back at the version before the newest tenant migration,
+ * as if that migration had just shipped: drops the tables, indexes, views and triggers it creates
+ * and removes its ledger row. (Tenant migrations only add objects; one that alters existing ones
+ * would need its own undo here.)
+ */
+export function rollBackNewestSql() {
+  const newest = tenantMigrations().at(-1);
+  const drops = [...newest.sql.matchAll(/^\s*CREATE\s+(?:UNIQUE\s+)?(TABLE|INDEX|VIEW|TRIGGER)\s+(?:IF\s+NOT\s+EXISTS\s+)?["`]?(\w+)/gim)]
+    .map(([, kind, name]) => `DROP ${kind.toUpperCase()} IF EXISTS ${name};`)
+    .reverse();
+  return `${drops.join(" ")} DELETE FROM d1_migrations WHERE name = '${newest.name}'`;
+}

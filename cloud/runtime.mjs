@@ -112,9 +112,15 @@ export class Runtime {
    * @param {string} opts.persistPath where D1 data lives (survives restarts and new processes)
    * @param {number} [opts.poolSize] spare database slots to keep bound
    * @param {(msg: string) => void} [opts.log]
+   * @param {() => object[]} [opts.extraWorkers] more Workers to run on the same workerd (the
+   *   benchmark's bare Worker)
+   * @param {number} [opts.inspectorPort] open workerd's V8 inspector there (the benchmark's
+   *   profiler: `ws://127.0.0.1:<port>/core:user:<worker>`)
    */
-  constructor({ workerOptions, persistPath, poolSize = 64, log = () => {} }) {
+  constructor({ workerOptions, persistPath, poolSize = 64, log = () => {}, extraWorkers = () => [], inspectorPort }) {
     this.workerOptions = workerOptions;
+    this.inspectorPort = inspectorPort;
+    this.extraWorkers = extraWorkers;
     this.persistPath = persistPath;
     this.poolSize = poolSize;
     this.log = log;
@@ -185,6 +191,14 @@ export class Runtime {
       const body = Buffer.from(await response.arrayBuffer());
       return { status: response.status, headers: response.headers, body };
     });
+  }
+
+  /**
+   * The address of Worker `name`'s own socket on workerd (one it was given `unsafeDirectSockets`
+   * for): requests there skip Miniflare's entry Worker and this process entirely.
+   */
+  directUrl(name) {
+    return this.mf.unsafeGetDirectURL(name);
   }
 
   /** Runs the tenantry Worker's scheduled handler once (a cron trigger firing). */
@@ -260,8 +274,10 @@ export class Runtime {
   #options() {
     return convertV4MiniflareOptions({
       resourcePersistencePath: this.persistPath,
+      ...(this.inspectorPort === undefined ? {} : { inspectorPort: this.inspectorPort }),
       workers: [
         this.workerOptions(),
+        ...this.extraWorkers(),
         {
           name: "tenantry-cloud-helper",
           modules: true,

@@ -27,7 +27,7 @@ const CONTROL_DB_NAME = `${D1_NAME_PREFIX}control`;
 const HOP_BY_HOP = ["connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "host", "upgrade"];
 
 /** The compatibility date in wrangler.toml, so local and deployed Workers run the same runtime. */
-function compatibilityDate() {
+export function compatibilityDate() {
   const toml = readFileSync(path.join(ROOT, "wrangler.toml"), "utf8");
   const m = /^compatibility_date\s*=\s*"([0-9-]+)"/m.exec(toml);
   if (!m) throw new Error("wrangler.toml has no compatibility_date");
@@ -42,8 +42,22 @@ function compatibilityDate() {
  * @param {number} [opts.poolSize] spare databases kept bound (see runtime.mjs)
  * @param {"report"|"remove"} [opts.orphanPolicy] what the reconciler does with orphan databases
  * @param {(msg: string) => void} [opts.log]
+ * @param {boolean} [opts.directSocket] also give the tenantry Worker its own socket on workerd
+ *   (`runtime.directUrl("tenantry")`), for load that must not pass through Node
+ * @param {() => object[]} [opts.extraWorkers] more Workers on the same workerd (see runtime.mjs)
+ * @param {number} [opts.inspectorPort] open workerd's V8 inspector (see runtime.mjs)
  */
-export async function startStack({ stateDir, port = 0, cloudPort = 0, poolSize, orphanPolicy = "report", log = () => {} }) {
+export async function startStack({
+  stateDir,
+  port = 0,
+  cloudPort = 0,
+  poolSize,
+  orphanPolicy = "report",
+  log = () => {},
+  directSocket = false,
+  extraWorkers,
+  inspectorPort,
+}) {
   const date = compatibilityDate();
   const state = await new State(path.join(stateDir, "cloud.json")).load();
   const buildDir = path.join(ROOT, "build");
@@ -52,7 +66,12 @@ export async function startStack({ stateDir, port = 0, cloudPort = 0, poolSize, 
     persistPath: path.join(stateDir, "persist"),
     poolSize,
     log,
-    workerOptions: () => workerOptions(cloud.script(SCRIPT_NAME), buildDir, date),
+    workerOptions: () => ({
+      ...workerOptions(cloud.script(SCRIPT_NAME), buildDir, date),
+      ...(directSocket ? { unsafeDirectSockets: [{ host: "127.0.0.1", port: 0 }] } : {}),
+    }),
+    extraWorkers,
+    inspectorPort,
   });
   cloud = new LocalCloud({ state, runtime, token: LOCAL_TOKEN, accountId: LOCAL_ACCOUNT_ID, log });
   await runtime.start(state.databases().map((d) => d.uuid));
@@ -113,7 +132,8 @@ export async function startStack({ stateDir, port = 0, cloudPort = 0, poolSize, 
   };
 }
 
-function workerOptions(settings, buildDir, date) {
+/** Miniflare options of the tenantry Worker with the bindings of script `settings`. */
+export function workerOptions(settings, buildDir, date) {
   const d1Databases = {};
   const r2Buckets = {};
   const bindings = {};

@@ -5,6 +5,8 @@
 # skips wasm-opt (see README, "Bundle size").
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# WORKER_CRATE: another crate of the workspace to build (the benchmark's bare Worker).
+cd "${WORKER_CRATE:-.}"
 export PATH="$HOME/.cargo/bin:$PATH"
 WASM_BINDGEN_BIN="$(command -v wasm-bindgen)"
 export WASM_BINDGEN_BIN

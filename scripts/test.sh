@@ -11,10 +11,10 @@ step "cargo fmt --check"
 cargo fmt --check
 
 step "cargo clippy (host)"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo clippy (wasm32)"
-cargo clippy --target wasm32-unknown-unknown --locked -- -D warnings
+cargo clippy --workspace --target wasm32-unknown-unknown --locked -- -D warnings
 
 step "cargo test (the core, natively)"
 cargo test --locked

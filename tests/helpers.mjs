@@ -2,9 +2,9 @@
 // Host header (Node's fetch cannot, and `*.localhost` does not resolve in Node), the local
 // cloud's API client, and fresh tenants.
 
-import http from "node:http";
 import { inject } from "vitest";
 import { setBindings as setBindingsWith } from "../cloud/provision.mjs";
+import { hostRequest } from "../cloud/client.mjs";
 import { apiClient } from "../cloud/stack.mjs";
 
 export const stack = inject("stack");
@@ -14,29 +14,8 @@ export const api = apiClient(stack.cloudUrl, { token: stack.token, accountId: st
  * Sends a request to the Worker as if to `host` (e.g. `acme.localhost`).
  * @returns {Promise<{ status: number, headers: Record<string, string>, text: string, json: any }>}
  */
-export function request(host, pathname, { method = "GET", headers = {}, body } = {}) {
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      { host: "127.0.0.1", port: stack.port, path: pathname, method, headers: { host: `${host}:${stack.port}`, ...headers } },
-      (res) => {
-        const chunks = [];
-        res.on("data", (c) => chunks.push(c));
-        res.on("end", () => {
-          const text = Buffer.concat(chunks).toString("utf8");
-          let json;
-          try {
-            json = JSON.parse(text);
-          } catch {
-            json = undefined;
-          }
-          resolve({ status: res.statusCode, headers: res.headers, text, json });
-        });
-      },
-    );
-    req.on("error", reject);
-    if (body !== undefined) req.write(typeof body === "string" ? body : JSON.stringify(body));
-    req.end();
-  });
+export function request(host, pathname, opts) {
+  return hostRequest(stack.port, host, pathname, opts);
 }
 
 /** A slug no other test uses. */

@@ -4,6 +4,14 @@
 //! a rotation, `JWT_SIGNING_KEY_PREVIOUS`; see `core::token` for the per-tenant derivation.
 //! Logins are throttled per tenant and email in the tenant's own database: after
 //! [`MAX_FAILURES`] failures within [`WINDOW_MS`], further attempts get 429 until the window ends.
+//!
+//! The token's user is read from the tenant database, then trusted by this isolate for
+//! [`USER_TTL_MS`] (the same window as the tenant lookup), so a hot request reads no user row: a
+//! deleted user or a role change takes effect within that window everywhere, and at once in the
+//! isolate that made the change. The cache is keyed by the tenant's database id and the user id, so
+//! an entry can only ever answer for that exact database.
+
+use std::cell::RefCell;
 
 use serde::Deserialize;
 use serde_json::json;
@@ -11,15 +19,37 @@ use wasm_bindgen::JsValue;
 use worker::{Env, Request, Response};
 
 use super::context::{audit_statement, AuthUser, TenantContext};
-use super::registry::TenantRecord;
+use super::registry::{self, TenantRecord};
 use super::TenantDb;
-use crate::core::token::{bearer, AuthError, KeyRing, MasterKey, Role, TenantClaims};
+use crate::core::cache::TtlCache;
+use crate::core::token::{bearer, AuthError, KeyRing, MasterKey, Role, TenantClaims, TokenCache};
 use crate::http::{self, ApiError};
 
 pub const MAX_FAILURES: i64 = 10;
 pub const WINDOW_MS: i64 = 15 * 60 * 1000;
 /// Checked when the email is unknown, so a miss costs the same time as a wrong password.
 const DECOY_HASH: &str = "$pbkdf2-sha256$i=100000$dGVuYW50cnktZGVjb3k$yG3Qw1i8n6m2W7Xq7m3i8Q0f2uJ3m0t6s1Yc2A5Ld9Q";
+
+/// How long a user read from a tenant database is trusted by this isolate.
+pub const USER_TTL_MS: f64 = registry::TTL_MS;
+
+thread_local! {
+    /// (tenant database id, user id) -> the user as that database had them.
+    static USERS: RefCell<TtlCache<(String, i64), AuthUser>> =
+        RefCell::new(TtlCache::new(registry::CAPACITY, USER_TTL_MS));
+}
+
+/// How long this isolate trusts a token it verified (never past the token's expiry).
+const TOKEN_CACHE_TTL_MS: f64 = 60_000.0;
+
+thread_local! {
+    static TOKENS: RefCell<TokenCache> = RefCell::new(TokenCache::new(registry::CAPACITY, TOKEN_CACHE_TTL_MS));
+}
+
+/// Forgets a user this isolate may have cached (after changing or deleting them).
+pub fn forget_user(database_id: &str, user_id: i64) {
+    USERS.with(|c| c.borrow_mut().remove(&(database_id.to_owned(), user_id)));
+}
 
 fn now_ms() -> i64 {
     js_sys::Date::now() as i64
@@ -63,16 +93,30 @@ pub async fn authenticate(
 ) -> Result<TenantContext, ApiError> {
     let header = req.headers().get("Authorization").ok().flatten();
     let token = bearer(header.as_deref()).map_err(auth_error)?;
-    let claims = key_ring(env)?.verify(token, tenant.slug(), now_ms()).map_err(auth_error)?;
-    // The database decides who the user is now: a deleted user's token stops working, a demoted
-    // admin loses admin rights at once.
-    let user: Option<AuthUser> = tenant
-        .db()
-        .prepare("SELECT id, email, role FROM users WHERE id = ?1")
-        .bind(&[JsValue::from(claims.sub as f64)])?
-        .first(None)
-        .await?;
-    let user = user.ok_or_else(|| ApiError::Unauthorized { message: "the token's user no longer exists".into() })?;
+    let ring = key_ring(env)?;
+    let claims = TOKENS.with(|c| c.borrow_mut().verify(&ring, token, tenant.slug(), now_ms())).map_err(auth_error)?;
+    // The database decides who the user is (not the token): a deleted user's token stops working,
+    // a demoted admin loses admin rights, within USER_TTL_MS.
+    let key = record.database_id.clone().map(|db| (db, claims.sub));
+    let now = js_sys::Date::now();
+    let cached = key.as_ref().and_then(|k| USERS.with(|c| c.borrow_mut().get(k, now)));
+    let user = match cached {
+        Some(user) => user,
+        None => {
+            let user: Option<AuthUser> = tenant
+                .db()
+                .prepare("SELECT id, email, role FROM users WHERE id = ?1")
+                .bind(&[JsValue::from(claims.sub as f64)])?
+                .first(None)
+                .await?;
+            let user =
+                user.ok_or_else(|| ApiError::Unauthorized { message: "the token's user no longer exists".into() })?;
+            if let Some(k) = key {
+                USERS.with(|c| c.borrow_mut().insert(k, user.clone(), now));
+            }
+            user
+        }
+    };
     let platform = super::context::Platform::new(env.d1(crate::control::CONTROL_BINDING)?);
     Ok(TenantContext::new(tenant, record, user, request_id, platform))
 }

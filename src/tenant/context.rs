@@ -76,6 +76,13 @@ impl TenantContext {
         &self.tenant.applied
     }
 
+    /// Forgets user `id` from this isolate's user cache: call after changing or deleting them.
+    pub fn forget_user(&self, id: i64) {
+        if let Some(db) = &self.record.database_id {
+            super::auth::forget_user(db, id);
+        }
+    }
+
     pub fn user(&self) -> &AuthUser {
         &self.user
     }

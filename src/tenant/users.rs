@@ -192,6 +192,7 @@ pub async fn update(ctx: &TenantContext, req: &Request, id: &str) -> Result<Resp
     let changed: Vec<&str> = body.keys().map(String::as_str).collect();
     let audit = ctx.audit("user.update", &format!("user:{id}"), &json!({ "fields": changed }))?;
     db.batch(vec![update, audit]).await.map_err(|e| if is_unique_violation(&e) { email_taken() } else { e.into() })?;
+    ctx.forget_user(id);
     http::json(200, &json!({ "user": find(ctx, id).await? }))
 }
 
@@ -210,5 +211,6 @@ pub async fn delete(ctx: &TenantContext, id: &str) -> Result<Response, ApiError>
     let delete = db.prepare("DELETE FROM users WHERE id = ?1").bind(&[JsValue::from(id as f64)])?;
     let audit = ctx.audit("user.delete", &format!("user:{id}"), &json!({ "email": user.email }))?;
     db.batch(vec![delete, audit]).await?;
+    ctx.forget_user(id);
     http::json(200, &json!({ "deleted": { "user": id } }))
 }

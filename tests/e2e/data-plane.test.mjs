@@ -3,7 +3,7 @@
 
 import { afterEach, beforeAll, describe, expect, test } from "vitest";
 import {
-  ADMIN_PASSWORD, admin, authed, createTenant, freshSlug, login, request, setBindings, setFaults, stack, waitFor,
+  ADMIN_PASSWORD, admin, authed, createTenant, freshSlug, login, request, setBindings, setFaults, sql, stack, waitFor,
 } from "../helpers.mjs";
 import { decode, mint } from "../jwt.mjs";
 
@@ -116,6 +116,23 @@ describe("sign-in and tokens", () => {
     expect((await authed(t.slug, tempToken, "/api/me")).status).toBe(200);
     await authed(t.slug, t.token, `/api/users/${created.json.user.id}`, { method: "DELETE" });
     expect((await authed(t.slug, tempToken, "/api/me")).status).toBe(401);
+  });
+
+  test("a user changed behind the API's back is seen within the user cache window (5 s)", async () => {
+    const created = await authed(t.slug, t.token, "/api/users", { method: "POST", body: { email: "side@x.test", password: "side door password", role: "admin" } });
+    expect(created.status, created.text).toBe(201);
+    const id = created.json.user.id;
+    const token = await login(t.slug, "side@x.test", "side door password");
+    expect((await authed(t.slug, token, "/api/me")).json.user.role).toBe("admin"); // now cached
+    const uuid = (await admin("GET", `/v1/tenants/${t.slug}`)).json.tenant.database.id;
+    await sql(uuid, "UPDATE users SET role = 'member' WHERE id = ?1", [id]);
+    let started = Date.now();
+    await waitFor(async () => (await authed(t.slug, token, "/api/me")).json.user.role === "member", "the demotion to be seen", 8_000);
+    expect(Date.now() - started).toBeLessThan(7_000);
+    await sql(uuid, "DELETE FROM users WHERE id = ?1", [id]);
+    started = Date.now();
+    await waitFor(async () => (await authed(t.slug, token, "/api/me")).status === 401, "the deletion to be seen", 8_000);
+    expect(Date.now() - started).toBeLessThan(7_000);
   });
 });
 

@@ -6,7 +6,7 @@ import { spawnSync } from "node:child_process";
 import path from "node:path";
 import { beforeAll, expect, test } from "vitest";
 import { ROOT } from "../../cloud/stack.mjs";
-import { tenantMigrations } from "../../cloud/provision.mjs";
+import { rollBackNewestSql, tenantMigrations } from "../../cloud/provision.mjs";
 import { admin, authed, createTenant, freshSlug, setBindings, sql, stack } from "../helpers.mjs";
 
 const FLEET = 50;
@@ -24,7 +24,7 @@ beforeAll(async () => {
 
 /** Puts a tenant back at the version before the newest migration, as if that had just shipped. */
 async function rollBack(t) {
-  await sql(t.uuid, `DROP TABLE IF EXISTS roles; DROP TABLE IF EXISTS settings; DELETE FROM d1_migrations WHERE name = '${NEWEST}'`);
+  await sql(t.uuid, rollBackNewestSql());
   await sql(stack.controlDatabaseId, "UPDATE tenants SET schema_version = ?1 WHERE slug = ?2", [LATEST - 1, t.slug]);
 }
 

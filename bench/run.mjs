@@ -1,0 +1,479 @@
+// `npm run bench`: what tenancy costs, measured side by side on one workerd, and how provisioning
+// and migrations scale. Prints a Markdown table (and every raw figure) and writes them, as JSON,
+// to .tenantry/bench/results.json. See BENCHMARKS.md for a run and its reading.
+//
+// The release wasm of tenantry (build/) and of the bare Worker (bench/bare/build/) must be built
+// first: `npm run bench` does it (scripts/bench.sh).
+//
+// Knobs (environment): BENCH_CONNECTIONS (16), BENCH_SECONDS per measured run (10), BENCH_ROUNDS
+// (3 pairs of runs), BENCH_CREATES (10), BENCH_DELETES (5), BENCH_FLEET (1000), BENCH_COLD (5).
+
+import { convertV4MiniflareOptions, Miniflare } from "miniflare";
+import autocannon from "autocannon";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import net from "node:net";
+import path from "node:path";
+import { gzipSync } from "node:zlib";
+import { hostRequest } from "../cloud/client.mjs";
+import { rollBackNewestSql, tenantMigrations } from "../cloud/provision.mjs";
+import { profileWorker } from "./profile.mjs";
+import { compatibilityDate, ROOT, startStack, workerOptions } from "../cloud/stack.mjs";
+
+const knob = (name, fallback) => Number(process.env[name] ?? fallback);
+const CONNECTIONS = knob("BENCH_CONNECTIONS", 16);
+const SECONDS = knob("BENCH_SECONDS", 10);
+const ROUNDS = knob("BENCH_ROUNDS", 3);
+const CREATES = knob("BENCH_CREATES", 10);
+const DELETES = Math.min(knob("BENCH_DELETES", 5), CREATES);
+const FLEET = knob("BENCH_FLEET", 1000);
+const COLD = knob("BENCH_COLD", 5);
+/** Projects in the benchmark tenant, and the page the read asks for ("a small page"). */
+const PROJECTS = 20;
+const READ_PATH = "/api/projects?limit=10";
+const PASSWORD = "a benchmark password";
+
+const STATE_DIR = path.join(ROOT, ".tenantry", "bench");
+const TENANTRY_BUILD = path.join(ROOT, "build");
+const BARE_BUILD = path.join(ROOT, "bench", "bare", "build");
+const BARE = "bare";
+const DATE = compatibilityDate();
+/** BENCH_PROFILE=1: also profile both Workers under load (V8 inspector on a free port). */
+const INSPECTOR_PORT = process.env.BENCH_PROFILE ? await freePort() : undefined;
+
+async function freePort() {
+  const server = net.createServer();
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+const progress = (msg) => process.stderr.write(`[bench] ${msg}\n`);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const median = (xs) => quantile(xs, 0.5);
+function quantile(xs, q) {
+  const sorted = [...xs].sort((a, b) => a - b);
+  if (sorted.length === 0) return NaN;
+  const i = (sorted.length - 1) * q;
+  const lo = Math.floor(i);
+  return sorted[lo] + (sorted[Math.ceil(i)] - sorted[lo]) * (i - lo);
+}
+
+/** The bare Worker's Miniflare options: its wasm, one static D1 binding, its own socket. */
+function bareWorker(databaseId, { socket = true } = {}) {
+  return {
+    name: BARE,
+    modulesRoot: BARE_BUILD,
+    modules: [
+      { type: "ESModule", path: path.join(BARE_BUILD, "index.js") },
+      { type: "CompiledWasm", path: path.join(BARE_BUILD, "index_bg.wasm") },
+    ],
+    compatibilityDate: DATE,
+    d1Databases: { DB: databaseId },
+    ...(socket ? { unsafeDirectSockets: [{ host: "127.0.0.1", port: 0 }] } : {}),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The admin API and tenants
+
+let stack;
+let bareDatabase = null;
+
+async function adminApi(method, route, body) {
+  const res = await fetch(`${stack.url}${route}`, {
+    method,
+    headers: { authorization: `Bearer ${stack.adminToken}`, "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  return { status: res.status, json: await res.json().catch(() => undefined) };
+}
+
+/** Polls the tenant (a GET carries its operation forward) until `status`; throws on `failed`. */
+async function until(slug, status, pollMs, timeoutMs = 120_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const res = await adminApi("GET", `/v1/tenants/${slug}`);
+    const now = res.json?.tenant?.status;
+    if (now === status) return res.json.tenant;
+    if (now === "failed") throw new Error(`tenant ${slug} failed: ${JSON.stringify(res.json.tenant)}`);
+    if (Date.now() > deadline) throw new Error(`tenant ${slug} not ${status} after ${timeoutMs} ms (last: ${JSON.stringify(res.json)})`);
+    await sleep(pollMs);
+  }
+}
+
+/** Creates a tenant through the admin API; resolves with its record and the ms until active. */
+async function create(slug, { plan = "free", pollMs = 10 } = {}) {
+  const started = performance.now();
+  const res = await adminApi("POST", "/v1/tenants", {
+    slug,
+    name: `Bench ${slug}`,
+    plan,
+    admin: { email: `admin@${slug}.test`, password: PASSWORD },
+  });
+  if (![201, 202].includes(res.status)) throw new Error(`create ${slug}: ${res.status} ${JSON.stringify(res.json)}`);
+  const tenant = await until(slug, "active", pollMs);
+  return { tenant, ms: performance.now() - started };
+}
+
+async function destroy(slug) {
+  const started = performance.now();
+  const res = await adminApi("DELETE", `/v1/tenants/${slug}`);
+  if (![200, 202].includes(res.status)) throw new Error(`delete ${slug}: ${res.status} ${JSON.stringify(res.json)}`);
+  await until(slug, "deleted", 10);
+  return performance.now() - started;
+}
+
+const tenantRequest = (slug, pathname, opts) => hostRequest(Number(new URL(stack.url).port), `${slug}.localhost`, pathname, opts);
+
+async function login(slug) {
+  const res = await tenantRequest(slug, "/api/auth/login", { method: "POST", body: { email: `admin@${slug}.test`, password: PASSWORD } });
+  if (res.status !== 200) throw new Error(`login on ${slug}: ${res.status} ${res.text}`);
+  return res.json.token;
+}
+
+/** Runs `fn` over `items`, `concurrency` at a time, in order of start. */
+async function pool(items, concurrency, fn) {
+  const out = new Array(items.length);
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(concurrency, items.length) }, async () => {
+      while (next < items.length) {
+        const i = next++;
+        out[i] = await fn(items[i], i);
+      }
+    }),
+  );
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load
+
+/**
+ * One run of the load generator against `url` (a Worker's own socket on workerd) as `host`.
+ * Latencies are every response's own time in ms (autocannon's histogram rounds to whole ms).
+ */
+async function loadRun({ url, host, headers = {}, expectBody, seconds }) {
+  const latencies = [];
+  let controlQueries = 0;
+  let responses = 0;
+  let mismatches = 0;
+  const statuses = {};
+  const instance = autocannon({
+    url,
+    connections: CONNECTIONS,
+    duration: seconds,
+    headers: { host, ...headers },
+    requests: [
+      {
+        method: "GET",
+        path: READ_PATH,
+        onResponse: (status, body, _ctx, h) => {
+          responses++;
+          if (status !== 200 || body !== expectBody) mismatches++;
+          controlQueries += Number(h["x-tenantry-control-queries"] ?? 0);
+        },
+      },
+    ],
+  });
+  instance.on("response", (_client, status, _bytes, ms) => {
+    statuses[status] = (statuses[status] ?? 0) + 1;
+    latencies.push(ms);
+  });
+  const result = await new Promise((resolve, reject) => instance.on("done", resolve).on("error", reject));
+  const ok = statuses[200] ?? 0;
+  return {
+    requests: latencies.length,
+    ok,
+    statuses,
+    errors: result.errors,
+    timeouts: result.timeouts,
+    mismatches,
+    rps: ok / (result.duration ?? seconds),
+    p50: quantile(latencies, 0.5),
+    p99: quantile(latencies, 0.99),
+    controlQueries,
+    responses,
+  };
+}
+
+async function benchmarkRead() {
+  progress("hot read: creating the benchmark tenant");
+  const { tenant } = await create("bench", { plan: "enterprise" });
+  const token = await login("bench");
+  for (let i = 1; i <= PROJECTS; i++) {
+    const res = await tenantRequest("bench", "/api/projects", {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}` },
+      body: { name: `Project ${i}`, description: `The benchmark's project number ${i}.` },
+    });
+    if (res.status !== 201) throw new Error(`seeding a project: ${res.status} ${res.text}`);
+  }
+  // The bare Worker joins the same workerd, bound to the benchmark tenant's own database.
+  bareDatabase = tenant.database.id;
+  await stack.runtime.restart("benchmark: add the bare Worker");
+  const tenantryUrl = String(await stack.runtime.directUrl("tenantry"));
+  const bareUrl = String(await stack.runtime.directUrl(BARE));
+
+  // Both answer the same bytes: the comparison is of equal work.
+  const auth = { authorization: `Bearer ${token}` };
+  const a = await hostRequest(Number(new URL(tenantryUrl).port), "bench.localhost", READ_PATH, { headers: auth });
+  const b = await hostRequest(Number(new URL(bareUrl).port), "bare.localhost", READ_PATH);
+  if (a.status !== 200 || b.status !== 200) throw new Error(`read: tenantry ${a.status} ${a.text} / bare ${b.status} ${b.text}`);
+  if (a.text !== b.text) throw new Error(`the two Workers answer differently:\n${a.text}\n${b.text}`);
+  if (a.json.projects.length !== 10) throw new Error(`expected a page of 10 projects, got ${a.json.projects.length}`);
+
+  const sides = {
+    tenantry: { url: tenantryUrl, host: "bench.localhost", headers: auth, expectBody: a.text },
+    bare: { url: bareUrl, host: "bare.localhost", expectBody: b.text },
+  };
+  progress(`hot read: warming up (${CONNECTIONS} connections)`);
+  for (const side of Object.values(sides)) await loadRun({ ...side, seconds: 3 });
+  const runs = { tenantry: [], bare: [] };
+  for (let round = 0; round < ROUNDS; round++) {
+    // ABBA order, so neither side always runs on a warmer (or more tired) machine.
+    const order = round % 2 === 0 ? ["bare", "tenantry"] : ["tenantry", "bare"];
+    for (const name of order) {
+      const run = await loadRun({ ...sides[name], seconds: SECONDS });
+      progress(`hot read: round ${round + 1} ${name}: ${run.rps.toFixed(0)} req/s, p50 ${run.p50.toFixed(2)} ms, p99 ${run.p99.toFixed(2)} ms`);
+      runs[name].push(run);
+    }
+  }
+  let profiles;
+  if (INSPECTOR_PORT) {
+    // Where the time goes, per isolate: one more run of each side under the sampling profiler.
+    profiles = {};
+    for (const [name, worker] of [["tenantry", "tenantry"], ["bare", BARE]]) {
+      progress(`profiling ${name}`);
+      const { result, summary } = await profileWorker(INSPECTOR_PORT, worker, () => loadRun({ ...sides[name], seconds: SECONDS }), { top: knob("BENCH_PROFILE_TOP", 25) });
+      profiles[name] = { ...summary, requests: result.ok, busyUsPerRequest: (summary.busyMs * 1000) / result.ok };
+    }
+  }
+  return { runs, binding: tenant.binding, profiles };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Provisioning and migrations
+
+async function benchmarkLifecycle() {
+  const slugs = Array.from({ length: CREATES }, (_, i) => `bench-life-${i}`);
+  const creates = [];
+  for (const slug of slugs) {
+    creates.push((await create(slug)).ms);
+    progress(`create ${slug}: ${creates.at(-1).toFixed(0)} ms`);
+  }
+  const deletes = [];
+  for (const slug of slugs.slice(0, DELETES)) {
+    deletes.push(await destroy(slug));
+    progress(`delete ${slug}: ${deletes.at(-1).toFixed(0)} ms`);
+  }
+  return { creates, deletes };
+}
+
+async function buildFleet() {
+  const slugs = Array.from({ length: FLEET }, (_, i) => `fleet-${String(i).padStart(4, "0")}`);
+  const started = performance.now();
+  let done = 0;
+  const tenants = await pool(slugs, 16, async (slug) => {
+    const { tenant } = await create(slug, { pollMs: 100 });
+    if (++done % 100 === 0) progress(`fleet: ${done}/${FLEET} tenants active`);
+    return tenant;
+  });
+  return { tenants, seconds: (performance.now() - started) / 1000 };
+}
+
+async function cloudSql(databaseId, sql, params) {
+  const res = await stack.api("POST", `/d1/database/${databaseId}/query`, params ? { sql, params } : { sql });
+  return res.result;
+}
+
+/** Puts `tenants` one migration back, runs a fan-out to completion, checks every one is current. */
+async function fanOut(tenants, controlId) {
+  const latest = tenantMigrations().length;
+  const undo = rollBackNewestSql();
+  await pool(tenants, 8, (t) => cloudSql(t.database.id, undo));
+  const slugs = JSON.stringify(tenants.map((t) => t.slug));
+  await cloudSql(controlId, "UPDATE tenants SET schema_version = ?1 WHERE slug IN (SELECT value FROM json_each(?2))", [latest - 1, slugs]);
+  const status = await adminApi("GET", "/v1/migrations/status");
+  if (status.json.behind !== tenants.length) throw new Error(`expected ${tenants.length} tenants behind, status says ${status.json.behind}`);
+
+  // What `npm run migrate` does: passes of up to 50 tenants until the cursor runs out.
+  const started = performance.now();
+  let after = null;
+  let migrated = 0;
+  let passes = 0;
+  do {
+    const res = await adminApi("POST", "/v1/migrations/apply", { after, limit: 50 });
+    if (res.status !== 200) throw new Error(`fan-out pass: ${res.status} ${JSON.stringify(res.json)}`);
+    if (res.json.failed.length) throw new Error(`fan-out failures: ${JSON.stringify(res.json.failed.slice(0, 3))}`);
+    migrated += res.json.migrated.length;
+    passes++;
+    after = res.json.next;
+  } while (after);
+  const seconds = (performance.now() - started) / 1000;
+
+  const after_ = await adminApi("GET", "/v1/migrations/status");
+  if (after_.json.behind !== 0 || migrated !== tenants.length) {
+    throw new Error(`fan-out left ${after_.json.behind} behind (migrated ${migrated} of ${tenants.length})`);
+  }
+  // And the databases themselves say so (a sample: every tenth).
+  for (const t of tenants.filter((_, i) => i % 10 === 0)) {
+    const rows = (await cloudSql(t.database.id, "SELECT count(*) AS n FROM d1_migrations"))[0].results;
+    if (rows[0].n !== latest) throw new Error(`${t.slug} has ${rows[0].n} migrations, not ${latest}`);
+  }
+  return { tenants: tenants.length, passes, seconds };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cold start and size
+
+/**
+ * Starts a workerd holding only `worker`, times it to ready and to its first answer, and stops it.
+ * The stack must be stopped (one workerd at a time on the persisted databases).
+ */
+async function coldStart(worker, host, headers) {
+  const started = performance.now();
+  const mf = new Miniflare(convertV4MiniflareOptions({ resourcePersistencePath: path.join(STATE_DIR, "persist"), workers: [worker] }));
+  try {
+    await mf.ready;
+    const ready = performance.now();
+    const res = await mf.dispatchFetch(`http://${host}${READ_PATH}`, { headers });
+    await res.arrayBuffer();
+    const answered = performance.now();
+    if (res.status !== 200) throw new Error(`cold start of ${worker.name}: first answer ${res.status}`);
+    return { ready: ready - started, first: answered - ready, total: answered - started };
+  } finally {
+    await mf.dispose();
+  }
+}
+
+async function sizes(dir) {
+  const wasm = await readFile(path.join(dir, "index_bg.wasm"));
+  const js = await readFile(path.join(dir, "index.js"));
+  return { wasm: wasm.length, wasmGzip: gzipSync(wasm, { level: 9 }).length, js: js.length };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const fmt = (n, digits = 0) => (Number.isFinite(n) ? n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits }) : "n/a");
+const kib = (bytes) => `${fmt(bytes)} B (${fmt(bytes / 1024, 1)} KiB)`;
+const met = (ok) => (ok ? "yes" : "**no**");
+
+function printRuns({ runs, profiles }) {
+  console.log("\nper run (req/s, p50 ms, p99 ms):");
+  for (const [name, list] of Object.entries(runs)) {
+    console.log(`  ${name.padEnd(9)} ${list.map((r) => `${fmt(r.rps)} / ${fmt(r.p50, 2)} / ${fmt(r.p99, 2)}`).join("   ")}`);
+  }
+  for (const [name, p] of Object.entries(profiles ?? {})) {
+    console.log(`\nprofile of ${name}'s isolate: ${fmt(p.busyUsPerRequest)} µs busy per request (${fmt(p.requests)} requests)`);
+    console.log(`  by kind: ${Object.entries(p.kinds).map(([k, ms]) => `${k} ${fmt((ms * 1000) / p.requests)} µs`).join(", ")} (per request)`);
+    for (const f of p.top) console.log(`  ${fmt(f.share * 100, 1).padStart(5)}%  ${fmt((f.ms * 1000) / p.requests, 1).padStart(6)} µs  ${f.name}`);
+  }
+}
+
+async function main() {
+  const startedAt = new Date();
+  await rm(STATE_DIR, { recursive: true, force: true });
+  await mkdir(STATE_DIR, { recursive: true });
+  const size = { tenantry: await sizes(TENANTRY_BUILD), bare: await sizes(BARE_BUILD) };
+
+  progress("starting the stack");
+  stack = await startStack({
+    stateDir: STATE_DIR,
+    directSocket: true,
+    inspectorPort: INSPECTOR_PORT,
+    extraWorkers: () => (bareDatabase ? [bareWorker(bareDatabase)] : []),
+    log: (m) => (process.env.BENCH_VERBOSE ? progress(m) : undefined),
+  });
+  let read, lifecycle, fleet, fan100, fanAll, settings, controlId, token;
+  try {
+    read = await benchmarkRead();
+    if (process.env.BENCH_READ_ONLY) return printRuns(read); // a quick look while profiling
+    token = await login("bench");
+    lifecycle = await benchmarkLifecycle();
+    progress(`fleet: creating ${FLEET} tenants, 16 at a time`);
+    fleet = await buildFleet();
+    controlId = stack.controlDatabase.uuid;
+    progress("fan-out: 100 tenants");
+    fan100 = await fanOut(fleet.tenants.slice(0, Math.min(100, FLEET)), controlId);
+    progress(`fan-out: ${FLEET} tenants`);
+    fanAll = await fanOut(fleet.tenants, controlId);
+    settings = structuredClone(stack.cloud.script("tenantry"));
+  } finally {
+    await stack.stop();
+  }
+
+  progress("cold starts");
+  const own = { ...settings, bindings: settings.bindings.filter((b) => b.type !== "d1" || !b.name.startsWith("TENANT_") || b.name === read.binding) };
+  const variants = {
+    bare: () => coldStart(bareWorker(bareDatabase, { socket: false }), "bare.localhost", {}),
+    tenantry: () => coldStart(workerOptions(own, TENANTRY_BUILD, DATE), "bench.localhost", { authorization: `Bearer ${token}` }),
+    tenantryFleet: () => coldStart(workerOptions(settings, TENANTRY_BUILD, DATE), "bench.localhost", { authorization: `Bearer ${token}` }),
+  };
+  const cold = { bare: [], tenantry: [], tenantryFleet: [] };
+  for (let i = 0; i < COLD; i++) for (const [name, run] of Object.entries(variants)) cold[name].push(await run());
+  const tenantBindings = settings.bindings.filter((b) => b.type === "d1" && b.name.startsWith("TENANT_")).length;
+
+  // ------------------------------------------------------------------ the table
+  const agg = (runs, key) => median(runs.map((r) => r[key]));
+  const t = read.runs.tenantry;
+  const b = read.runs.bare;
+  const rps = [agg(t, "rps"), agg(b, "rps")];
+  const p50 = [agg(t, "p50"), agg(b, "p50")];
+  const p99 = [agg(t, "p99"), agg(b, "p99")];
+  const hot = t.reduce((n, r) => n + r.responses, 0);
+  const cpq = t.reduce((n, r) => n + r.controlQueries, 0);
+  const bad = [...t, ...b].reduce((n, r) => n + (r.requests - r.ok) + r.errors + r.timeouts + r.mismatches, 0);
+  const coldOf = (name, key) => median(cold[name].map((c) => c[key]));
+  const createMedian = median(lifecycle.creates);
+  const ratio = fanAll.seconds / fan100.seconds;
+  const scale = fanAll.tenants / fan100.tenants;
+
+  const rows = [
+    ["| measure | tenantry | bare Worker | tenantry / bare | goal | met |", "| --- | --- | --- | --- | --- | --- |"],
+    [`| hot read throughput, req/s (median of ${ROUNDS} runs of ${SECONDS} s) | ${fmt(rps[0])} | ${fmt(rps[1])} | ${fmt(rps[0] / rps[1], 2)}× | ≥ 0.90× | ${met(rps[0] / rps[1] >= 0.9)} |`],
+    [`| hot read latency p50, ms | ${fmt(p50[0], 2)} | ${fmt(p50[1], 2)} | ${fmt(p50[0] / p50[1], 2)}× | | |`],
+    [`| hot read latency p99, ms | ${fmt(p99[0], 2)} | ${fmt(p99[1], 2)} | ${fmt(p99[0] / p99[1], 2)}× | ≤ 1.15× | ${met(p99[0] / p99[1] <= 1.15)} |`],
+    [`| control-plane queries per hot request | ${cpq} in ${fmt(hot)} (${fmt(cpq / hot, 5)}) | – | | 0 | ${met(cpq === 0)} |`],
+    [`| responses other than 200 with the expected body | ${bad} | | | 0 | ${met(bad === 0)} |`],
+    [`| wasm, raw | ${kib(size.tenantry.wasm)} | ${kib(size.bare.wasm)} | ${fmt(size.tenantry.wasm / size.bare.wasm, 2)}× | | |`],
+    [`| wasm, gzip -9 | ${kib(size.tenantry.wasmGzip)} | ${kib(size.bare.wasmGzip)} | ${fmt(size.tenantry.wasmGzip / size.bare.wasmGzip, 2)}× | ≤ 500 KiB | ${met(size.tenantry.wasmGzip <= 500 * 1024)} |`],
+    [`| wasm-opt | not used (see README, "Bundle size") | not used | | | |`],
+    [`| cold start: new workerd to ready, ms (median of ${COLD}) | ${fmt(coldOf("tenantry", "ready"))} | ${fmt(coldOf("bare", "ready"))} | ${fmt(coldOf("tenantry", "ready") / coldOf("bare", "ready"), 2)}× | | |`],
+    [`| cold start: ready to first response, ms | ${fmt(coldOf("tenantry", "first"))} | ${fmt(coldOf("bare", "first"))} | ${fmt(coldOf("tenantry", "first") / coldOf("bare", "first"), 2)}× | | |`],
+    [`| cold start, total, ms | ${fmt(coldOf("tenantry", "total"))} | ${fmt(coldOf("bare", "total"))} | ${fmt(coldOf("tenantry", "total") / coldOf("bare", "total"), 2)}× | | |`],
+    [`| cold start, total, ms, with all ${fmt(tenantBindings)} tenant bindings | ${fmt(coldOf("tenantryFleet", "total"))} | | | | |`],
+    [`| tenant create to active, ms (median of ${CREATES}; min–max) | ${fmt(createMedian)} (${fmt(Math.min(...lifecycle.creates))}–${fmt(Math.max(...lifecycle.creates))}) | | | ≤ 1,000 | ${met(createMedian <= 1000)} |`],
+    [`| tenant delete to deleted (backup included), ms (median of ${DELETES}) | ${fmt(median(lifecycle.deletes))} (${fmt(Math.min(...lifecycle.deletes))}–${fmt(Math.max(...lifecycle.deletes))}) | | | | |`],
+    [`| ${fmt(FLEET)} creates, 16 at a time | ${fmt(fleet.seconds, 1)} s (${fmt(FLEET / fleet.seconds, 1)} tenants/s) | | | | |`],
+    [`| migration fan-out, ${fan100.tenants} tenants | ${fmt(fan100.seconds, 2)} s (${fan100.passes} passes) | | | | |`],
+    [`| migration fan-out, ${fmt(fanAll.tenants)} tenants | ${fmt(fanAll.seconds, 2)} s (${fanAll.passes} passes) | | ${fmt(ratio, 1)}× the ${fan100.tenants} (${fmt(scale)}× the tenants) | ≤ 60 s, ≈ linear | ${met(fanAll.seconds <= 60 && ratio <= scale * 1.5)} |`],
+  ].flat();
+
+  const results = {
+    date: startedAt.toISOString(),
+    machine: { cpus: (await import("node:os")).cpus().length, node: process.version },
+    settings: { CONNECTIONS, SECONDS, ROUNDS, CREATES, DELETES, FLEET, COLD, READ_PATH, PROJECTS },
+    size,
+    read: read.runs,
+    lifecycle,
+    fleet: { seconds: fleet.seconds },
+    fanOut: [fan100, fanAll],
+    cold,
+    tenantBindings,
+  };
+  await writeFile(path.join(STATE_DIR, "results.json"), JSON.stringify(results, null, 2));
+  console.log(`\ntenantry benchmark, ${startedAt.toISOString().slice(0, 10)}, ${results.machine.cpus} cores, ${CONNECTIONS} connections\n`);
+  console.log(rows.join("\n"));
+  printRuns(read);
+  console.log(`\nraw figures: ${path.relative(ROOT, path.join(STATE_DIR, "results.json"))}`);
+}
+
+main().then(
+  () => process.exit(0),
+  (e) => {
+    console.error(e);
+    process.exit(1);
+  },
+);
