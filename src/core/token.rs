@@ -49,6 +49,9 @@ impl Role {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantClaims {
     pub tenant: String,
+    /// The id of the tenant database the token was issued for: a tenant deleted and created again
+    /// under the same slug has a new database, and the old tenant's tokens do not open it.
+    pub db: String,
     /// The user's id in the tenant database.
     pub sub: i64,
     pub role: Role,
@@ -266,7 +269,7 @@ mod tests {
     }
 
     fn claims(tenant: &str) -> TenantClaims {
-        TenantClaims { tenant: tenant.into(), sub: 7, role: Role::Admin }
+        TenantClaims { tenant: tenant.into(), db: format!("db-of-{tenant}"), sub: 7, role: Role::Admin }
     }
 
     /// Re-encodes the payload of `token` with `edit` applied, keeping header and signature.

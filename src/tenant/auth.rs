@@ -95,6 +95,11 @@ pub async fn authenticate(
     let token = bearer(header.as_deref()).map_err(auth_error)?;
     let ring = key_ring(env)?;
     let claims = TOKENS.with(|c| c.borrow_mut().verify(&ring, token, tenant.slug(), now_ms())).map_err(auth_error)?;
+    if record.database_id.as_deref() != Some(claims.db.as_str()) {
+        return Err(ApiError::Unauthorized {
+            message: "the token was issued for an earlier tenant of this name; sign in again".into(),
+        });
+    }
     // The database decides who the user is (not the token): a deleted user's token stops working,
     // a demoted admin loses admin rights, within USER_TTL_MS.
     let key = record.database_id.clone().map(|db| (db, claims.sub));
@@ -135,7 +140,13 @@ struct Attempts {
     failures: i64,
 }
 
-pub async fn login(req: &Request, env: &Env, tenant: &TenantDb, request_id: &str) -> Result<Response, ApiError> {
+pub async fn login(
+    req: &Request,
+    env: &Env,
+    tenant: &TenantDb,
+    record: &TenantRecord,
+    request_id: &str,
+) -> Result<Response, ApiError> {
     let body = http::read_json(req).await?;
     let mut fields = std::collections::BTreeMap::new();
     let email = match body.get("email") {
@@ -203,7 +214,10 @@ pub async fn login(req: &Request, env: &Env, tenant: &TenantDb, request_id: &str
     };
 
     let role = Role::parse(&user.role).unwrap_or(Role::Member);
-    let (token, expires_at) = ring.issue(&TenantClaims { tenant: tenant.slug().to_string(), sub: user.id, role }, now);
+    let database =
+        record.database_id.clone().ok_or_else(|| ApiError::internal("an active tenant without a database"))?;
+    let claims = TenantClaims { tenant: tenant.slug().to_string(), db: database, sub: user.id, role };
+    let (token, expires_at) = ring.issue(&claims, now);
     let actor = AuthUser { id: user.id, email: user.email.clone(), role: user.role.clone() };
     db.batch(vec![
         db.prepare("DELETE FROM login_attempts WHERE email = ?1").bind(&[JsValue::from_str(&email)])?,

@@ -108,7 +108,7 @@ async fn serve(
     // The one unauthenticated tenant route.
     if segments == ["api", "auth", "login"] {
         return match req.method() {
-            Method::Post => auth::login(req, env, &tenant, request_id).await,
+            Method::Post => auth::login(req, env, &tenant, &record, request_id).await,
             _ => Err(http::method_not_allowed("POST")),
         };
     }

@@ -58,7 +58,7 @@ describe("sign-in and tokens", () => {
     expect(res.status).toBe(200);
     expect(res.json).toMatchObject({ token_type: "Bearer", user: { email: t.email, role: "admin" } });
     const claims = decode(res.json.token);
-    expect(claims).toMatchObject({ tenant: t.slug, role: "admin", sub: res.json.user.id });
+    expect(claims).toMatchObject({ tenant: t.slug, db: t.uuid, role: "admin", sub: res.json.user.id });
     expect(claims.exp - claims.iat).toBe(3600);
     const me = await authed(t.slug, res.json.token, "/api/me");
     expect(me.json).toMatchObject({ user: { email: t.email, role: "admin" }, tenant: { slug: t.slug, plan: "free" } });
@@ -96,13 +96,15 @@ describe("sign-in and tokens", () => {
 
   test("expired, forged and other tenants' tokens are refused; a deleted user's token stops working", async () => {
     const now = Math.floor(Date.now() / 1000);
-    const base = { tenant: t.slug, sub: 1, role: "admin" };
+    const base = { tenant: t.slug, db: t.uuid, sub: 1, role: "admin" };
     const cases = [
       [mint(stack.jwtKey, { ...base, iat: now - 7200, exp: now - 3600 }), 401],
       [mint(stack.jwtKey, { ...base, iat: now, exp: now + 60 }, { alg: "none", sign: false }), 401],
       [mint(stack.jwtKey, { ...base, iat: now, exp: now + 60 }, { kid: "retired" }), 401],
       [mint("local-1:some-other-secret-that-is-long-enough-0000", { ...base, iat: now, exp: now + 60 }), 401],
       [mint(stack.jwtKey, { ...base, tenant: "another-tenant", iat: now, exp: now + 60 }), 403],
+      [mint(stack.jwtKey, { ...base, db: "a-database-of-an-earlier-tenant", iat: now, exp: now + 60 }), 401],
+      [mint(stack.jwtKey, { ...base, db: undefined, iat: now, exp: now + 60 }), 401],
       [mint(stack.jwtKey, { ...base, iat: now, exp: now + 60 }), 200],
     ];
     for (const [token, status] of cases) {

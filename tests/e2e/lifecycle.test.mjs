@@ -5,7 +5,7 @@ import { pbkdf2Sync } from "node:crypto";
 import { afterEach, describe, expect, test } from "vitest";
 import { tenantMigrations } from "../../cloud/provision.mjs";
 import {
-  ADMIN_PASSWORD, admin, api, createTenant, cron, freshSlug, login, request, setBindings, setFaults, sql, stack, waitFor, waitForStatus,
+  ADMIN_PASSWORD, admin, api, authed, createTenant, cron, freshSlug, login, request, setBindings, setFaults, sql, stack, waitFor, waitForStatus,
 } from "../helpers.mjs";
 
 /** What an unauthenticated request to a live tenant gets: routed, database verified, then 401. */
@@ -157,7 +157,7 @@ describe("list, update, suspend", () => {
 
 describe("delete", () => {
   test("delete backs up, unbinds and drops the database; the backup re-imports; the slug needs recreate", async () => {
-    const { slug, uuid, binding } = await createTenant();
+    const { slug, uuid, binding, token } = await createTenant();
     await sql(uuid, "INSERT INTO projects (name) VALUES ('keep me'), ('and me')");
     const res = await admin("DELETE", `/v1/tenants/${slug}`);
     expect([200, 202]).toContain(res.status);
@@ -189,6 +189,12 @@ describe("delete", () => {
     expect(blocked.json.error.code).toBe("tenant_deleted");
     expect((await admin("POST", "/v1/tenants", body(slug, { recreate: true }))).status).toBeLessThan(300);
     await waitForStatus(slug, "active");
+    // The earlier tenant's tokens do not open the new one (same slug, same user ids, new database).
+    await waitFor(async () => (await request(`${slug}.localhost`, "/api/auth/login", { method: "POST", body: { email: "x@x.test", password: "not it at all" } })).status === 401, "the new tenant to serve");
+    const stale = await authed(slug, token, "/api/me");
+    expect(stale.status, stale.text).toBe(401);
+    expect(stale.json.error.message).toMatch(/earlier tenant/);
+    expect((await authed(slug, await login(slug, `owner@${slug}.test`), "/api/me")).status).toBe(200);
   });
 
   test("a failing delete is retried by the reconciler until done, nothing swallowed", async () => {

@@ -72,7 +72,7 @@ test(`cross-tenant fuzz over ${TENANTS} tenants`, { timeout: 300_000 }, async ()
 
   for (const victim of tenants) {
     const other = tenants[(tenants.indexOf(victim) + 1) % TENANTS];
-    const claims = { tenant: victim.slug, sub: victim.adminId, role: "admin", iat: now, exp: now + 600 };
+    const claims = { tenant: victim.slug, db: victim.uuid, sub: victim.adminId, role: "admin", iat: now, exp: now + 600 };
     const variants = [
       // [label, token, extra headers, host, expected status (fn), whose data the caller may see]
       ["own", victim.token, {}, `${victim.slug}.localhost`, ownStatus, victim],
