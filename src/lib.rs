@@ -25,8 +25,8 @@ fn start() {
 }
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
-    Ok(http::handle(req, &env).await)
+async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
+    Ok(http::handle(req, &env, &ctx).await)
 }
 
 /// The cron trigger: converge bindings, carry unfinished lifecycle operations on, scan for orphans.

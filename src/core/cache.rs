@@ -33,6 +33,14 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
         }
     }
 
+    /// Like [`TtlCache::get`], with the entry's age (ms since it was inserted).
+    pub fn get_aged(&mut self, key: &K, now: f64) -> Option<(V, f64)> {
+        let ttl = self.ttl_ms;
+        let value = self.get(key, now)?;
+        let expires = self.entries.get(key).map_or(now, |(_, e)| *e);
+        Some((value, ttl - (expires - now)))
+    }
+
     pub fn insert(&mut self, key: K, value: V, now: f64) {
         if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
             self.entries.retain(|_, (_, expires)| *expires > now);
@@ -65,6 +73,15 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_knows_its_age() {
+        let mut cache = TtlCache::new(4, 1000.0);
+        cache.insert("a", 1, 100.0);
+        assert_eq!(cache.get_aged(&"a", 100.0), Some((1, 0.0)));
+        assert_eq!(cache.get_aged(&"a", 850.0), Some((1, 750.0)));
+        assert_eq!(cache.get_aged(&"a", 1100.0), None);
+    }
 
     #[test]
     fn entries_expire_after_the_ttl() {

@@ -4,7 +4,7 @@
 pub mod error;
 
 use serde::Serialize;
-use worker::{Env, Request, Response};
+use worker::{Context, Env, Request, Response};
 
 pub use error::ApiError;
 
@@ -13,12 +13,12 @@ use crate::core::host::{self, Route};
 
 /// Serves one request. Never fails: every error becomes a JSON error response. Every response
 /// carries `X-Request-Id` (also recorded in audit logs).
-pub async fn handle(req: Request, env: &Env) -> Response {
+pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Response {
     let request_id = crate::crypto::random_id().unwrap_or_else(|_| "unavailable".into());
     let outcome = match route(&req, env).await {
         Ok(route) => match route {
             Route::ControlPlane => crate::control::handle(&req, env).await,
-            Route::Tenant(slug) => crate::tenant::handle(&req, env, slug, &request_id).await,
+            Route::Tenant(slug) => crate::tenant::handle(&req, env, ctx, slug, &request_id).await,
         },
         Err(e) => Err(e),
     };

@@ -18,7 +18,7 @@ mod settings;
 mod users;
 
 use serde::Deserialize;
-use worker::{D1Database, Env, Method, Request, Response};
+use worker::{Context, D1Database, Env, Method, Request, Response};
 
 pub use context::TenantContext;
 
@@ -34,7 +34,16 @@ const RETRY_AFTER_SECONDS: u32 = 5;
 /// The header that reports how many control-plane queries this request made (0 when hot).
 pub const CONTROL_QUERIES_HEADER: &str = "X-Tenantry-Control-Queries";
 
-pub async fn handle(req: &Request, env: &Env, slug: TenantSlug, request_id: &str) -> Result<Response, ApiError> {
+/// The header on the response of a request that started a background refresh of its tenant's row.
+pub const CONTROL_REFRESH_HEADER: &str = "X-Tenantry-Control-Refresh";
+
+pub async fn handle(
+    req: &Request,
+    env: &Env,
+    ctx: &Context,
+    slug: TenantSlug,
+    request_id: &str,
+) -> Result<Response, ApiError> {
     let path = req.path();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     if segments.first() != Some(&"api") {
@@ -50,9 +59,16 @@ pub async fn handle(req: &Request, env: &Env, slug: TenantSlug, request_id: &str
         .inspect_log(&format!("tenant lookup for {slug} failed: {e:?}"))
     })?;
     let queries = lookup.control_plane_queries;
+    let refresh = lookup.refresh_due;
+    if refresh {
+        ctx.wait_until(registry::refresh(env.clone(), slug.clone()));
+    }
     let outcome = serve(req, env, slug, request_id, lookup, &segments).await;
     let mut response = outcome.unwrap_or_else(|e| http::error_response(&e));
     let _ = response.headers_mut().set(CONTROL_QUERIES_HEADER, &queries.to_string());
+    if refresh {
+        let _ = response.headers_mut().set(CONTROL_REFRESH_HEADER, "1");
+    }
     Ok(response)
 }
 

@@ -5,8 +5,15 @@
 //! was last verified for it (stamp and schema), so the verification query is not repeated either.
 //! A change made on the control plane (a suspension) is seen within [`TTL_MS`]; the admin API
 //! forgets the entry at once in its own isolate.
+//!
+//! Refresh-ahead: a request that finds its tenant's row older than [`REFRESH_AFTER_MS`] is served
+//! from the cache and starts one background refresh (`ctx.wait_until`), so a tenant with steady
+//! traffic never waits on the control plane, and a whole burst of requests arriving as the row
+//! ages starts one query, not one each. A tenant idle for longer than the TTL is looked up on the
+//! request path, as before.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 
 use serde::Deserialize;
 use wasm_bindgen::JsValue;
@@ -18,6 +25,8 @@ use crate::http::ApiError;
 
 /// How long a looked-up tenant is trusted.
 pub const TTL_MS: f64 = 5_000.0;
+/// Past this age a cached row is refreshed in the background by the request that notices.
+pub const REFRESH_AFTER_MS: f64 = 4_000.0;
 /// Tenants kept per isolate.
 pub const CAPACITY: usize = 10_000;
 
@@ -43,13 +52,18 @@ struct Entry {
 
 thread_local! {
     static CACHE: RefCell<TtlCache<TenantSlug, Entry>> = RefCell::new(TtlCache::new(CAPACITY, TTL_MS));
+    /// Tenants whose background refresh is under way in this isolate.
+    static REFRESHING: RefCell<HashSet<TenantSlug>> = RefCell::new(HashSet::new());
 }
 
 /// A lookup's result, and whether it cost a control-plane query.
 pub struct Lookup {
     pub record: Option<TenantRecord>,
     pub verified_database: Option<String>,
+    /// Queries on this request's path: 1 when the cache could not answer, else 0.
     pub control_plane_queries: u32,
+    /// The row is aging and this request should start its background refresh ([`refresh`]).
+    pub refresh_due: bool,
 }
 
 fn now() -> f64 {
@@ -58,13 +72,48 @@ fn now() -> f64 {
 
 /// The tenant's row (None: no such tenant), from the cache when fresh.
 pub async fn lookup(env: &Env, slug: &TenantSlug) -> Result<Lookup, ApiError> {
-    if let Some(entry) = CACHE.with(|c| c.borrow_mut().get(slug, now())) {
+    if let Some((entry, age)) = CACHE.with(|c| c.borrow_mut().get_aged(slug, now())) {
+        // Only the first request to notice starts the refresh.
+        let refresh_due = age >= REFRESH_AFTER_MS && REFRESHING.with(|r| r.borrow_mut().insert(slug.clone()));
         return Ok(Lookup {
             record: entry.record,
             verified_database: entry.verified_database,
             control_plane_queries: 0,
+            refresh_due,
         });
     }
+    let record = fetch(env, slug).await?;
+    CACHE.with(|c| {
+        c.borrow_mut().insert(slug.clone(), Entry { record: record.clone(), verified_database: None }, now())
+    });
+    Ok(Lookup { record, verified_database: None, control_plane_queries: 1, refresh_due: false })
+}
+
+/// The background half of refresh-ahead: reads the row again and renews the entry. The database
+/// verification carries over when the row still names the verified database (bindings, and so
+/// what was verified, only change with a new Worker version, which starts new isolates).
+pub async fn refresh(env: Env, slug: TenantSlug) {
+    let outcome = fetch(&env, &slug).await;
+    // Not in the set any more: the admin API forgot the tenant meanwhile, so what was read may
+    // predate its change; the next request looks it up afresh.
+    if !REFRESHING.with(|r| r.borrow_mut().remove(&slug)) {
+        return;
+    }
+    match outcome {
+        Ok(record) => CACHE.with(|c| {
+            let mut cache = c.borrow_mut();
+            let verified = cache
+                .get(&slug, now())
+                .and_then(|e| e.verified_database)
+                .filter(|v| record.as_ref().and_then(|r| r.database_id.as_ref()) == Some(v));
+            cache.insert(slug, Entry { record, verified_database: verified }, now());
+        }),
+        // The entry expires on its own; the next request looks the tenant up on its path.
+        Err(e) => worker::console_warn!("background refresh of tenant {slug} failed: {e:?}"),
+    }
+}
+
+async fn fetch(env: &Env, slug: &TenantSlug) -> Result<Option<TenantRecord>, ApiError> {
     let db = env.d1(crate::control::CONTROL_BINDING)?;
     let record: Option<TenantRecord> = db
         .prepare(
@@ -74,10 +123,7 @@ pub async fn lookup(env: &Env, slug: &TenantSlug) -> Result<Lookup, ApiError> {
         .bind(&[JsValue::from_str(slug.as_str())])?
         .first(None)
         .await?;
-    CACHE.with(|c| {
-        c.borrow_mut().insert(slug.clone(), Entry { record: record.clone(), verified_database: None }, now())
-    });
-    Ok(Lookup { record, verified_database: None, control_plane_queries: 1 })
+    Ok(record)
 }
 
 /// Remembers that `database_id` was verified for `slug`. Called right after the lookup that
@@ -96,5 +142,6 @@ pub fn mark_verified(slug: &TenantSlug, record: &TenantRecord, database_id: &str
 pub fn forget(slug: &str) {
     if let Ok(slug) = TenantSlug::parse(slug) {
         CACHE.with(|c| c.borrow_mut().remove(&slug));
+        REFRESHING.with(|r| r.borrow_mut().remove(&slug));
     }
 }

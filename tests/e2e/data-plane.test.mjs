@@ -45,6 +45,30 @@ describe("status gates", () => {
     expect(counts.slice(-5)).toEqual([0, 0, 0, 0, 0]);
     expect(counts.every((c) => c === 0 || c === 1)).toBe(true);
   });
+
+  test("under steady traffic the row is refreshed in the background, and a change made on the control plane still lands within the TTL", async () => {
+    const t = await createTenant();
+    await authed(t.slug, t.token, "/api/projects"); // the lookup on the path
+    const seen = [];
+    const started = Date.now();
+    while (Date.now() - started < 6_500) {
+      const res = await authed(t.slug, t.token, "/api/projects");
+      seen.push({ status: res.status, queries: res.headers[CONTROL_QUERIES], refresh: res.headers["x-tenantry-control-refresh"] });
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    // Longer than the TTL (5 s), yet no request waited on the control plane: the row was
+    // refreshed behind a request (marked), never on one's path.
+    expect(seen.every((s) => s.status === 200 && s.queries === "0"), JSON.stringify(seen)).toBe(true);
+    expect(seen.filter((s) => s.refresh === "1").length).toBeGreaterThanOrEqual(1);
+
+    // Suspended behind the Worker's back (not through the admin API, which would forget the row):
+    // the background refresh brings it in within the TTL.
+    await sql(stack.controlDatabaseId, "UPDATE tenants SET status = 'suspended', status_message = 'side door' WHERE slug = ?1", [t.slug]);
+    const suspendedAt = Date.now();
+    await waitFor(async () => (await authed(t.slug, t.token, "/api/projects")).status === 403, "the suspension to be seen", 10_000);
+    expect(Date.now() - suspendedAt).toBeLessThan(6_000);
+    await sql(stack.controlDatabaseId, "UPDATE tenants SET status = 'active', status_message = NULL WHERE slug = ?1", [t.slug]);
+  }, 30_000);
 });
 
 describe("sign-in and tokens", () => {
