@@ -3,7 +3,7 @@
 # (Node 20, Rust via rustup without the wasm32 target). Idempotent: each step checks first, so a
 # second run takes a second or two.
 #
-# - Node 22 and the JS tools (wrangler, miniflare, vitest) from package-lock.json; Node 22 comes
+# - Node 22 and the JS tools (wrangler, miniflare, vitest, binaryen, autocannon) from package-lock.json; Node 22 comes
 #   from the npm package `node`, which `npm run` puts first on PATH.
 # - the wasm32-unknown-unknown Rust target;
 # - wasm-bindgen-cli at exactly the version of the wasm-bindgen crate in Cargo.lock;
@@ -16,7 +16,7 @@ say() { printf '[setup] %s\n' "$*"; }
 
 if [ ! -x node_modules/.bin/node ] || [ ! -f node_modules/.package-lock.json ] \
    || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  say "installing npm packages (Node 22, wrangler, miniflare, vitest)"
+  say "installing npm packages (Node 22, wrangler, miniflare, vitest, binaryen, autocannon)"
   # `npm install`, not `npm ci`: the lock cannot list workerd's binaries for other platforms
   # (this registry does not serve them), which `npm ci` insists on.
   npm install --no-save --no-audit --no-fund --loglevel=error
