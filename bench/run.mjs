@@ -425,8 +425,15 @@ async function main() {
     progress(`fleet: creating ${FLEET} tenants, 16 at a time`);
     fleet = await buildFleet();
     controlId = stack.controlDatabase.uuid;
-    progress("fan-out: 100 tenants");
-    fan100 = await fanOut(fleet.tenants.slice(0, Math.min(100, FLEET)), controlId);
+    // 100 tenants take well under a second, so that figure is the median of three slices.
+    const slices = [0, 1, 2].map((i) => fleet.tenants.slice(((i * 100) % FLEET), ((i * 100) % FLEET) + Math.min(100, FLEET)));
+    const small = [];
+    for (const slice of slices) {
+      progress(`fan-out: ${slice.length} tenants`);
+      small.push(await fanOut(slice, controlId));
+    }
+    const times = small.map((f) => f.seconds);
+    fan100 = { ...small[0], seconds: median(times), min: Math.min(...times), max: Math.max(...times) };
     progress(`fan-out: ${FLEET} tenants`);
     fanAll = await fanOut(fleet.tenants, controlId);
     settings = structuredClone(stack.cloud.script("tenantry"));
@@ -490,7 +497,7 @@ async function main() {
     [`| of which: workerd restart for the new binding (drained), ms | ${fmt(median(lifecycle.createRestarts))} (${lifecycle.createRestarts.length} restarts) | | | | |`],
     [`| tenant delete to deleted (backup included), ms (median of ${DELETES}) | ${fmt(median(lifecycle.deletes))} (${fmt(Math.min(...lifecycle.deletes))}–${fmt(Math.max(...lifecycle.deletes))}) | | | | |`],
     [`| ${fmt(FLEET)} creates, 16 at a time | ${fmt(fleet.seconds, 1)} s (${fmt(FLEET / fleet.seconds, 1)} tenants/s) | | | | |`],
-    [`| migration fan-out, ${fan100.tenants} tenants | ${fmt(fan100.seconds, 2)} s (${fan100.passes} passes) | | | | |`],
+    [`| migration fan-out, ${fan100.tenants} tenants (median of 3 slices; min–max) | ${fmt(fan100.seconds, 2)} s (${fmt(fan100.min, 2)}–${fmt(fan100.max, 2)}; ${fan100.passes} passes) | | | | |`],
     [`| migration fan-out, ${fmt(fanAll.tenants)} tenants | ${fmt(fanAll.seconds, 2)} s (${fanAll.passes} passes) | | ${fmt(fanRatio, 1)}× the ${fan100.tenants} (${fmt(scale)}× the tenants) | ≤ 60 s, ≈ linear | ${met(fanAll.seconds <= 60 && fanRatio <= scale * 1.5)} |`],
   ].flat();
 

@@ -55,7 +55,24 @@ fn now_ms() -> i64 {
     js_sys::Date::now() as i64
 }
 
+thread_local! {
+    /// The key ring, read once per isolate: secrets change only with a new Worker version, which
+    /// starts new isolates.
+    static RING: std::cell::OnceCell<KeyRing> = const { std::cell::OnceCell::new() };
+}
+
 fn key_ring(env: &Env) -> Result<KeyRing, ApiError> {
+    if let Some(ring) = RING.with(|r| r.get().cloned()) {
+        return Ok(ring);
+    }
+    let ring = read_key_ring(env)?;
+    RING.with(|r| {
+        let _ = r.set(ring.clone());
+    });
+    Ok(ring)
+}
+
+fn read_key_ring(env: &Env) -> Result<KeyRing, ApiError> {
     let not_configured = |what: &str| {
         ApiError::Unavailable {
             code: "auth_not_configured",
