@@ -5,8 +5,8 @@
 // The release wasm of tenantry (build/) and of the bare Worker (bench/bare/build/) must be built
 // first: `npm run bench` does it (scripts/bench.sh).
 //
-// Knobs (environment): BENCH_CONNECTIONS (16), BENCH_SECONDS per measured run (6), BENCH_ROUNDS
-// (8 pairs of runs), BENCH_WARMUP s per Worker (10), BENCH_CREATES (10), BENCH_DELETES (5), BENCH_FLEET (1000), BENCH_COLD (5).
+// Knobs (environment): BENCH_CONNECTIONS (16), BENCH_SECONDS per measured run (5), BENCH_ROUNDS
+// (12 pairs of runs), BENCH_WARMUP s per Worker (10), BENCH_CREATES (10), BENCH_DELETES (5), BENCH_FLEET (1000), BENCH_COLD (5).
 
 import { convertV4MiniflareOptions, Miniflare } from "miniflare";
 import autocannon from "autocannon";
@@ -21,8 +21,8 @@ import { compatibilityDate, ROOT, startStack, workerOptions } from "../cloud/sta
 
 const knob = (name, fallback) => Number(process.env[name] ?? fallback);
 const CONNECTIONS = knob("BENCH_CONNECTIONS", 16);
-const SECONDS = knob("BENCH_SECONDS", 6);
-const ROUNDS = knob("BENCH_ROUNDS", 8);
+const SECONDS = knob("BENCH_SECONDS", 5);
+const ROUNDS = knob("BENCH_ROUNDS", 12);
 const CREATES = knob("BENCH_CREATES", 10);
 const DELETES = Math.min(knob("BENCH_DELETES", 5), CREATES);
 const FLEET = knob("BENCH_FLEET", 1000);

@@ -5,6 +5,7 @@
 //! entry lives the same TTL). The key type is the whole key: a cache keyed by `TenantSlug` can only
 //! ever answer for that exact tenant.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 
@@ -22,7 +23,11 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
     }
 
     /// The value for `key` if it was inserted less than the TTL before `now`.
-    pub fn get(&mut self, key: &K, now: f64) -> Option<V> {
+    pub fn get<Q>(&mut self, key: &Q, now: f64) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         match self.entries.get(key) {
             Some((value, expires)) if *expires > now => Some(value.clone()),
             Some(_) => {
@@ -57,7 +62,11 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
         self.entries.insert(key, (value, now + self.ttl_ms));
     }
 
-    pub fn remove(&mut self, key: &K) {
+    pub fn remove<Q>(&mut self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.entries.remove(key);
     }
 

@@ -222,9 +222,9 @@ impl TokenCache {
         routed: &TenantSlug,
         now_ms: i64,
     ) -> Result<TenantClaims, AuthError> {
-        if let Some((claims, expires_ms)) = self.entries.get(&token.to_owned(), now_ms as f64) {
+        if let Some((claims, expires_ms)) = self.entries.get(token, now_ms as f64) {
             if now_ms > expires_ms + LEEWAY_SECONDS * 1000 {
-                self.entries.remove(&token.to_owned());
+                self.entries.remove(token);
                 return Err(AuthError::Expired);
             }
             if claims.tenant != routed.as_str() {

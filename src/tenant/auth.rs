@@ -139,7 +139,7 @@ pub async fn authenticate(
             user
         }
     };
-    let platform = super::context::Platform::new(env.d1(crate::control::CONTROL_BINDING)?);
+    let platform = super::context::Platform::new(env.clone());
     Ok(TenantContext::new(tenant, record, user, request_id, platform))
 }
 

@@ -30,16 +30,18 @@ pub struct TenantContext {
 
 /// Read-only access to what the platform defines for every tenant (default settings), without
 /// exposing the control-plane database itself.
-pub struct Platform(D1Database);
+/// (The binding is opened when a handler asks, not on every request.)
+pub struct Platform(worker::Env);
 
 impl Platform {
-    pub(super) fn new(control: D1Database) -> Self {
-        Self(control)
+    pub(super) fn new(env: worker::Env) -> Self {
+        Self(env)
     }
 
     /// The control plane's default settings, `{key: value}` (one control-plane query).
     pub async fn settings_defaults(&self) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
-        Ok(crate::control::store::settings_defaults(&self.0).await?)
+        let control = self.0.d1(crate::control::CONTROL_BINDING)?;
+        Ok(crate::control::store::settings_defaults(&control).await?)
     }
 }
 
