@@ -17,7 +17,7 @@ import { gzipSync } from "node:zlib";
 import { hostRequest } from "../cloud/client.mjs";
 import { rollBackNewestSql, tenantMigrations } from "../cloud/provision.mjs";
 import { profileWorker } from "./profile.mjs";
-import { compatibilityDate, ROOT, startStack, workerOptions } from "../cloud/stack.mjs";
+import { compatibilityDate, ROOT, startStack, workerBuild, workerOptions } from "../cloud/stack.mjs";
 
 const knob = (name, fallback) => Number(process.env[name] ?? fallback);
 const CONNECTIONS = knob("BENCH_CONNECTIONS", 16);
@@ -63,11 +63,7 @@ function quantile(xs, q) {
 function bareWorker(databaseId, { socket = true } = {}) {
   return {
     name: BARE,
-    modulesRoot: BARE_BUILD,
-    modules: [
-      { type: "ESModule", path: path.join(BARE_BUILD, "index.js") },
-      { type: "CompiledWasm", path: path.join(BARE_BUILD, "index_bg.wasm") },
-    ],
+    ...workerBuild(BARE_BUILD),
     compatibilityDate: DATE,
     d1Databases: { DB: databaseId },
     ...(socket ? { unsafeDirectSockets: [{ host: "127.0.0.1", port: 0 }] } : {}),

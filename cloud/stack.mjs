@@ -143,17 +143,17 @@ export function workerOptions(settings, buildDir, date) {
     else if (b.type === "json") bindings[b.name] = b.json;
     else bindings[b.name] = b.text;
   }
+  return { name: SCRIPT_NAME, ...workerBuild(buildDir), compatibilityDate: date, d1Databases, r2Buckets, bindings };
+}
+
+/** The modules of a workers-rs build (worker-build's output in `buildDir`), as Miniflare options. */
+export function workerBuild(buildDir) {
   return {
-    name: SCRIPT_NAME,
     modulesRoot: buildDir,
     modules: [
       { type: "ESModule", path: path.join(buildDir, "index.js") },
       { type: "CompiledWasm", path: path.join(buildDir, "index_bg.wasm") },
     ],
-    compatibilityDate: date,
-    d1Databases,
-    r2Buckets,
-    bindings,
   };
 }
 
