@@ -118,24 +118,23 @@ pub async fn authenticate(
         });
     }
     // The database decides who the user is (not the token): a deleted user's token stops working,
-    // a demoted admin loses admin rights, within USER_TTL_MS.
-    let key = record.database_id.clone().map(|db| (db, claims.sub));
-    let now = js_sys::Date::now();
-    let cached = key.as_ref().and_then(|k| USERS.with(|c| c.borrow_mut().get(k, now)));
+    // a demoted admin loses admin rights, within USER_TTL_MS. The token's `db` is the tenant's
+    // database (checked above), so it keys the cache.
+    let key = (claims.db, claims.sub);
+    let now = now_ms() as f64;
+    let cached = USERS.with(|c| c.borrow_mut().get(&key, now));
     let user = match cached {
         Some(user) => user,
         None => {
             let user: Option<AuthUser> = tenant
                 .db()
                 .prepare("SELECT id, email, role FROM users WHERE id = ?1")
-                .bind(&[JsValue::from(claims.sub as f64)])?
+                .bind(&[JsValue::from(key.1 as f64)])?
                 .first(None)
                 .await?;
             let user =
                 user.ok_or_else(|| ApiError::Unauthorized { message: "the token's user no longer exists".into() })?;
-            if let Some(k) = key {
-                USERS.with(|c| c.borrow_mut().insert(k, user.clone(), now));
-            }
+            USERS.with(|c| c.borrow_mut().insert(key, user.clone(), now));
             user
         }
     };
