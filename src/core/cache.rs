@@ -28,22 +28,23 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.get_aged(key, now).map(|(value, _)| value)
+    }
+
+    /// Like [`TtlCache::get`], with the entry's age (ms since it was inserted).
+    pub fn get_aged<Q>(&mut self, key: &Q, now: f64) -> Option<(V, f64)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         match self.entries.get(key) {
-            Some((value, expires)) if *expires > now => Some(value.clone()),
+            Some((value, expires)) if *expires > now => Some((value.clone(), self.ttl_ms - (expires - now))),
             Some(_) => {
                 self.entries.remove(key);
                 None
             }
             None => None,
         }
-    }
-
-    /// Like [`TtlCache::get`], with the entry's age (ms since it was inserted).
-    pub fn get_aged(&mut self, key: &K, now: f64) -> Option<(V, f64)> {
-        let ttl = self.ttl_ms;
-        let value = self.get(key, now)?;
-        let expires = self.entries.get(key).map_or(now, |(_, e)| *e);
-        Some((value, ttl - (expires - now)))
     }
 
     pub fn insert(&mut self, key: K, value: V, now: f64) {
