@@ -9,6 +9,23 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 
+/// The value in `cell`, computed by `init` the first time it succeeds. For what an isolate reads
+/// once from its environment (vars and secrets change only with a new Worker version, which
+/// starts new isolates); a failure is not kept, so the next call tries again.
+pub fn once_per_isolate<T: Clone + 'static, E>(
+    cell: &'static std::thread::LocalKey<std::cell::OnceCell<T>>,
+    init: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    if let Some(value) = cell.with(|c| c.get().cloned()) {
+        return Ok(value);
+    }
+    let value = init()?;
+    cell.with(|c| {
+        let _ = c.set(value.clone());
+    });
+    Ok(value)
+}
+
 #[derive(Debug)]
 pub struct TtlCache<K, V> {
     entries: HashMap<K, (V, f64)>,
@@ -83,6 +100,16 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn once_per_isolate_keeps_the_first_success_only() {
+        thread_local! {
+            static CELL: std::cell::OnceCell<u32> = const { std::cell::OnceCell::new() };
+        }
+        assert_eq!(once_per_isolate(&CELL, || Err::<u32, &str>("not yet")), Err("not yet"));
+        assert_eq!(once_per_isolate(&CELL, || Ok::<u32, &str>(7)), Ok(7));
+        assert_eq!(once_per_isolate(&CELL, || Ok::<u32, &str>(8)), Ok(7));
+    }
 
     #[test]
     fn an_entry_knows_its_age() {

@@ -40,24 +40,18 @@ async fn route(req: &Request, env: &Env) -> Result<Route, ApiError> {
 }
 
 thread_local! {
-    /// The parsed configuration. Vars change only with a new Worker version, which starts new
-    /// isolates, so it is read once per isolate.
+    /// The parsed configuration, read once per isolate.
     static CONFIG: std::cell::OnceCell<Config> = const { std::cell::OnceCell::new() };
 }
 
 /// The deployment's configuration from its vars; a bad value is our fault, not the client's.
 pub fn config(env: &Env) -> Result<Config, ApiError> {
-    if let Some(config) = CONFIG.with(|c| c.get().cloned()) {
-        return Ok(config);
-    }
-    let var = |name: &str| {
-        env.var(name).map(|v| v.to_string()).map_err(|_| ApiError::internal(format!("var {name} is not set")))
-    };
-    let config = Config::parse(&var("APEX")?, &var("D1_NAME_PREFIX")?).map_err(ApiError::internal)?;
-    CONFIG.with(|c| {
-        let _ = c.set(config.clone());
-    });
-    Ok(config)
+    crate::core::cache::once_per_isolate(&CONFIG, || {
+        let var = |name: &str| {
+            env.var(name).map(|v| v.to_string()).map_err(|_| ApiError::internal(format!("var {name} is not set")))
+        };
+        Config::parse(&var("APEX")?, &var("D1_NAME_PREFIX")?).map_err(ApiError::internal)
+    })
 }
 
 /// A JSON response with `status`.

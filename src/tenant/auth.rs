@@ -56,20 +56,12 @@ fn now_ms() -> i64 {
 }
 
 thread_local! {
-    /// The key ring, read once per isolate: secrets change only with a new Worker version, which
-    /// starts new isolates.
+    /// The key ring, read once per isolate.
     static RING: std::cell::OnceCell<KeyRing> = const { std::cell::OnceCell::new() };
 }
 
 fn key_ring(env: &Env) -> Result<KeyRing, ApiError> {
-    if let Some(ring) = RING.with(|r| r.get().cloned()) {
-        return Ok(ring);
-    }
-    let ring = read_key_ring(env)?;
-    RING.with(|r| {
-        let _ = r.set(ring.clone());
-    });
-    Ok(ring)
+    crate::core::cache::once_per_isolate(&RING, || read_key_ring(env))
 }
 
 fn read_key_ring(env: &Env) -> Result<KeyRing, ApiError> {
