@@ -101,6 +101,29 @@ impl TenantContext {
         }
     }
 
+    /// One page of a keyset-paginated read (`?limit=&cursor=`, 50 rows unless asked, at most
+    /// `max`; the cursor is the last row's id). `select` is `SELECT <columns> FROM <table>`; rows
+    /// come by id, oldest first or, with `newest_first`, newest first.
+    pub async fn page<T: serde::de::DeserializeOwned>(
+        &self,
+        req: &Request,
+        select: &str,
+        max: u32,
+        newest_first: bool,
+        id: impl Fn(&T) -> i64,
+    ) -> Result<(Vec<T>, Option<i64>), ApiError> {
+        let (limit, cursor) = http::page_params(req, 50, max)?;
+        let (after, order, start) = if newest_first { ("<", "DESC", i64::MAX) } else { (">", "ASC", 0) };
+        let rows: Vec<T> = self
+            .db()
+            .prepare(format!("{select} WHERE id {after} ?1 ORDER BY id {order} LIMIT ?2"))
+            .bind(&[JsValue::from(cursor.unwrap_or(start) as f64), JsValue::from(limit + 1)])?
+            .all()
+            .await?
+            .results()?;
+        Ok(http::split_page(rows, limit, id))
+    }
+
     /// The `n` column of a `SELECT count(*) AS n ...` on this tenant's database.
     pub async fn count(&self, sql: &str) -> Result<u64, ApiError> {
         #[derive(Deserialize)]
@@ -158,15 +181,8 @@ struct AuditRow {
 /// `GET /api/audit-log?limit=&cursor=` (admins): newest first.
 pub async fn audit_log(ctx: &TenantContext, req: &Request) -> Result<Response, ApiError> {
     ctx.require_admin()?;
-    let (limit, cursor) = http::page_params(req, 50, 200)?;
-    let rows: Vec<AuditRow> = ctx
-        .db()
-        .prepare("SELECT id, at, actor_id, actor_email, action, target, request_id, detail FROM audit_log WHERE id < ?1 ORDER BY id DESC LIMIT ?2")
-        .bind(&[JsValue::from(cursor.unwrap_or(i64::MAX) as f64), JsValue::from(limit + 1)])?
-        .all()
-        .await?
-        .results()?;
-    let (rows, next) = http::split_page(rows, limit, |r| r.id);
+    let select = "SELECT id, at, actor_id, actor_email, action, target, request_id, detail FROM audit_log";
+    let (rows, next) = ctx.page(req, select, 200, true, |r: &AuditRow| r.id).await?;
     let entries: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {

@@ -71,15 +71,8 @@ fn parse(body: &Map<String, Value>, creating: bool) -> Result<(Option<String>, O
 
 /// `GET /api/projects?limit=&cursor=`: oldest first.
 pub async fn list(ctx: &TenantContext, req: &Request) -> Result<Response, ApiError> {
-    let (limit, cursor) = http::page_params(req, 50, 100)?;
-    let rows: Vec<Project> = ctx
-        .db()
-        .prepare(format!("SELECT {COLUMNS} FROM projects WHERE id > ?1 ORDER BY id LIMIT ?2"))
-        .bind(&[JsValue::from(cursor.unwrap_or(0) as f64), JsValue::from(limit + 1)])?
-        .all()
-        .await?
-        .results()?;
-    let (projects, next) = http::split_page(rows, limit, |p| p.id);
+    let (projects, next) =
+        ctx.page(req, &format!("SELECT {COLUMNS} FROM projects"), 100, false, |p: &Project| p.id).await?;
     http::json(200, &json!({ "projects": projects, "next_cursor": next }))
 }
 

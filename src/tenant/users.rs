@@ -53,15 +53,7 @@ pub async fn me(ctx: &TenantContext) -> Result<Response, ApiError> {
 /// `GET /api/users?limit=&cursor=` (admins)
 pub async fn list(ctx: &TenantContext, req: &Request) -> Result<Response, ApiError> {
     ctx.require_admin()?;
-    let (limit, cursor) = http::page_params(req, 50, 200)?;
-    let rows: Vec<User> = ctx
-        .db()
-        .prepare(format!("SELECT {COLUMNS} FROM users WHERE id > ?1 ORDER BY id LIMIT ?2"))
-        .bind(&[JsValue::from(cursor.unwrap_or(0) as f64), JsValue::from(limit + 1)])?
-        .all()
-        .await?
-        .results()?;
-    let (users, next) = http::split_page(rows, limit, |u| u.id);
+    let (users, next) = ctx.page(req, &format!("SELECT {COLUMNS} FROM users"), 200, false, |u: &User| u.id).await?;
     http::json(200, &json!({ "users": users, "next_cursor": next }))
 }
 
