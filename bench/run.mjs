@@ -14,7 +14,7 @@ import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { gzipSync } from "node:zlib";
-import { hostRequest } from "../cloud/client.mjs";
+import { adminClient, hostRequest } from "../cloud/client.mjs";
 import { rollBackNewestSql, tenantMigrations } from "../cloud/provision.mjs";
 import { profileWorker } from "./profile.mjs";
 import { compatibilityDate, ROOT, startStack, workerBuild, workerOptions } from "../cloud/stack.mjs";
@@ -83,14 +83,7 @@ function onLog(message) {
   if (process.env.BENCH_VERBOSE) progress(message);
 }
 
-async function adminApi(method, route, body) {
-  const res = await fetch(`${stack.url}${route}`, {
-    method,
-    headers: { authorization: `Bearer ${stack.adminToken}`, "content-type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  return { status: res.status, json: await res.json().catch(() => undefined) };
-}
+let adminApi; // adminClient(...) once the stack is up
 
 /** Polls the tenant (a GET carries its operation forward) until `status`; throws on `failed`. */
 async function until(slug, status, pollMs, timeoutMs = 120_000) {
@@ -412,6 +405,7 @@ async function main() {
     extraWorkers: () => (bareDatabase ? [bareWorker(bareDatabase)] : []),
     log: onLog,
   });
+  adminApi = adminClient(stack.url, stack.adminToken);
   let read, lifecycle, fleet, fan100, fanAll, settings, controlId, token;
   try {
     read = await benchmarkRead();

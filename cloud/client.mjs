@@ -1,6 +1,7 @@
-// A client for the Worker's front door that names the host it asks for: Node's fetch cannot
-// resolve `*.localhost`, so the request goes to 127.0.0.1 with a `Host` header (what a browser or
-// curl sends for `http://acme.localhost:8787`).
+// Clients of the Worker for the tests, the dev script and the benchmark: one that names the host
+// it asks for (Node's fetch cannot resolve `*.localhost`, so the request goes to 127.0.0.1 with a
+// `Host` header, what a browser or curl sends for `http://acme.localhost:8787`), and one for the
+// admin API.
 
 import http from "node:http";
 
@@ -17,13 +18,7 @@ export function hostRequest(port, host, pathname, { method = "GET", headers = {}
         res.on("data", (c) => chunks.push(c));
         res.on("end", () => {
           const text = Buffer.concat(chunks).toString("utf8");
-          let json;
-          try {
-            json = JSON.parse(text);
-          } catch {
-            json = undefined;
-          }
-          resolve({ status: res.statusCode, headers: res.headers, text, json });
+          resolve({ status: res.statusCode, headers: res.headers, text, json: parseJson(text) });
         });
       },
     );
@@ -31,4 +26,29 @@ export function hostRequest(port, host, pathname, { method = "GET", headers = {}
     if (body !== undefined) req.write(typeof body === "string" ? body : JSON.stringify(body));
     req.end();
   });
+}
+
+/**
+ * A client of the Worker's admin API at `url` (the apex), with the bearer `token`. Calls resolve
+ * with `{ status, headers, text, json }` whatever the status; `body` is sent as JSON unless it is
+ * a string already.
+ */
+export function adminClient(url, token) {
+  return async (method, path, body, { token: as = token, headers = {} } = {}) => {
+    const res = await fetch(`${url}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${as}`, ...(body === undefined ? {} : { "content-type": "application/json" }), ...headers },
+      body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
+    });
+    const text = await res.text();
+    return { status: res.status, headers: res.headers, text, json: parseJson(text) };
+  };
+}
+
+function parseJson(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
 }

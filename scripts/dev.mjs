@@ -4,6 +4,7 @@
 // restarts; delete that folder to start from nothing.
 
 import path from "node:path";
+import { adminClient } from "../cloud/client.mjs";
 import { ROOT, startStack } from "../cloud/stack.mjs";
 
 const port = Number(process.env.PORT ?? 8787);
@@ -18,16 +19,14 @@ const stack = await startStack({
 });
 
 // The demo tenant, created through the admin API like any other (a no-op when it exists).
-const admin = { authorization: `Bearer ${stack.adminToken}`, "content-type": "application/json" };
-const created = await fetch(`${stack.url}/v1/tenants`, {
-  method: "POST",
-  headers: admin,
-  body: JSON.stringify({ slug: demo, name: "Acme (demo)", plan: "pro", admin: { email: "admin@acme.test", password: "change me, please" } }),
+const admin = adminClient(stack.url, stack.adminToken);
+const created = await admin("POST", "/v1/tenants", {
+  slug: demo, name: "Acme (demo)", plan: "pro", admin: { email: "admin@acme.test", password: "change me, please" },
 });
-let status = (await created.json()).tenant?.status;
+let status = created.json?.tenant?.status;
 for (let i = 0; status !== "active" && i < 100; i++) {
   await new Promise((r) => setTimeout(r, 200));
-  status = (await (await fetch(`${stack.url}/v1/tenants/${demo}`, { headers: admin })).json()).tenant?.status;
+  status = (await admin("GET", `/v1/tenants/${demo}`)).json?.tenant?.status;
 }
 
 console.log(`

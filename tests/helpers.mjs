@@ -4,7 +4,7 @@
 
 import { inject } from "vitest";
 import { setBindings as setBindingsWith } from "../cloud/provision.mjs";
-import { hostRequest } from "../cloud/client.mjs";
+import { adminClient, hostRequest } from "../cloud/client.mjs";
 import { apiClient } from "../cloud/stack.mjs";
 
 export const stack = inject("stack");
@@ -26,21 +26,7 @@ export function freshSlug(prefix = "t") {
 }
 
 /** Calls the admin API on the apex host. */
-export async function admin(method, path, body, { token = stack.adminToken, headers = {} } = {}) {
-  const res = await fetch(`${stack.url}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { "content-type": "application/json" }), ...headers },
-    body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
-  });
-  const text = await res.text();
-  let json;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
-  return { status: res.status, headers: res.headers, text, json };
-}
+export const admin = adminClient(stack.url, stack.adminToken);
 
 export const ADMIN_PASSWORD = "a long enough password";
 
