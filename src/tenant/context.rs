@@ -101,6 +101,21 @@ impl TenantContext {
         }
     }
 
+    /// The row with `id` from `select` (`SELECT <columns> FROM <table>`), or `missing()`.
+    pub async fn find_by_id<T: serde::de::DeserializeOwned>(
+        &self,
+        select: &str,
+        id: i64,
+        missing: fn() -> ApiError,
+    ) -> Result<T, ApiError> {
+        self.db()
+            .prepare(format!("{select} WHERE id = ?1"))
+            .bind(&[JsValue::from(id as f64)])?
+            .first::<T>(None)
+            .await?
+            .ok_or_else(missing)
+    }
+
     /// One page of a keyset-paginated read (`?limit=&cursor=`, 50 rows unless asked, at most
     /// `max`; the cursor is the last row's id). `select` is `SELECT <columns> FROM <table>`; rows
     /// come by id, oldest first or, with `newest_first`, newest first.

@@ -29,12 +29,7 @@ fn not_found() -> ApiError {
 }
 
 async fn find(ctx: &TenantContext, id: i64) -> Result<Project, ApiError> {
-    ctx.db()
-        .prepare(format!("SELECT {COLUMNS} FROM projects WHERE id = ?1"))
-        .bind(&[JsValue::from(id as f64)])?
-        .first::<Project>(None)
-        .await?
-        .ok_or_else(not_found)
+    ctx.find_by_id(&format!("SELECT {COLUMNS} FROM projects"), id, not_found).await
 }
 
 /// `{name?, description?}`; `name` required when creating.

@@ -36,12 +36,7 @@ pub fn parse_id(raw: &str, missing: fn() -> ApiError) -> Result<i64, ApiError> {
 }
 
 async fn find(ctx: &TenantContext, id: i64) -> Result<User, ApiError> {
-    ctx.db()
-        .prepare(format!("SELECT {COLUMNS} FROM users WHERE id = ?1"))
-        .bind(&[JsValue::from(id as f64)])?
-        .first::<User>(None)
-        .await?
-        .ok_or_else(not_found)
+    ctx.find_by_id(&format!("SELECT {COLUMNS} FROM users"), id, not_found).await
 }
 
 /// `GET /api/me`
