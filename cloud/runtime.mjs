@@ -154,6 +154,16 @@ export class Runtime {
   }
 
   /**
+   * Kills workerd at once (SIGKILL, no drain): every Worker invocation in flight dies wherever it
+   * stands, as when a Worker is cut off in production. For the crash tests.
+   */
+  async kill() {
+    const mf = this.mf;
+    this.mf = null;
+    await mf?.dispose();
+  }
+
+  /**
    * Hands out a fresh database id, bound already. Never waits for a restart (the caller may be
    * inside a Worker request that the restart would drain): with the pool empty it asks for a
    * refill and throws `PoolEmpty`.

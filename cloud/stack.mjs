@@ -123,6 +123,18 @@ export async function startStack({
     api,
     /** The URL of tenant `slug`'s API. */
     tenantUrl: (slug) => `http://${slug}.localhost:${front.address().port}`,
+    /**
+     * Crashes the stack: workerd is killed mid-flight (see `Runtime.kill`), then the front door and
+     * the local cloud close. The state directory keeps what was written; start a new stack on it
+     * to restart.
+     */
+    async crash() {
+      await runtime.kill();
+      front.closeAllConnections?.();
+      await new Promise((resolve) => front.close(resolve));
+      await cloud.close();
+      await state.save();
+    },
     async stop() {
       front.closeAllConnections?.();
       await new Promise((resolve) => front.close(resolve));

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use worker::{Env, Method, Request, Response};
 
 use super::lifecycle::{CreateInput, Lifecycle, Progress};
-use super::store::{self, NewTenant, OperationRow, TenantRow};
+use super::store::{self, CreateStart, NewTenant, OperationRow, RoleWrite, TenantChanges, TenantRow};
 use crate::core::lifecycle::{OperationKind, Plan, TenantStatus};
 use crate::core::names::{BindingName, DatabaseName};
 use crate::core::password;
@@ -216,6 +216,9 @@ pub fn validate_create(body: &Map<String, Value>) -> Result<CreateRequest, BTree
                     .map_err(|m| sub.insert("password".into(), m.into()))
                     .ok()
             });
+            for key in admin.keys().filter(|k| !["email", "password"].contains(&k.as_str())) {
+                sub.insert(key.clone(), "is not a known field".into());
+            }
             errors.extend(sub.into_iter().map(|(k, v)| (format!("admin.{k}"), v)));
         }
         None | Some(Value::Null) => {
@@ -306,6 +309,10 @@ async fn standing(
     Ok(response)
 }
 
+/// `POST /v1/tenants`. The decision is made by the batch that writes (see `store::start_create`):
+/// the read before it only chooses which write to try, and the read after it says where the
+/// tenant stands. So identical concurrent creates all join the one create that won, and only a
+/// create with another name, plan or admin email is a 409.
 async fn create(req: &Request, env: &Env) -> Result<Response, ApiError> {
     let body = http::read_json(req).await?;
     let request = validate_create(&body).map_err(ApiError::invalid_fields)?;
@@ -322,17 +329,11 @@ async fn create(req: &Request, env: &Env) -> Result<Response, ApiError> {
         binding_name: binding_name.as_str(),
         fingerprint: &fingerprint,
     };
+    let exists = || ApiError::Conflict { code: "tenant_exists", message: format!("tenant `{slug}` already exists") };
 
     let existing = store::get_tenant(&lc.db, slug).await?;
-    match existing {
-        None => {
-            if !store::insert_tenant(&lc.db, &new).await? {
-                return Err(ApiError::Conflict {
-                    code: "tenant_exists",
-                    message: format!("tenant `{slug}` already exists"),
-                });
-            }
-        }
+    let start = match &existing {
+        None => CreateStart::Insert(&new),
         Some(t) if t.status() == TenantStatus::Deleted => {
             if !request.recreate {
                 return Err(ApiError::Conflict {
@@ -343,73 +344,52 @@ async fn create(req: &Request, env: &Env) -> Result<Response, ApiError> {
                     ),
                 });
             }
-            if !store::replace_tombstone(&lc.db, &new).await? {
-                return Err(ApiError::Conflict {
-                    code: "tenant_exists",
-                    message: format!("tenant `{slug}` changed meanwhile; retry"),
-                });
-            }
-            store::audit(
-                &lc.db,
-                "admin",
-                "tenant.recreate",
-                Some(slug),
-                &lc.holder,
-                &json!({ "previous_backup": t.backup_location }),
-            )
-            .await?;
+            CreateStart::ReplaceTombstone(&new)
         }
-        Some(t) if t.create_fingerprint.as_deref() == Some(fingerprint.as_str()) => match t.status() {
-            // The same create again: say where it stands, resuming it if it is not done.
+        Some(t) if t.create_fingerprint.as_deref() != Some(fingerprint.as_str()) => return Err(exists()),
+        // The same create again: say where it stands, resuming it if it is not done.
+        Some(t) => match t.status() {
             TenantStatus::Active | TenantStatus::Suspended => return standing(&lc, slug, t.status(), 201).await,
-            TenantStatus::Failed => {
-                store::set_status(&lc.db, slug, &[TenantStatus::Failed], TenantStatus::Provisioning, None).await?;
-            }
-            TenantStatus::Provisioning => {}
-            TenantStatus::Deleting | TenantStatus::Deleted => {
-                return Err(ApiError::Conflict {
-                    code: "tenant_deleting",
-                    message: format!("tenant `{slug}` is being deleted"),
-                })
-            }
+            TenantStatus::Failed => CreateStart::Resume,
+            TenantStatus::Provisioning => CreateStart::Join,
+            TenantStatus::Deleting | TenantStatus::Deleted => return Err(deleting(slug)),
         },
-        Some(_) => {
-            return Err(ApiError::Conflict {
-                code: "tenant_exists",
-                message: format!("tenant `{slug}` already exists"),
-            })
-        }
+    };
+    // The slow part (PBKDF2) before the write, never between a check and its write. A join whose
+    // operation is open already needs no hash.
+    let needs_operation =
+        !matches!(start, CreateStart::Join) || store::open_operation_of(&lc.db, slug).await?.is_none();
+    if needs_operation {
+        let input = CreateInput {
+            admin_email: request.admin_email.clone(),
+            admin_password_hash: Some(crate::crypto::hash_password(&request.admin_password).await?),
+        };
+        let input = serde_json::to_string(&input).map_err(ApiError::internal)?;
+        let detail = json!({ "plan": request.plan.as_str(), "name": request.name,
+            "previous_backup": existing.as_ref().and_then(|t| t.backup_location.as_deref()) });
+        let id = crate::crypto::random_id()?;
+        store::start_create(&lc.db, start, slug, &fingerprint, &id, &input, &detail).await?;
     }
 
-    let op = match store::open_operation_of(&lc.db, slug).await? {
-        Some(op) => op,
-        None => {
-            let input = CreateInput {
-                admin_email: request.admin_email.clone(),
-                admin_password_hash: Some(crate::crypto::hash_password(&request.admin_password).await?),
-            };
-            let id = crate::crypto::random_id()?;
-            let input = serde_json::to_string(&input).map_err(ApiError::internal)?;
-            match store::open_operation(&lc.db, &id, slug, OperationKind::Create, &input).await? {
-                Some(op) => op,
-                // Opened concurrently by a twin request: run that one.
-                None => store::open_operation_of(&lc.db, slug)
-                    .await?
-                    .ok_or_else(|| ApiError::internal("operation vanished"))?,
-            }
-        }
-    };
-    store::audit(
-        &lc.db,
-        "admin",
-        "tenant.create",
-        Some(slug),
-        &op.id,
-        &json!({ "plan": request.plan.as_str(), "name": request.name }),
-    )
-    .await?;
-    run_logged(&lc, &op).await?;
+    // Where it stands now, whoever's write won.
+    let tenant = store::get_tenant(&lc.db, slug).await?.ok_or_else(|| ApiError::internal("tenant row vanished"))?;
+    if tenant.create_fingerprint.as_deref() != Some(fingerprint.as_str()) {
+        return Err(if tenant.status() == TenantStatus::Deleted { deleting(slug) } else { exists() });
+    }
+    match tenant.status() {
+        TenantStatus::Provisioning => {}
+        TenantStatus::Deleting | TenantStatus::Deleted => return Err(deleting(slug)),
+        // Finished (or failed) by a twin meanwhile.
+        settled => return standing(&lc, slug, settled, 201).await,
+    }
+    if let Some(op) = store::open_operation_of(&lc.db, slug).await? {
+        run_logged(&lc, &op).await?;
+    }
     standing(&lc, slug, TenantStatus::Active, 201).await
+}
+
+fn deleting(slug: &str) -> ApiError {
+    ApiError::Conflict { code: "tenant_deleting", message: format!("tenant `{slug}` is being deleted") }
 }
 
 async fn run_logged(lc: &Lifecycle<'_>, op: &OperationRow) -> Result<Progress, ApiError> {
@@ -511,69 +491,53 @@ async fn update(req: &Request, env: &Env, slug: &TenantSlug) -> Result<Response,
         return Err(ApiError::invalid_fields(errors));
     }
     let db = env.d1(super::CONTROL_BINDING)?;
-    let tenant = store::get_tenant(&db, slug.as_str()).await?.ok_or_else(|| not_found(slug.as_str()))?;
-    if tenant.status() == TenantStatus::Deleted {
-        return Err(not_found(slug.as_str()));
-    }
-    if let Some(to) = target {
-        let from = tenant.status();
-        if from != to
-            && (!from.can_become(to) || !store::set_status(&db, slug.as_str(), &[from], to, message.as_deref()).await?)
-        {
-            return Err(ApiError::Conflict {
-                code: "invalid_transition",
-                message: format!("a tenant that is {from} cannot become {to}"),
-            });
-        }
-    }
-    store::update_details(&db, slug.as_str(), name.as_deref(), plan.map(Plan::as_str)).await?;
-    if let Some(m) = &maintenance {
-        store::set_maintenance(&db, slug.as_str(), m.as_ref().map(|m| (m.message.as_str(), m.until.as_deref())))
-            .await?;
-    }
+    let changes = TenantChanges {
+        name: name.as_deref(),
+        plan: plan.map(Plan::as_str),
+        status: target.map(|to| (to, message.as_deref())),
+        maintenance: maintenance.as_ref().map(|m| m.as_ref().map(|m| (m.message.as_str(), m.until.as_deref()))),
+    };
+    let request_id = crate::crypto::random_id()?;
+    let updated = store::update_tenant(&db, slug.as_str(), &changes, &request_id, &Value::Object(body)).await?;
     // This isolate sees the change at once; others within the lookup cache's TTL.
     crate::tenant::registry::forget(slug.as_str());
-    let request_id = crate::crypto::random_id()?;
-    store::audit(&db, "admin", "tenant.update", Some(slug.as_str()), &request_id, &Value::Object(body)).await?;
-    let tenant = store::get_tenant(&db, slug.as_str()).await?.ok_or_else(|| not_found(slug.as_str()))?;
-    http::json(200, &json!({ "tenant": tenant_view(&tenant) }))
+    match updated {
+        Some(tenant) => http::json(200, &json!({ "tenant": tenant_view(&tenant) })),
+        // Nothing matched: say why, from the row as it is now.
+        None => match store::get_tenant(&db, slug.as_str()).await? {
+            Some(t) if t.status() != TenantStatus::Deleted => {
+                let (from, to) = (t.status(), target.unwrap_or(t.status()));
+                Err(ApiError::Conflict {
+                    code: "invalid_transition",
+                    message: if from.operator_can_set(to) {
+                        format!("tenant `{slug}` cannot become {to} until its binding is in place; retry shortly")
+                    } else {
+                        format!(
+                            "a tenant that is {from} cannot be made {to} by an operator (only active <-> suspended; \
+                             the lifecycle moves the rest)"
+                        )
+                    },
+                })
+            }
+            _ => Err(not_found(slug.as_str())),
+        },
+    }
 }
 
 async fn delete(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
     let lc = Lifecycle::from_env(env)?;
     let s = slug.as_str();
     let tenant = store::get_tenant(&lc.db, s).await?.ok_or_else(|| not_found(s))?;
-    match tenant.status() {
-        TenantStatus::Deleted => return standing(&lc, s, TenantStatus::Deleted, 200).await,
-        TenantStatus::Deleting => {}
-        from => {
-            if !store::set_status(&lc.db, s, &[from], TenantStatus::Deleting, None).await? {
-                return Err(ApiError::Conflict {
-                    code: "tenant_changed",
-                    message: format!("tenant `{s}` changed meanwhile; retry"),
-                });
-            }
-            store::audit(&lc.db, "admin", "tenant.delete", Some(s), &lc.holder, &json!({ "from": from.as_str() }))
-                .await?;
+    if tenant.status() != TenantStatus::Deleted {
+        let request_id = crate::crypto::random_id()?;
+        store::start_delete(&lc.db, s, &crate::crypto::random_id()?, &request_id).await?;
+    }
+    crate::tenant::registry::forget(s);
+    if let Some(op) = store::open_operation_of(&lc.db, s).await? {
+        if op.kind() == Some(OperationKind::Delete) {
+            run_logged(&lc, &op).await?;
         }
     }
-    let op = match store::open_operation_of(&lc.db, s).await? {
-        Some(op) if op.kind() == Some(OperationKind::Delete) => op,
-        other => {
-            if let Some(create) = other {
-                store::finish_operation(&lc.db, &create.id, false, Some("superseded by a delete")).await?;
-            }
-            let id = crate::crypto::random_id()?;
-            match store::open_operation(&lc.db, &id, s, OperationKind::Delete, "{}").await? {
-                Some(op) => op,
-                None => store::open_operation_of(&lc.db, s)
-                    .await?
-                    .ok_or_else(|| ApiError::internal("operation vanished"))?,
-            }
-        }
-    };
-    crate::tenant::registry::forget(s);
-    run_logged(&lc, &op).await?;
     standing(&lc, s, TenantStatus::Deleted, 200).await
 }
 
@@ -597,17 +561,23 @@ async fn sync_now(env: &Env, db: &worker::D1Database) -> Result<Value, ApiError>
     Ok(json!({ "tenants_synced": report.migrated.len(), "failed": report.failed, "more": report.next.is_some() }))
 }
 
-/// `POST /v1/roles` (create) or `PATCH /v1/roles/{name}` (update).
+/// `POST /v1/roles` (create) or `PATCH /v1/roles/{name}` (update). The write decides: a create
+/// of a taken name and an update of a missing role change nothing (409 and 404).
 async fn role_write(req: &Request, env: &Env, path_name: Option<&str>) -> Result<Response, ApiError> {
     let body = http::read_json(req).await?;
     let crate::core::roles::RoleChanges { name, description, permissions } =
         crate::core::roles::parse(&body, path_name.is_none()).map_err(ApiError::invalid_fields)?;
     let db = env.d1(super::CONTROL_BINDING)?;
-    let existing = store::roles(&db).await?;
+    let request_id = crate::crypto::random_id()?;
+    let detail = Value::Object(body);
     let (name, status) = match path_name {
         None => {
             let name = name.ok_or_else(|| ApiError::internal("validated name missing"))?;
-            if existing.iter().any(|r| r.name == name) {
+            let write = RoleWrite::Create {
+                description: description.as_deref().unwrap_or(""),
+                permissions: permissions.as_deref().unwrap_or(&[]),
+            };
+            if !store::write_role(&db, &name, write, &request_id, &detail).await? {
                 return Err(ApiError::Conflict {
                     code: "role_exists",
                     message: format!("system role `{name}` already exists"),
@@ -616,36 +586,24 @@ async fn role_write(req: &Request, env: &Env, path_name: Option<&str>) -> Result
             (name, 201)
         }
         Some(n) => {
-            if !existing.iter().any(|r| r.name == n) {
+            let write = RoleWrite::Update { description: description.as_deref(), permissions: permissions.as_deref() };
+            if !store::write_role(&db, n, write, &request_id, &detail).await? {
                 return Err(role_not_found(n));
             }
             (n.to_owned(), 200)
         }
     };
-    let current = existing.iter().find(|r| r.name == name);
-    let description = description.or_else(|| current.map(|r| r.description.clone())).unwrap_or_default();
-    let permissions = permissions.or_else(|| current.map(|r| r.permissions.clone())).unwrap_or_default();
-    store::write_role(&db, &name, Some((&description, &permissions))).await?;
-    store::audit(
-        &db,
-        "admin",
-        if status == 201 { "role.create" } else { "role.update" },
-        None,
-        &crate::crypto::random_id()?,
-        &Value::Object(body),
-    )
-    .await?;
+    let role = store::roles(&db).await?.into_iter().find(|r| r.name == name).ok_or_else(|| role_not_found(&name))?;
     let sync = sync_now(env, &db).await?;
-    let role = crate::core::roles::RoleSpec { name, description, permissions };
     http::json(status, &json!({ "role": role, "sync": sync }))
 }
 
 async fn role_delete(env: &Env, name: &str) -> Result<Response, ApiError> {
     let db = env.d1(super::CONTROL_BINDING)?;
-    if !store::write_role(&db, name, None).await? {
+    let request_id = crate::crypto::random_id()?;
+    if !store::write_role(&db, name, RoleWrite::Delete, &request_id, &json!({ "name": name })).await? {
         return Err(role_not_found(name));
     }
-    store::audit(&db, "admin", "role.delete", None, &crate::crypto::random_id()?, &json!({ "name": name })).await?;
     let sync = sync_now(env, &db).await?;
     http::json(200, &json!({ "deleted": { "role": name }, "sync": sync }))
 }
@@ -863,6 +821,12 @@ mod tests {
         assert_eq!(errors["slug"], "must be a string");
         assert_eq!(errors["name"], "must be a string");
         assert_eq!(errors["admin"], "must be an object");
+
+        let errors = validate_create(&body(json!({
+            "slug": "acme", "name": "Acme", "admin": { "email": "a@acme.test", "password": "a long password", "role": "owner" }
+        })))
+        .unwrap_err();
+        assert_eq!(errors.keys().collect::<Vec<_>>(), ["admin.role"], "unknown keys inside admin are refused too");
 
         let errors = validate_create(&body(json!({}))).unwrap_err();
         assert_eq!(errors.len(), 3, "{errors:?}");

@@ -134,7 +134,11 @@ async fn tend_one(env: &Env, db: &D1Database, slug: &str, entities: &Entities) -
 }
 
 /// Makes the tenant's system roles exactly the platform's, in one batch (one transaction).
-/// A tenant role with a platform role's name becomes that system role.
+///
+/// Nothing a tenant made is lost to a platform change: a tenant's own role that has a platform
+/// role's name stays the tenant's (the upsert only updates a row that is a system role), so that
+/// tenant simply does not get the platform role of that name, and removing the platform role
+/// later deletes only system rows. The tenant's role wins in its own database.
 pub async fn sync_entities(tenant_db: &D1Database, entities: &Entities) -> Result<(), String> {
     let names = serde_json::to_string(&entities.roles.iter().map(|r| &r.name).collect::<Vec<_>>())
         .unwrap_or_else(|_| "[]".into());
@@ -148,8 +152,8 @@ pub async fn sync_entities(tenant_db: &D1Database, entities: &Entities) -> Resul
             tenant_db
                 .prepare(
                     "INSERT INTO roles (name, description, permissions, is_system) VALUES (?1, ?2, ?3, 1) ON CONFLICT (name) DO UPDATE SET \
-                     description = excluded.description, permissions = excluded.permissions, is_system = 1, \
-                     updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+                     description = excluded.description, permissions = excluded.permissions, \
+                     updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE roles.is_system = 1",
                 )
                 .bind(&[JsValue::from_str(&role.name), JsValue::from_str(&role.description), JsValue::from_str(&permissions)])
                 .map_err(|e| e.to_string())?,

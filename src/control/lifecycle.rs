@@ -6,14 +6,22 @@
 //! invocation holding the bindings lease) leaves the operation open; re-sending the request, a
 //! `GET` of the tenant, or the scheduled reconciler runs it again from where it stopped. Every
 //! step is idempotent, so running one twice is harmless.
+//!
+//! **Leases.** A runner holds a short lease (`tenant:{slug}` for a saga, `bindings` for a
+//! settings PATCH cycle) and renews it every [`HEARTBEAT_MS`] while it works. A holder is known to
+//! be gone when its lease has not been renewed for [`LEASE_MS`]: a crashed invocation stops
+//! renewing, so the next runner takes over seconds after a crash, not a minute. A runner that
+//! stalls past its lease (its renewal failed) stops at once, and every write it makes to its
+//! operation is fenced by the lease (`store::Fence`), so it cannot overwrite its successor.
 
 use std::time::Duration;
 
+use futures_util::future::{self, Either};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use worker::{D1Database, Env};
 
-use super::store::{self, OperationRow, TenantRow};
+use super::store::{self, Fence, OperationRow, TenantRow};
 use crate::cloudflare::fetch::FetchTransport;
 use crate::cloudflare::{ApiToken, CfError, Client};
 use crate::core::bindings::{self, BindingDiff, TenantBinding};
@@ -25,9 +33,10 @@ use crate::core::slug::TenantSlug;
 use crate::http::ApiError;
 use crate::tenant::TenantDb;
 
-/// How long a runner may hold an operation, and the bindings lease.
-const OP_LEASE_MS: f64 = 60_000.0;
-const BINDINGS_LEASE_MS: f64 = 30_000.0;
+/// How long a lease outlives its holder's last renewal.
+pub const LEASE_MS: f64 = 6_000.0;
+/// How often a runner renews its lease while it works.
+pub const HEARTBEAT_MS: u64 = 1_500;
 /// Export polls within one invocation before leaving the rest to the next.
 const EXPORT_POLLS: u32 = 20;
 /// Why a create's verify step waits: its binding is not visible to the invocation that added it.
@@ -125,21 +134,49 @@ impl<'a> Lifecycle<'a> {
         })
     }
 
+    /// Runs `work` while holding lease `name`, renewing it every [`HEARTBEAT_MS`]. `None` when
+    /// the lease is held by someone else, or when it was lost midway (then `work` is dropped
+    /// where it stood: every step is idempotent, and the successor runs it again).
+    async fn holding<T>(&self, name: &str, work: impl std::future::Future<Output = T>) -> Result<Option<T>, ApiError> {
+        if !store::acquire_lease(&self.db, name, &self.holder, now_ms(), LEASE_MS).await? {
+            return Ok(None);
+        }
+        let heartbeat = async {
+            loop {
+                self.api.sleep(Duration::from_millis(HEARTBEAT_MS)).await;
+                match store::renew_lease(&self.db, name, &self.holder, now_ms(), LEASE_MS).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        worker::console_warn!("lease {name}: lost by {} (it stalled past {LEASE_MS} ms)", self.holder);
+                        return;
+                    }
+                    // A failed renewal is retried at the next beat; the lease lasts several beats.
+                    Err(e) => worker::console_warn!("lease {name}: renewal failed: {e}"),
+                }
+            }
+        };
+        let outcome = match future::select(std::pin::pin!(work), std::pin::pin!(heartbeat)).await {
+            Either::Left((out, _)) => Some(out),
+            Either::Right(((), _)) => None,
+        };
+        store::release_lease(&self.db, name, &self.holder).await?;
+        Ok(outcome)
+    }
+
     /// Runs `op` from its first step not done, as far as it can go in this invocation.
     ///
     /// The lease is per tenant, not per operation: a delete never runs while a create of the same
     /// tenant is mid-step (it would miss a database that step is about to record).
     pub async fn run(&self, op: &OperationRow) -> Result<Progress, ApiError> {
         let lease = format!("tenant:{}", op.tenant_slug);
-        if !store::acquire_lease(&self.db, &lease, &self.holder, now_ms(), OP_LEASE_MS).await? {
-            return Ok(Progress::Busy);
+        let fence = Fence { lease: &lease, holder: &self.holder };
+        match self.holding(&lease, self.run_steps(op, &fence)).await? {
+            Some(outcome) => outcome,
+            None => Ok(Progress::Busy),
         }
-        let outcome = self.run_steps(op).await;
-        store::release_lease(&self.db, &lease, &self.holder).await?;
-        outcome
     }
 
-    async fn run_steps(&self, op: &OperationRow) -> Result<Progress, ApiError> {
+    async fn run_steps(&self, op: &OperationRow, fence: &Fence<'_>) -> Result<Progress, ApiError> {
         let kind =
             op.kind().ok_or_else(|| ApiError::internal(format!("operation {} has unknown kind {}", op.id, op.kind)))?;
         // Re-read: another runner may have moved it on since the caller loaded it.
@@ -153,36 +190,45 @@ impl<'a> Lifecycle<'a> {
                 Progress::Failed(op.last_error.unwrap_or_default())
             });
         }
+        // A fenced write that did not land: the lease was lost or the operation closed meanwhile
+        // (a delete superseded it). Either way this runner stops; whoever changed it carries on.
+        let lost = || Ok(Progress::Busy);
         let mut done = op.done_steps();
         while let Some(step) = kind.next_step(&done) {
             let Some(tenant) = store::get_tenant(&self.db, &op.tenant_slug).await? else {
-                store::finish_operation(&self.db, &op.id, false, Some("tenant row vanished")).await?;
+                store::abandon_operation(&self.db, &op.id, fence, "tenant row vanished").await?;
                 return Ok(Progress::Failed("tenant row vanished".into()));
             };
             // A create is abandoned as soon as the tenant is no longer provisioning (deleted meanwhile).
             if kind == OperationKind::Create && tenant.status() != TenantStatus::Provisioning {
                 let why = format!("tenant is {}, not provisioning", tenant.status);
-                store::finish_operation(&self.db, &op.id, false, Some(&why)).await?;
+                store::abandon_operation(&self.db, &op.id, fence, &why).await?;
                 return Ok(Progress::Failed(why));
             }
             match self.step(&op, &tenant, step).await {
                 Ok(StepOutcome::Done) => {
                     done.push(step);
-                    store::record_step(&self.db, &op, &done, kind.next_step(&done)).await?;
+                    if !store::record_step(&self.db, &op.id, fence, &done, kind.next_step(&done)).await? {
+                        return lost();
+                    }
                 }
                 Ok(StepOutcome::Later(reason)) => {
-                    store::record_failure(&self.db, &op.id, &reason).await?;
+                    if !store::record_failure(&self.db, &op.id, fence, &reason).await? {
+                        return lost();
+                    }
                     return Ok(Progress::Pending(reason));
                 }
                 Err(e) if e.is_transient() => {
                     let reason = format!("{} step: {e}", store::step_name(step));
-                    store::record_failure(&self.db, &op.id, &reason).await?;
+                    if !store::record_failure(&self.db, &op.id, fence, &reason).await? {
+                        return lost();
+                    }
                     store::set_error(&self.db, &op.tenant_slug, Some(&reason)).await?;
                     return Ok(Progress::Pending(reason));
                 }
                 Err(e) => {
                     let reason = format!("{} step: {e}", store::step_name(step));
-                    return self.fail(&op, kind, &reason).await;
+                    return self.fail(&op, kind, fence, &reason).await;
                 }
             }
         }
@@ -191,41 +237,36 @@ impl<'a> Lifecycle<'a> {
             OperationKind::Create => (TenantStatus::Provisioning, TenantStatus::Active),
             OperationKind::Delete => (TenantStatus::Deleting, TenantStatus::Deleted),
         };
-        store::set_status(&self.db, slug, &[from], to, None).await?;
-        store::set_error(&self.db, slug, None).await?;
-        store::finish_operation(&self.db, &op.id, true, None).await?;
-        store::audit(
-            &self.db,
-            "lifecycle",
-            &format!("tenant.{}", to.as_str()),
-            Some(slug),
-            &op.id,
-            &json!({ "operation": op.id }),
-        )
-        .await?;
-        Ok(Progress::Finished)
+        if store::complete_operation(&self.db, &op.id, fence, slug, from, to).await? {
+            return Ok(Progress::Finished);
+        }
+        // Not completed: the tenant left `from` meanwhile (a delete of a create), or the lease was
+        // lost. The next run re-reads and abandons or finishes it.
+        Ok(Progress::Pending(format!("tenant {slug} changed while its {} finished", kind.as_str())))
     }
 
     /// A permanent failure: a create marks the tenant `failed` (a re-send resumes, a delete
     /// tears down); a delete stays `deleting` with the error, for an operator to look at.
-    async fn fail(&self, op: &OperationRow, kind: OperationKind, reason: &str) -> Result<Progress, ApiError> {
+    async fn fail(
+        &self,
+        op: &OperationRow,
+        kind: OperationKind,
+        fence: &Fence<'_>,
+        reason: &str,
+    ) -> Result<Progress, ApiError> {
         worker::console_error!("operation {} ({}) on {} failed: {reason}", op.id, op.kind, op.tenant_slug);
-        store::set_error(&self.db, &op.tenant_slug, Some(reason)).await?;
         match kind {
             OperationKind::Create => {
-                store::finish_operation(&self.db, &op.id, false, Some(reason)).await?;
-                store::set_status(
-                    &self.db,
-                    &op.tenant_slug,
-                    &[TenantStatus::Provisioning],
-                    TenantStatus::Failed,
-                    Some(reason),
-                )
-                .await?;
+                if !store::fail_create(&self.db, &op.id, fence, &op.tenant_slug, reason).await? {
+                    return Ok(Progress::Busy);
+                }
                 Ok(Progress::Failed(reason.to_owned()))
             }
             OperationKind::Delete => {
-                store::record_failure(&self.db, &op.id, reason).await?;
+                store::set_error(&self.db, &op.tenant_slug, Some(reason)).await?;
+                if !store::record_failure(&self.db, &op.id, fence, reason).await? {
+                    return Ok(Progress::Busy);
+                }
                 Ok(Progress::Pending(reason.to_owned()))
             }
         }
@@ -245,7 +286,9 @@ impl<'a> Lifecycle<'a> {
             Step::Verify => self.verify(tenant).await,
             Step::Backup => self.backup(tenant).await,
             Step::Unbind => {
-                store::set_bind_wanted(&self.db, &tenant.slug, false).await?;
+                if !store::set_bind_wanted_if(&self.db, &tenant.slug, false, TenantStatus::Deleting).await? {
+                    return Err(StepError::Permanent("tenant left deleting".into()));
+                }
                 self.bindings_step().await
             }
             Step::DropDatabase => {
@@ -490,20 +533,15 @@ impl<'a> Lifecycle<'a> {
     /// `None` when another invocation holds the bindings lease (it will include our rows: it
     /// derives the set after taking the lease).
     pub async fn reconcile_bindings(&self) -> Result<Option<BindingsReport>, StepError> {
-        let mut acquired = false;
-        for _ in 0..20 {
-            if store::acquire_lease(&self.db, "bindings", &self.holder, now_ms(), BINDINGS_LEASE_MS).await? {
-                acquired = true;
-                break;
+        for attempt in 0..20 {
+            if attempt > 0 {
+                self.api.sleep(Duration::from_millis(150)).await;
             }
-            self.api.sleep(Duration::from_millis(150)).await;
+            if let Some(result) = self.holding("bindings", self.reconcile_bindings_locked()).await? {
+                return result.map(Some);
+            }
         }
-        if !acquired {
-            return Ok(None);
-        }
-        let result = self.reconcile_bindings_locked().await;
-        store::release_lease(&self.db, "bindings", &self.holder).await?;
-        result.map(Some)
+        Ok(None)
     }
 
     async fn reconcile_bindings_locked(&self) -> Result<BindingsReport, StepError> {
@@ -560,19 +598,71 @@ impl<'a> Lifecycle<'a> {
         Ok((orphans.into_iter().map(|d| d.name).collect(), removed))
     }
 
+    /// Gives every tenant left mid-lifecycle without an operation one (see
+    /// `store::tenants_without_operation`): a `deleting` tenant gets its delete operation back; a
+    /// `provisioning` one, whose admin password went with the request that never recorded it,
+    /// becomes `failed` (a re-sent create resumes it, a delete tears it down). Returns the slugs.
+    async fn adopt_strays(&self) -> Result<Vec<String>, ApiError> {
+        let mut adopted = Vec::new();
+        for tenant in store::tenants_without_operation(&self.db, 50).await? {
+            let acted = match tenant.status() {
+                TenantStatus::Deleting => {
+                    store::open_stray_delete(&self.db, &tenant.slug, &crate::crypto::random_id()?).await?
+                }
+                _ => {
+                    let why = "its create was interrupted before it was recorded; send the create again";
+                    store::fail_stray_create(&self.db, &tenant.slug, why).await?
+                }
+            };
+            if acted {
+                store::audit(
+                    &self.db,
+                    "reconciler",
+                    "tenant.adopted",
+                    Some(&tenant.slug),
+                    &self.holder,
+                    &json!({ "status": tenant.status }),
+                )
+                .await?;
+                adopted.push(tenant.slug);
+            }
+        }
+        Ok(adopted)
+    }
+
     /// The scheduled pass: bindings, every unfinished operation (bounded), orphans.
     pub async fn reconcile_all(&self) -> Result<Value, ApiError> {
+        let strays = self.adopt_strays().await?;
         let bindings = self.reconcile_bindings().await.map_err(StepError::into_api)?;
         let mut finished = 0;
         let mut pending = Vec::new();
-        for op in store::unfinished_operations(&self.db, 50).await? {
-            match self.run(&op).await? {
-                Progress::Finished => finished += 1,
-                Progress::Pending(reason) | Progress::Failed(reason) => {
-                    pending.push(json!({ "tenant": op.tenant_slug, "kind": op.kind, "reason": reason }))
-                }
-                Progress::Busy => pending.push(json!({ "tenant": op.tenant_slug, "kind": op.kind, "reason": "busy" })),
+        // A lease held by a runner that died (a crash, a cut invocation) lapses within LEASE_MS:
+        // operations found busy are tried once more after that, so the first pass after a crash
+        // runs them instead of leaving them to the next cron. A live holder keeps renewing its
+        // lease and is left alone.
+        let mut ops = store::unfinished_operations(&self.db, 50).await?;
+        for last_round in [false, true] {
+            let mut busy = Vec::new();
+            for op in ops {
+                let reason = match self.run(&op).await? {
+                    Progress::Finished => {
+                        finished += 1;
+                        continue;
+                    }
+                    Progress::Busy if !last_round => {
+                        busy.push(op);
+                        continue;
+                    }
+                    Progress::Busy => "busy".to_owned(),
+                    Progress::Pending(reason) | Progress::Failed(reason) => reason,
+                };
+                pending.push(json!({ "tenant": op.tenant_slug, "kind": op.kind, "reason": reason }));
             }
+            if busy.is_empty() {
+                break;
+            }
+            self.api.sleep(Duration::from_millis(LEASE_MS as u64)).await;
+            ops = busy;
         }
         // Binding changes made by the operations above are checked once more.
         let bindings_after = self.reconcile_bindings().await.map_err(StepError::into_api)?;
@@ -584,7 +674,7 @@ impl<'a> Lifecycle<'a> {
         store::set_platform_value(&self.db, "fleet_cursor", migrations.next.as_deref()).await?;
         Ok(json!({
             "bindings": bindings_after.or(bindings),
-            "operations": { "finished": finished, "unfinished": pending },
+            "operations": { "finished": finished, "unfinished": pending, "adopted": strays },
             "orphans": { "found": orphans, "removed": removed },
             "migrations": { "processed": migrations.processed, "failed": migrations.failed.len(), "more": migrations.next.is_some() },
         }))

@@ -70,6 +70,20 @@ impl TenantStatus {
         }
     }
 
+    /// Whether an operator (the admin API's `PATCH {"status": ...}`) may move a tenant from `self`
+    /// to `to`: suspend an active tenant, resume a suspended one, or ask for the status it already
+    /// has. The saga's own moves (`provisioning -> active`, `deleting -> deleted`, ...) are not
+    /// the operator's: a tenant becomes active only when its create saga has bound and verified it.
+    pub fn operator_can_set(self, to: TenantStatus) -> bool {
+        use TenantStatus::*;
+        matches!((self, to), (Active | Suspended, Active | Suspended))
+    }
+
+    /// The statuses an operator may move a tenant to `to` from (see [`Self::operator_can_set`]).
+    pub fn operator_sources(to: TenantStatus) -> Vec<TenantStatus> {
+        Self::ALL.into_iter().filter(|from| from.operator_can_set(to)).collect()
+    }
+
     /// Terminal or resting states: nothing is left for the reconciler to do.
     pub fn is_settled(self) -> bool {
         matches!(self, Self::Active | Self::Suspended | Self::Deleted | Self::Failed)
@@ -199,6 +213,21 @@ mod tests {
                 assert_eq!(from.transition(to).is_ok(), want);
             }
         }
+    }
+
+    #[test]
+    fn operators_only_suspend_and_resume() {
+        for from in TenantStatus::ALL {
+            for to in TenantStatus::ALL {
+                let want = matches!((from, to), (Active | Suspended, Active | Suspended));
+                assert_eq!(from.operator_can_set(to), want, "{from} -> {to}");
+            }
+        }
+        // Above all: no operator request can make a provisioning or failed tenant active.
+        assert!(!Provisioning.operator_can_set(Active));
+        assert!(!Failed.operator_can_set(Active));
+        assert_eq!(TenantStatus::operator_sources(Active), vec![Active, Suspended]);
+        assert_eq!(TenantStatus::operator_sources(Provisioning), vec![]);
     }
 
     #[test]
