@@ -113,3 +113,25 @@ test(`cross-tenant fuzz over ${TENANTS} tenants`, { timeout: 300_000 }, async ()
   console.log(`security fuzz: ${cases} cases (${TENANTS} tenants × ${endpoints(tenants[0]).length} endpoints × 9 variants), ${failures.length} failures`);
   expect(failures).toEqual([]);
 });
+
+test("tokens not valid yet, with a critical header extension, or living longer than issued ones are refused", async () => {
+  const t = tenants[0];
+  const now = Math.floor(Date.now() / 1000);
+  const claims = { tenant: t.slug, db: t.uuid, sub: t.adminId, role: "admin", iat: now, exp: now + 600 };
+  const cases = [
+    ["valid", mint(stack.jwtKey, claims), 200],
+    ["nbf within the leeway", mint(stack.jwtKey, { ...claims, nbf: now + 10 }), 200],
+    ["nbf in the future", mint(stack.jwtKey, { ...claims, nbf: now + 120 }), 401],
+    ["crit", mint(stack.jwtKey, claims, { header: { crit: ["exp"] } }), 401],
+    ["crit with an unknown extension", mint(stack.jwtKey, { ...claims, "x-ext": 1 }, { header: { crit: ["x-ext"], "x-ext": 1 } }), 401],
+    ["a lifetime of a day", mint(stack.jwtKey, { ...claims, exp: now + 86_400 }), 401],
+    ["a lifetime of exactly 1 h", mint(stack.jwtKey, { ...claims, exp: now + 3600 }), 200],
+    ["no iat", mint(stack.jwtKey, { ...claims, iat: undefined }), 401],
+    ["iat in the future", mint(stack.jwtKey, { ...claims, iat: now + 600, exp: now + 1200 }), 401],
+  ];
+  for (const [label, token, status] of cases) {
+    const res = await authed(t.slug, token, "/api/me");
+    expect(res.status, `${label}: ${res.text}`).toBe(status);
+    if (status === 401) expect(res.json.error.code).toBe("unauthorized");
+  }
+});
