@@ -26,7 +26,7 @@ use crate::core::lifecycle::TenantStatus;
 use crate::core::migrations::{self, LedgerState};
 use crate::core::names::BindingName;
 use crate::core::slug::TenantSlug;
-use crate::http::{self, ApiError};
+use crate::http::{self, ApiError, Method};
 
 /// Seconds a client should wait before retrying when the tenant is not ready.
 const RETRY_AFTER_SECONDS: u32 = 5;
@@ -123,7 +123,7 @@ async fn serve(
 
     // The one unauthenticated tenant route.
     if segments == ["api", "auth", "login"] {
-        return match req.method() {
+        return match Method::of(req) {
             Method::Post => auth::login(req, env, &tenant, &record, request_id).await,
             _ => Err(http::method_not_allowed("POST")),
         };
@@ -135,8 +135,7 @@ async fn serve(
 /// The tenant API's routes.
 async fn route(ctx: &TenantContext, req: &Request, segments: &[&str]) -> Result<Response, ApiError> {
     use Method::*;
-    let method = req.method();
-    match (segments, method) {
+    match (segments, Method::of(req)) {
         (["api", "me"], Get) => users::me(ctx).await,
         (["api", "tenant"], Get) => tenant_info(ctx).await,
         (["api", "users"], Get) => users::list(ctx, req).await,

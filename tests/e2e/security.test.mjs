@@ -114,6 +114,41 @@ test(`cross-tenant fuzz over ${TENANTS} tenants`, { timeout: 300_000 }, async ()
   expect(failures).toEqual([]);
 });
 
+test("methods outside the routes' own are 405 with Allow, on the tenant and the admin API alike", async () => {
+  const t = tenants[0];
+  const host = `${t.slug}.localhost`;
+  const auth = { authorization: `Bearer ${t.token}` };
+  // workers-rs reads an unknown method as GET: these must not be served as one.
+  const cases = [
+    [host, "/api/projects", "GET, POST"],
+    [host, `/api/projects/${t.projectId}`, "GET, PATCH, DELETE"],
+    [host, "/api/settings", "GET, PATCH"],
+    [host, "/api/me", "GET"],
+    [host, "/api/auth/login", "POST"],
+    ["localhost", "/healthz", "GET"],
+    ["localhost", "/v1/tenants", "GET, POST"],
+    ["localhost", `/v1/tenants/${t.slug}`, "GET, PATCH, DELETE"],
+  ];
+  for (const [h, path, allow] of cases) {
+    for (const method of ["PROPFIND", "PURGE", "SEARCH"]) {
+      const headers = h === "localhost" ? { authorization: `Bearer ${stack.adminToken}` } : auth;
+      const res = await request(h, path, { method, headers });
+      expect([res.status, res.json?.error?.code, res.headers.allow], `${method} ${h}${path}`).toEqual([405, "method_not_allowed", allow]);
+    }
+  }
+});
+
+test("the admin API reads the Bearer scheme in any letter case, as the tenant API does", async () => {
+  for (const scheme of ["Bearer", "bearer", "BEARER"]) {
+    const res = await request("localhost", `/v1/tenants/${tenants[0].slug}`, { headers: { authorization: `${scheme} ${stack.adminToken}` } });
+    expect(res.status, scheme).toBe(200);
+    const tenant = await request(`${tenants[0].slug}.localhost`, "/api/me", { headers: { authorization: `${scheme} ${tenants[0].token}` } });
+    expect(tenant.status, scheme).toBe(200);
+  }
+  expect((await request("localhost", "/v1/tenants", { headers: { authorization: `bearer wrong-${stack.adminToken}` } })).status).toBe(401);
+  expect((await request("localhost", "/v1/tenants", { headers: { authorization: `Basic ${stack.adminToken}` } })).status).toBe(401);
+});
+
 test("tokens not valid yet, with a critical header extension, or living longer than issued ones are refused", async () => {
   const t = tenants[0];
   const now = Math.floor(Date.now() / 1000);
