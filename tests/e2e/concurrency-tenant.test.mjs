@@ -139,3 +139,177 @@ describe("login throttle", () => {
     expect(await login(t.slug, t.email)).toBeTruthy();
   });
 });
+
+describe("users", () => {
+  test("8 concurrent creates on a free tenant with 3 users stop at the plan's 5", async () => {
+    const t = await createTenant(freshSlug("cc-users"));
+    for (const i of [1, 2]) await addUser(t, `seed${i}@x.test`, "member");
+    const emails = Array.from({ length: 8 }, (_, i) => `burst${i}@x.test`);
+    const responses = await burst(8, (i) => authed(t.slug, t.token, "/api/users", { method: "POST", body: { email: emails[i], password: "a fine password" } }));
+    expectNoServerErrors(responses);
+    expect(tally(responses)).toEqual({ 201: 2, 403: 6 });
+    for (const r of responses.filter((r) => r.status === 403)) expect(r.json.error.code).toBe("plan_limit_reached");
+    const stored = (await rows(t.uuid, "SELECT email FROM users")).map((u) => u.email);
+    expect(stored).toHaveLength(5);
+    responses.forEach((r, i) => expect(stored.includes(emails[i]), `${emails[i]}: ${r.status}`).toBe(r.status === 201));
+    expect(await audited(t, "user.create")).toBe(2 + 2);
+  });
+
+  test("20 concurrent creates with one email: one 201, the rest 409 email_taken", async () => {
+    const t = await createTenant(freshSlug("cc-email"), { plan: "enterprise" });
+    const responses = await burst(20, (i) => authed(t.slug, t.token, "/api/users", { method: "POST", body: { email: i % 2 ? "Same@X.test" : "same@x.test", password: "a fine password" } }));
+    expectNoServerErrors(responses);
+    expect(tally(responses)).toEqual({ 201: 1, 409: 19 });
+    for (const r of responses.filter((r) => r.status === 409)) expect(r.json.error.code).toBe("email_taken");
+    expect((await rows(t.uuid, "SELECT count(*) AS n FROM users WHERE email = 'same@x.test'"))[0].n).toBe(1);
+    expect(await audited(t, "user.create")).toBe(1);
+
+    // Two users renamed to one email at once: one 200, one 409; the audit log has the one.
+    const a = await addUser(t, "a@x.test", "member");
+    const b = await addUser(t, "b@x.test", "member");
+    const renames = await burst(2, (i) => authed(t.slug, t.token, `/api/users/${[a, b][i].id}`, { method: "PATCH", body: { email: "taken@x.test" } }));
+    expectNoServerErrors(renames);
+    expect(renames.map((r) => r.status).sort()).toEqual([200, 409]);
+    expect(renames.find((r) => r.status === 409)?.json.error.code).toBe("email_taken");
+    expect(await audited(t, "user.update")).toBe(1);
+  });
+
+  test("two admins demoting each other at once (with and without a password change): an admin always remains", { timeout: 120_000 }, async () => {
+    const t = await createTenant(freshSlug("cc-demote"));
+    const first = { id: (await authed(t.slug, t.token, "/api/me")).json.user.id, token: t.token };
+    const second = await addUser(t, "second@x.test", "admin");
+    const admins = [first, second];
+    let acknowledged = 0;
+    for (let round = 0; round < 10; round++) {
+      // Odd rounds change only the role: without the slow hash the requests overlap differently.
+      const body = (/** @type {number} */ i) => (round % 2 ? { role: "member" } : { role: "member", password: `new password ${round}-${i}` });
+      const responses = await burst(2, (i) => authed(t.slug, admins[i].token, `/api/users/${admins[1 - i].id}`, { method: "PATCH", body: body(i) }));
+      expectNoServerErrors(responses);
+      const remaining = await rows(t.uuid, "SELECT id FROM users WHERE role = 'admin'");
+      expect(remaining, `round ${round}: ${responses.map((r) => r.status)}`).toHaveLength(1);
+      // One demotion lands. The other is refused: 409 last_admin, or 403 when its admin was
+      // already demoted by the time their request was authenticated.
+      expect(responses.filter((r) => r.status === 200)).toHaveLength(1);
+      const refused = responses.find((r) => r.status !== 200);
+      expect([[409, "last_admin"], [403, "admin_required"]]).toContainEqual([refused?.status, refused?.json.error.code]);
+      acknowledged++;
+      // The admin left promotes the other again, for the next round.
+      const admin = admins.find((a) => a.id === remaining[0].id);
+      const other = admins.find((a) => a.id !== remaining[0].id);
+      const promote = await authed(t.slug, admin?.token ?? "", `/api/users/${other?.id}`, { method: "PATCH", body: { role: "admin" } });
+      expect(promote.status, promote.text).toBe(200);
+      acknowledged++;
+    }
+    expect(await audited(t, "user.update")).toBe(acknowledged);
+  });
+
+  test("admins deleting each other in a ring: an admin always remains; one user deleted by many: one 200", async () => {
+    const t = await createTenant(freshSlug("cc-delete"), { plan: "enterprise" });
+    const first = { id: (await authed(t.slug, t.token, "/api/me")).json.user.id, token: t.token };
+    const ring = [first];
+    for (let i = 1; i < 8; i++) ring.push(await addUser(t, `admin${i}@x.test`, "admin"));
+    // Each token verified and its user read once, so the burst's requests reach their handlers at once.
+    for (const a of ring) expect((await authed(t.slug, a.token, "/api/me")).status).toBe(200);
+    const responses = await burst(ring.length, (i) => authed(t.slug, ring[i].token, `/api/users/${ring[(i + 1) % ring.length].id}`, { method: "DELETE" }));
+    expectNoServerErrors(responses);
+    // An admin deleted before their own request was authenticated gets a 401 (and their
+    // victim survives); whatever the interleaving, at least one admin remains, a 409 is only
+    // ever the last admin's, and every 200 is a deleted admin with its audit row.
+    const counts = tally(responses);
+    expect(Object.keys(counts).every((s) => ["200", "401", "409"].includes(s)), JSON.stringify(counts)).toBe(true);
+    const remaining = await rows(t.uuid, "SELECT id FROM users WHERE role = 'admin'");
+    expect(remaining.length, JSON.stringify(counts)).toBeGreaterThanOrEqual(1);
+    expect(counts[200] ?? 0).toBe(ring.length - remaining.length);
+    expect(counts[409] ?? 0).toBeLessThanOrEqual(remaining.length === 1 ? 1 : 0);
+    for (const r of responses.filter((r) => r.status === 409)) expect(r.json.error.code).toBe("last_admin");
+    responses.forEach((r, i) => {
+      const victim = ring[(i + 1) % ring.length].id;
+      if (r.status === 200) expect(remaining.some((a) => a.id === victim)).toBe(false);
+    });
+    expect(await audited(t, "user.delete")).toBe(counts[200] ?? 0);
+
+    const survivor = ring.find((a) => a.id === remaining[0].id);
+    const member = await addUser(t, "member@x.test", "member", survivor?.token);
+    const deletes = await burst(10, () => authed(t.slug, survivor?.token ?? "", `/api/users/${member.id}`, { method: "DELETE" }));
+    expectNoServerErrors(deletes);
+    expect(tally(deletes)).toEqual({ 200: 1, 404: 9 });
+    expect(await audited(t, "user.delete", `user:${member.id}`)).toBe(1);
+  });
+});
+
+describe("projects", () => {
+  test("12 concurrent creates on a free tenant stop at the plan's 3", async () => {
+    const t = await createTenant(freshSlug("cc-proj"));
+    const responses = await burst(12, (i) => authed(t.slug, t.token, "/api/projects", { method: "POST", body: { name: `p${i}` } }));
+    expectNoServerErrors(responses);
+    expect(tally(responses)).toEqual({ 201: 3, 403: 9 });
+    for (const r of responses.filter((r) => r.status === 403)) expect(r.json.error.code).toBe("plan_limit_reached");
+    const names = (await rows(t.uuid, "SELECT name FROM projects")).map((p) => p.name);
+    expect(names).toHaveLength(3);
+    responses.forEach((r, i) => expect(names.includes(`p${i}`), `p${i}: ${r.status}`).toBe(r.status === 201));
+    expect(await audited(t, "project.create")).toBe(3);
+  });
+
+  test("20 PATCHes and 10 DELETEs of one project at once: one delete, no phantom audit rows", async () => {
+    const t = await createTenant(freshSlug("cc-pupd"), { plan: "enterprise" });
+    const id = (await authed(t.slug, t.token, "/api/projects", { method: "POST", body: { name: "contested" } })).json.project.id;
+    const responses = await burst(30, (i) =>
+      i % 3 === 0
+        ? authed(t.slug, t.token, `/api/projects/${id}`, { method: "DELETE" })
+        : authed(t.slug, t.token, `/api/projects/${id}`, { method: "PATCH", body: { description: `edit ${i}` } }));
+    expectNoServerErrors(responses);
+    const deletes = responses.filter((_, i) => i % 3 === 0);
+    const patches = responses.filter((_, i) => i % 3 !== 0);
+    expect(tally(deletes)).toEqual({ 200: 1, 404: 9 });
+    expect(patches.every((r) => r.status === 200 || r.status === 404)).toBe(true);
+    expect(await rows(t.uuid, "SELECT id FROM projects WHERE id = ?1", [id])).toEqual([]);
+    expect(await audited(t, "project.delete", `project:${id}`)).toBe(1);
+    expect(await audited(t, "project.update", `project:${id}`)).toBe(patches.filter((r) => r.status === 200).length);
+  });
+});
+
+describe("roles and settings", () => {
+  /** @type {Tenant} */
+  let t;
+  beforeAll(async () => {
+    t = await createTenant(freshSlug("cc-roles"));
+  });
+
+  test("20 concurrent creates of one role: one 201, the rest 409 role_exists", async () => {
+    const responses = await burst(20, (i) => authed(t.slug, t.token, "/api/roles", { method: "POST", body: { name: "reviewer", description: `try ${i}` } }));
+    expectNoServerErrors(responses);
+    expect(tally(responses)).toEqual({ 201: 1, 409: 19 });
+    for (const r of responses.filter((r) => r.status === 409)) expect(r.json.error.code).toBe("role_exists");
+    const stored = await rows(t.uuid, "SELECT description FROM roles WHERE name = 'reviewer'");
+    expect(stored).toHaveLength(1);
+    expect(stored[0].description).toBe(responses.find((r) => r.status === 201)?.json.role.description);
+    expect(await audited(t, "role.create", "role:reviewer")).toBe(1);
+  });
+
+  test("20 PATCHes and 10 DELETEs of one role at once: one delete, no phantom audit rows", async () => {
+    expect((await authed(t.slug, t.token, "/api/roles", { method: "POST", body: { name: "editor" } })).status).toBe(201);
+    const responses = await burst(30, (i) =>
+      i % 3 === 0
+        ? authed(t.slug, t.token, "/api/roles/editor", { method: "DELETE" })
+        : authed(t.slug, t.token, "/api/roles/editor", { method: "PATCH", body: { description: `edit ${i}` } }));
+    expectNoServerErrors(responses);
+    const deletes = responses.filter((_, i) => i % 3 === 0);
+    const patches = responses.filter((_, i) => i % 3 !== 0);
+    expect(tally(deletes)).toEqual({ 200: 1, 404: 9 });
+    expect(patches.every((r) => r.status === 200 || r.status === 404)).toBe(true);
+    expect(await rows(t.uuid, "SELECT name FROM roles WHERE name = 'editor'")).toEqual([]);
+    expect(await audited(t, "role.delete", "role:editor")).toBe(1);
+    expect(await audited(t, "role.update", "role:editor")).toBe(patches.filter((r) => r.status === 200).length);
+  });
+
+  test("30 concurrent settings PATCHes: all applied, one audit row each", async () => {
+    const responses = await burst(30, (i) => authed(t.slug, t.token, "/api/settings", { method: "PATCH", body: { [`key.${i}`]: i, shared: i } }));
+    expectNoServerErrors(responses);
+    expect(tally(responses)).toEqual({ 200: 30 });
+    const stored = Object.fromEntries((await rows(t.uuid, "SELECT key, value FROM settings")).map((s) => [s.key, JSON.parse(s.value)]));
+    for (let i = 0; i < 30; i++) expect(stored[`key.${i}`]).toBe(i);
+    expect(stored.shared).toBeGreaterThanOrEqual(0);
+    expect(stored.shared).toBeLessThan(30);
+    expect(await audited(t, "settings.update")).toBe(30);
+  });
+});
