@@ -5,11 +5,11 @@ import { createHmac } from "node:crypto";
 
 const b64 = (v) => Buffer.from(typeof v === "string" ? v : JSON.stringify(v)).toString("base64url");
 
-/** `masterKey` is `kid:secret`. */
-export function mint(masterKey, claims, { alg = "HS256", kid, sign = true } = {}) {
+/** `masterKey` is `kid:secret`; `header` adds fields to the token's header (e.g. `crit`). */
+export function mint(masterKey, claims, { alg = "HS256", kid, sign = true, header: extra = {} } = {}) {
   const [defaultKid, ...rest] = masterKey.split(":");
   const secret = rest.join(":");
-  const header = b64({ alg, kid: kid ?? defaultKid, typ: "JWT" });
+  const header = b64({ alg, kid: kid ?? defaultKid, typ: "JWT", ...extra });
   const payload = b64(claims);
   if (!sign) return `${header}.${payload}.`;
   const key = createHmac("sha256", secret).update(`tenantry/jwt/v1/${claims.tenant}`).digest();

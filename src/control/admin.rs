@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use worker::{Env, Method, Request, Response};
+use worker::{Env, Request, Response};
 
 use super::lifecycle::{CreateInput, Lifecycle, Progress};
 use super::store::{self, CreateStart, NewTenant, OperationRow, RoleWrite, TenantChanges, TenantRow};
@@ -31,12 +31,12 @@ use crate::core::lifecycle::{OperationKind, Plan, TenantStatus};
 use crate::core::names::{BindingName, DatabaseName};
 use crate::core::password;
 use crate::core::slug::TenantSlug;
-use crate::http::{self, ApiError};
+use crate::http::{self, ApiError, Method};
 
 pub async fn handle(req: &Request, env: &Env, path: &str) -> Result<Response, ApiError> {
     authenticate(req, env)?;
     let segments: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
-    let method = req.method();
+    let method = Method::of(req);
     match segments.as_slice() {
         ["tenants"] => match method {
             Method::Post => create(req, env).await,
@@ -107,9 +107,10 @@ fn authenticate(req: &Request, env: &Env) -> Result<(), ApiError> {
         }
         .inspect_log("secret ADMIN_TOKEN is not set")
     })?;
-    let header = req.headers().get("Authorization").ok().flatten().unwrap_or_default();
-    match header.strip_prefix("Bearer ") {
-        Some(token) if !expected.is_empty() && crate::crypto::secrets_equal(token, &expected) => Ok(()),
+    // The tenant API's parser: the scheme in any letter case (RFC 9110 §11.1).
+    let header = req.headers().get("Authorization").ok().flatten();
+    match crate::core::token::bearer(header.as_deref()) {
+        Ok(token) if !expected.is_empty() && crate::crypto::secrets_equal(token, &expected) => Ok(()),
         _ => Err(ApiError::Unauthorized { message: "a valid admin bearer token is required".into() }),
     }
 }

@@ -2,10 +2,10 @@
 //! reachable and migrated?) and the admin API under `/v1/` (see `admin`).
 
 use serde::Serialize;
-use worker::{Env, Method, Request, Response};
+use worker::{Env, Request, Response};
 
 use crate::core::migrations::{self, LedgerState};
-use crate::http::{self, ApiError};
+use crate::http::{self, ApiError, Method};
 
 pub mod admin;
 pub mod fleet;
@@ -16,7 +16,7 @@ pub mod store;
 pub const CONTROL_BINDING: &str = "CONTROL_DB";
 
 pub async fn handle(req: &Request, env: &Env) -> Result<Response, ApiError> {
-    match (req.method(), req.path().as_str()) {
+    match (Method::of(req), req.path().as_str()) {
         (Method::Get, "/healthz") => health(env).await,
         (_, "/healthz") => Err(http::method_not_allowed("GET")),
         (_, path) if path.starts_with("/v1/") => admin::handle(req, env, path).await,

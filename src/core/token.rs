@@ -9,6 +9,10 @@
 //! `alg` with the verifier's). Every token names its master key in `kid`; the key ring holds the
 //! current key and, during a rotation, the previous one, so tokens issued before the rotation stay
 //! valid until they expire (the grace period is how long the previous key stays configured).
+//!
+//! Besides the signature and `exp` (with a 30 s leeway), a token must carry `iat` (not in the
+//! future) and live at most [`TOKEN_TTL_SECONDS`] (`exp - iat`); an `nbf` must have been reached;
+//! and a header with `crit` is refused, since this service understands no extension.
 
 use chrono::{DateTime, Duration, Utc};
 use hmac::{Hmac, Mac};
@@ -114,6 +118,12 @@ pub enum AuthError {
     Signature,
     #[error("the token has expired")]
     Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token's lifetime is longer than this service issues, or unknown")]
+    Lifetime,
+    #[error("the token has a critical header extension this service does not understand")]
+    CriticalExtension,
     #[error("the token belongs to another tenant")]
     WrongTenant,
 }
@@ -167,9 +177,12 @@ impl KeyRing {
         routed: &TenantSlug,
         now_ms: i64,
     ) -> Result<(TenantClaims, i64), AuthError> {
-        let untrusted = UntrustedToken::new(token).map_err(|_| AuthError::Malformed)?;
+        let untrusted = UntrustedToken::<HeaderExtensions>::try_from(token).map_err(|_| AuthError::Malformed)?;
         if untrusted.algorithm() != "HS256" {
             return Err(AuthError::Algorithm);
+        }
+        if untrusted.header().other_fields.crit {
+            return Err(AuthError::CriticalExtension);
         }
         let kid = untrusted.header().key_id.as_deref().ok_or(AuthError::UnknownKey)?;
         let master = self.key(kid).ok_or(AuthError::UnknownKey)?;
@@ -185,16 +198,45 @@ impl KeyRing {
                 _ => AuthError::Malformed,
             })?;
         let options = TimeOptions::new(Duration::seconds(LEEWAY_SECONDS), move || at(now_ms));
-        verified.claims().validate_expiration(&options).map_err(|e| match e {
+        let checked = verified.claims();
+        checked.validate_expiration(&options).map_err(|e| match e {
             ValidationError::Expired => AuthError::Expired,
             _ => AuthError::Malformed,
         })?;
+        // `nbf` is optional; when present it must be reached (within the leeway).
+        if checked.not_before.is_some() {
+            checked.validate_maturity(&options).map_err(|_| AuthError::NotYetValid)?;
+        }
+        // `iat` is required, not in the future, and no token lives longer than `issue` makes them:
+        // a leaked signing key cannot mint tokens that outlive its rotation.
+        let issued = checked.issued_at.ok_or(AuthError::Lifetime)?;
+        let leeway = Duration::seconds(LEEWAY_SECONDS);
+        if issued > at(now_ms) + leeway {
+            return Err(AuthError::NotYetValid);
+        }
+        let expires = checked.expiration.ok_or(AuthError::Malformed)?;
+        if expires - issued > Duration::seconds(TOKEN_TTL_SECONDS) + leeway {
+            return Err(AuthError::Lifetime);
+        }
         if &tenant != routed {
             return Err(AuthError::WrongTenant);
         }
         let expires_ms = verified.claims().expiration.map_or(0, |e| e.timestamp_millis());
         Ok((verified.claims().custom.clone(), expires_ms))
     }
+}
+
+/// The header fields jwt-compact leaves to the application (`Header::other_fields`): only
+/// whether `crit` is there. We understand no extension, so a token naming any critical one is
+/// refused (RFC 7515 §4.1.11), whatever the list holds, `null` and `[]` included.
+#[derive(Debug, Clone, Deserialize)]
+struct HeaderExtensions {
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(value: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(value).map(|_| true)
 }
 
 /// Tokens an isolate has verified, so a client's next request with the same token costs a map
@@ -336,6 +378,81 @@ mod tests {
             p.as_object_mut().unwrap().remove("exp");
         });
         assert!(ring().verify(&no_exp, &slug("acme"), NOW).is_err());
+    }
+
+    /// A token signed like `issue` does, with `claims` and `header` as given (for the checks
+    /// `issue` itself never trips).
+    fn signed(header: serde_json::Value, claims: serde_json::Value) -> String {
+        use hmac::Mac;
+        let tenant = claims["tenant"].as_str().unwrap().to_owned();
+        let signing_input =
+            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let key = ring().current.tenant_key(&tenant);
+        let mut mac = Hmac::<Sha256>::new_from_slice(key.as_ref()).unwrap();
+        mac.update(signing_input.as_bytes());
+        format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    }
+
+    fn header() -> serde_json::Value {
+        serde_json::json!({ "alg": "HS256", "kid": "k2", "typ": "JWT" })
+    }
+
+    /// The claims of a fresh token for `acme` at `NOW`, `iat` and `exp` in seconds.
+    fn payload(iat: i64, exp: i64) -> serde_json::Value {
+        serde_json::json!({ "tenant": "acme", "db": "db-of-acme", "sub": 7, "role": "admin", "iat": iat, "exp": exp })
+    }
+
+    #[test]
+    fn the_test_signer_signs_like_issue() {
+        let now = NOW / 1000;
+        let token = signed(header(), payload(now, now + 60));
+        assert_eq!(ring().verify(&token, &slug("acme"), NOW), Ok(claims("acme")));
+    }
+
+    #[test]
+    fn a_token_not_valid_yet_is_refused_beyond_the_leeway() {
+        let now = NOW / 1000;
+        let with_nbf = |nbf: i64| {
+            let mut p = payload(now, now + 60);
+            p["nbf"] = nbf.into();
+            signed(header(), p)
+        };
+        assert_eq!(ring().verify(&with_nbf(now - 10), &slug("acme"), NOW), Ok(claims("acme")));
+        assert_eq!(ring().verify(&with_nbf(now + LEEWAY_SECONDS - 1), &slug("acme"), NOW), Ok(claims("acme")));
+        assert_eq!(ring().verify(&with_nbf(now + LEEWAY_SECONDS + 5), &slug("acme"), NOW), Err(AuthError::NotYetValid));
+        // Nor is one issued in the future.
+        let future = signed(header(), payload(now + 120, now + 180));
+        assert_eq!(ring().verify(&future, &slug("acme"), NOW), Err(AuthError::NotYetValid));
+    }
+
+    #[test]
+    fn a_critical_header_extension_is_refused() {
+        let now = NOW / 1000;
+        for crit in
+            [serde_json::json!(["exp"]), serde_json::json!(["x-ext"]), serde_json::json!([]), serde_json::Value::Null]
+        {
+            let mut h = header();
+            h["crit"] = crit.clone();
+            h["x-ext"] = true.into();
+            let token = signed(h, payload(now, now + 60));
+            assert_eq!(ring().verify(&token, &slug("acme"), NOW), Err(AuthError::CriticalExtension), "{crit}");
+        }
+        // Other header fields are not critical: ignored.
+        let mut h = header();
+        h["x-ext"] = true.into();
+        assert_eq!(ring().verify(&signed(h, payload(now, now + 60)), &slug("acme"), NOW), Ok(claims("acme")));
+    }
+
+    #[test]
+    fn a_token_living_longer_than_issued_ones_or_without_iat_is_refused() {
+        let now = NOW / 1000;
+        let longest = signed(header(), payload(now, now + TOKEN_TTL_SECONDS + LEEWAY_SECONDS));
+        assert_eq!(ring().verify(&longest, &slug("acme"), NOW), Ok(claims("acme")));
+        let day = signed(header(), payload(now, now + 86_400));
+        assert_eq!(ring().verify(&day, &slug("acme"), NOW), Err(AuthError::Lifetime));
+        let mut no_iat = payload(now, now + 60);
+        no_iat.as_object_mut().unwrap().remove("iat");
+        assert_eq!(ring().verify(&signed(header(), no_iat), &slug("acme"), NOW), Err(AuthError::Lifetime));
     }
 
     #[test]

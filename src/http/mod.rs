@@ -2,11 +2,13 @@
 //! JSON response. [`handle`] is the whole request path; `lib.rs` only calls it.
 
 pub mod error;
+mod method;
 
 use serde::Serialize;
 use worker::{Context, Env, Request, Response};
 
 pub use error::ApiError;
+pub use method::Method;
 
 use crate::core::config::Config;
 use crate::core::host::{self, Route};

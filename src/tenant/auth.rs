@@ -2,8 +2,12 @@
 //!
 //! Signing keys come from the secrets `JWT_SIGNING_KEY` (`kid:secret`, the current key) and, during
 //! a rotation, `JWT_SIGNING_KEY_PREVIOUS`; see `core::token` for the per-tenant derivation.
-//! Logins are throttled per tenant and email in the tenant's own database: after
-//! [`MAX_FAILURES`] failures within [`WINDOW_MS`], further attempts get 429 until the window ends.
+//! Logins are throttled per tenant and email in the tenant's own database: each attempt reserves
+//! its place in the current [`WINDOW_MS`] window (one atomic upsert) before the password is
+//! checked, and an attempt beyond the first [`MAX_FAILURES`] gets 429 until the window ends. So
+//! however many guesses arrive at once, at most [`MAX_FAILURES`] of them fail a password check
+//! per window. A successful sign-in gives back its own reservation (it is not a failure). Unknown
+//! emails take the same path: a reservation, and a check against a decoy hash.
 //!
 //! The token's user is read from the tenant database, then trusted by this isolate for
 //! [`USER_TTL_MS`] (the same window as the tenant lookup), so a hot request reads no user row: a
@@ -148,6 +152,33 @@ struct Attempts {
     failures: i64,
 }
 
+/// `{email, password}`, and nothing else.
+fn parse_login(body: &serde_json::Map<String, serde_json::Value>) -> Result<(String, String), ApiError> {
+    let mut fields = std::collections::BTreeMap::new();
+    let (mut email, mut password) = (None, None);
+    for (key, value) in body {
+        match (key.as_str(), value) {
+            ("email", serde_json::Value::String(e)) if !e.trim().is_empty() && e.len() <= 254 => {
+                email = Some(e.trim().to_owned())
+            }
+            ("password", serde_json::Value::String(p)) if !p.is_empty() && p.len() <= 256 => password = Some(p.clone()),
+            // A bad value is reported as missing, below.
+            ("email" | "password", _) => {}
+            _ => drop(fields.insert(key.clone(), "is not a known field".to_owned())),
+        }
+    }
+    if email.is_none() {
+        fields.insert("email".to_owned(), "is required: a string".to_owned());
+    }
+    if password.is_none() {
+        fields.insert("password".to_owned(), "is required: a string of at most 256 bytes".to_owned());
+    }
+    match (email, password) {
+        (Some(email), Some(password)) if fields.is_empty() => Ok((email, password)),
+        _ => Err(ApiError::invalid_fields(fields)),
+    }
+}
+
 pub async fn login(
     req: &Request,
     env: &Env,
@@ -155,43 +186,33 @@ pub async fn login(
     record: &TenantRecord,
     request_id: &str,
 ) -> Result<Response, ApiError> {
-    let body = http::read_json(req).await?;
-    let mut fields = std::collections::BTreeMap::new();
-    let email = match body.get("email") {
-        Some(serde_json::Value::String(e)) if !e.trim().is_empty() && e.len() <= 254 => Some(e.trim().to_owned()),
-        _ => {
-            fields.insert("email".to_owned(), "is required: a string".to_owned());
-            None
-        }
-    };
-    let password = match body.get("password") {
-        Some(serde_json::Value::String(p)) if !p.is_empty() && p.len() <= 256 => Some(p.clone()),
-        _ => {
-            fields.insert("password".to_owned(), "is required: a string of at most 256 bytes".to_owned());
-            None
-        }
-    };
-    let (Some(email), Some(password)) = (email, password) else {
-        return Err(ApiError::invalid_fields(fields));
-    };
+    let (email, password) = parse_login(&http::read_json(req).await?)?;
     let ring = key_ring(env)?;
     let db = tenant.db();
     let now = now_ms();
 
-    let attempts: Option<Attempts> = db
-        .prepare("SELECT window_start, failures FROM login_attempts WHERE email = ?1")
-        .bind(&[JsValue::from_str(&email)])?
+    // Reserve this attempt before the password check, in one statement: a new window when the
+    // old one is over, else one more attempt in it. A burst of concurrent guesses gets numbers
+    // 1, 2, 3...; only the first MAX_FAILURES are checked. Known and unknown emails alike.
+    let reserved: Attempts = db
+        .prepare(
+            "INSERT INTO login_attempts (email, window_start, failures) VALUES (?1, ?2, 1) \
+             ON CONFLICT (email) DO UPDATE SET \
+             failures = CASE WHEN window_start + ?3 <= ?2 THEN 1 ELSE failures + 1 END, \
+             window_start = CASE WHEN window_start + ?3 <= ?2 THEN ?2 ELSE window_start END \
+             RETURNING window_start, failures",
+        )
+        .bind(&[JsValue::from_str(&email), JsValue::from(now as f64), JsValue::from(WINDOW_MS as f64)])?
         .first(None)
-        .await?;
-    if let Some(a) = &attempts {
-        let remaining = a.window_start + WINDOW_MS - now;
-        if a.failures >= MAX_FAILURES && remaining > 0 {
-            return Err(ApiError::TooManyRequests {
-                code: "too_many_attempts",
-                message: "too many failed sign-ins for this email; try again later".into(),
-                retry_after: (remaining / 1000 + 1) as u32,
-            });
-        }
+        .await?
+        .ok_or_else(|| ApiError::internal("the login attempt upsert returned no row"))?;
+    if reserved.failures > MAX_FAILURES {
+        let remaining = reserved.window_start + WINDOW_MS - now;
+        return Err(ApiError::TooManyRequests {
+            code: "too_many_attempts",
+            message: "too many failed sign-ins for this email; try again later".into(),
+            retry_after: (remaining.max(0) / 1000 + 1) as u32,
+        });
     }
 
     let user: Option<LoginUser> = db
@@ -207,17 +228,8 @@ pub async fn login(
         }
     };
     let Some(user) = user.filter(|_| ok) else {
-        // A new window when the old one is over; else one more failure in it.
-        let record = db
-            .prepare(
-                "INSERT INTO login_attempts (email, window_start, failures) VALUES (?1, ?2, 1) \
-                 ON CONFLICT (email) DO UPDATE SET \
-                 failures = CASE WHEN window_start + ?3 <= ?2 THEN 1 ELSE failures + 1 END, \
-                 window_start = CASE WHEN window_start + ?3 <= ?2 THEN ?2 ELSE window_start END",
-            )
-            .bind(&[JsValue::from_str(&email), JsValue::from(now as f64), JsValue::from(WINDOW_MS as f64)])?;
-        let audit = audit_statement(db, None, "login.failed", &format!("email:{email}"), request_id, &json!({}))?;
-        db.batch(vec![record, audit]).await?;
+        // The reservation stays: it was a failure.
+        audit_statement(db, None, "login.failed", &format!("email:{email}"), request_id, &json!({}))?.run().await?;
         return Err(ApiError::Unauthorized { message: "the email or password is wrong".into() });
     };
 
@@ -227,8 +239,13 @@ pub async fn login(
     let claims = TenantClaims { tenant: tenant.slug().to_string(), db: database, sub: user.id, role };
     let (token, expires_at) = ring.issue(&claims, now);
     let actor = AuthUser { id: user.id, email: user.email.clone(), role: user.role.clone() };
+    // A success gives back this attempt's reservation only (in its window), never the others':
+    // wiping the counter would let a burst that holds the right password check more guesses.
+    let refund = db
+        .prepare("UPDATE login_attempts SET failures = MAX(failures - 1, 0) WHERE email = ?1 AND window_start = ?2")
+        .bind(&[JsValue::from_str(&email), JsValue::from(reserved.window_start as f64)])?;
     db.batch(vec![
-        db.prepare("DELETE FROM login_attempts WHERE email = ?1").bind(&[JsValue::from_str(&email)])?,
+        refund,
         audit_statement(db, Some(&actor), "login", &format!("user:{}", user.id), request_id, &json!({}))?,
     ])
     .await?;

@@ -3,11 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::JsValue;
-use worker::{D1Database, D1PreparedStatement, Request, Response};
+use worker::{D1Database, D1PreparedStatement, D1Result, Request, Response};
 
 use super::registry::TenantRecord;
 use super::TenantDb;
 use crate::core::lifecycle::Plan;
+use crate::core::plans::{self, Resource};
 use crate::core::slug::TenantSlug;
 use crate::core::token::Role;
 use crate::http::{self, ApiError};
@@ -148,6 +149,22 @@ impl TenantContext {
         Ok(self.db().prepare(sql).first::<N>(None).await?.map_or(0, |r| r.n))
     }
 
+    /// The 403 for a create that the plan's limit on `resource` refused (decided by the insert
+    /// itself), naming the limit and the count now.
+    pub async fn plan_limit_reached(&self, resource: Resource) -> Result<ApiError, ApiError> {
+        // A limited resource's name is its table's.
+        let current = self.count(&format!("SELECT count(*) AS n FROM {}", resource.as_str())).await?;
+        let plan = self.plan();
+        let reached = plans::check_add(plan, resource, current).err().unwrap_or(plans::LimitReached {
+            // Room again by now (a delete since): the refusal stands for the moment it was made.
+            plan: plan.as_str(),
+            resource: resource.as_str(),
+            limit: plans::limit(plan, resource).unwrap_or(u32::MAX),
+            current,
+        });
+        Ok(ApiError::Forbidden { code: "plan_limit_reached", message: reached.to_string() })
+    }
+
     pub fn request_id(&self) -> &str {
         &self.request_id
     }
@@ -161,6 +178,85 @@ impl TenantContext {
     ) -> Result<D1PreparedStatement, ApiError> {
         audit_statement(self.db(), Some(&self.user), action, target, &self.request_id, detail)
     }
+
+    /// An audit row written only if the statement just before it in the same batch changed a
+    /// row (SQLite's `changes()`, which D1 keeps across the statements of a batch). A write whose
+    /// rule refused it, or whose row is gone, leaves no audit row.
+    pub fn audit_if_changed(
+        &self,
+        action: &str,
+        target: &str,
+        detail: &serde_json::Value,
+    ) -> Result<D1PreparedStatement, ApiError> {
+        let [actor_id, actor_email, action, target, request_id, detail] =
+            audit_values(Some(&self.user), action, target, &self.request_id, detail);
+        Ok(self.db().prepare(format!("{AUDIT_INSERT} SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE changes() > 0")).bind(&[
+            actor_id,
+            actor_email,
+            action,
+            target,
+            request_id,
+            detail,
+        ])?)
+    }
+
+    /// An audit row for each row `rows` selects (`FROM <table> WHERE <rule>`, taking `params` as
+    /// ?1, ?2, ...), its detail the SQL expression `detail` over that row. Put it just before the
+    /// statement that deletes those rows under the same rule, in the same batch: both see the same
+    /// state, so the row is written exactly when the deletion happens and can still say what was
+    /// deleted.
+    pub fn audit_rows(
+        &self,
+        action: &str,
+        target: &str,
+        detail: &str,
+        rows: &str,
+        params: &[JsValue],
+    ) -> Result<D1PreparedStatement, ApiError> {
+        let [actor_id, actor_email, action, target, request_id, _] =
+            audit_values(Some(&self.user), action, target, &self.request_id, &serde_json::Value::Null);
+        let n = params.len();
+        let sql = format!(
+            "{AUDIT_INSERT} SELECT ?{}, ?{}, ?{}, ?{}, ?{}, {detail} {rows}",
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4,
+            n + 5
+        );
+        let mut values = params.to_vec();
+        values.extend([actor_id, actor_email, action, target, request_id]);
+        Ok(self.db().prepare(sql).bind(&values)?)
+    }
+}
+
+/// The row a batch's statement `index` returned (`... RETURNING`), if it returned one: a
+/// conditional write that its rule refused returns none.
+pub fn returned<T: serde::de::DeserializeOwned>(results: &[D1Result], index: usize) -> Result<Option<T>, ApiError> {
+    let Some(result) = results.get(index) else {
+        return Err(ApiError::internal(format!("the batch has no result {index}")));
+    };
+    Ok(result.results::<T>()?.pop())
+}
+
+const AUDIT_INSERT: &str = "INSERT INTO audit_log (actor_id, actor_email, action, target, request_id, detail)";
+
+/// The six values of an audit row, in `AUDIT_INSERT`'s order.
+fn audit_values(
+    actor: Option<&AuthUser>,
+    action: &str,
+    target: &str,
+    request_id: &str,
+    detail: &serde_json::Value,
+) -> [JsValue; 6] {
+    [
+        actor.map_or(JsValue::NULL, |a| JsValue::from(a.id as f64)),
+        actor.map_or(JsValue::NULL, |a| JsValue::from_str(&a.email)),
+        JsValue::from_str(action),
+        JsValue::from_str(target),
+        JsValue::from_str(request_id),
+        JsValue::from_str(&detail.to_string()),
+    ]
 }
 
 pub(super) fn audit_statement(
@@ -171,14 +267,9 @@ pub(super) fn audit_statement(
     request_id: &str,
     detail: &serde_json::Value,
 ) -> Result<D1PreparedStatement, ApiError> {
-    Ok(db.prepare("INSERT INTO audit_log (actor_id, actor_email, action, target, request_id, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)").bind(&[
-        actor.map_or(JsValue::NULL, |a| JsValue::from(a.id as f64)),
-        actor.map_or(JsValue::NULL, |a| JsValue::from_str(&a.email)),
-        JsValue::from_str(action),
-        JsValue::from_str(target),
-        JsValue::from_str(request_id),
-        JsValue::from_str(&detail.to_string()),
-    ])?)
+    Ok(db
+        .prepare(format!("{AUDIT_INSERT} VALUES (?1, ?2, ?3, ?4, ?5, ?6)"))
+        .bind(&audit_values(actor, action, target, request_id, detail))?)
 }
 
 #[derive(Serialize, Deserialize)]

@@ -18,7 +18,8 @@ mod settings;
 mod users;
 
 use serde::Deserialize;
-use worker::{Context, D1Database, Env, Method, Request, Response};
+use wasm_bindgen::JsValue;
+use worker::{Context, D1Database, Env, Request, Response};
 
 pub use context::TenantContext;
 
@@ -26,7 +27,7 @@ use crate::core::lifecycle::TenantStatus;
 use crate::core::migrations::{self, LedgerState};
 use crate::core::names::BindingName;
 use crate::core::slug::TenantSlug;
-use crate::http::{self, ApiError};
+use crate::http::{self, ApiError, Method};
 
 /// Seconds a client should wait before retrying when the tenant is not ready.
 const RETRY_AFTER_SECONDS: u32 = 5;
@@ -123,7 +124,7 @@ async fn serve(
 
     // The one unauthenticated tenant route.
     if segments == ["api", "auth", "login"] {
-        return match req.method() {
+        return match Method::of(req) {
             Method::Post => auth::login(req, env, &tenant, &record, request_id).await,
             _ => Err(http::method_not_allowed("POST")),
         };
@@ -135,8 +136,7 @@ async fn serve(
 /// The tenant API's routes.
 async fn route(ctx: &TenantContext, req: &Request, segments: &[&str]) -> Result<Response, ApiError> {
     use Method::*;
-    let method = req.method();
-    match (segments, method) {
+    match (segments, Method::of(req)) {
         (["api", "me"], Get) => users::me(ctx).await,
         (["api", "tenant"], Get) => tenant_info(ctx).await,
         (["api", "users"], Get) => users::list(ctx, req).await,
@@ -256,7 +256,10 @@ impl TenantDb {
             // Behind this Worker's code: migrate on demand, through the binding (never the REST API),
             // each migration atomic. If that fails the tenant is not served with the wrong schema.
             LedgerState::Behind { pending } => match migrate::apply_pending(&db).await {
-                Ok(_) => Ok(Self { slug, db, applied: migrations::TENANT.iter().map(|m| m.name.to_owned()).collect() }),
+                Ok(version) => {
+                    record_migrated(env, &slug, version).await;
+                    Ok(Self { slug, db, applied: migrations::TENANT.iter().map(|m| m.name.to_owned()).collect() })
+                }
                 Err(e) => {
                     worker::console_error!("tenant {slug}: on-demand migration of {pending:?} failed: {e}");
                     Err(ApiError::Unavailable {
@@ -278,6 +281,24 @@ impl TenantDb {
 
     fn db(&self) -> &D1Database {
         &self.db
+    }
+}
+
+/// Records in the control plane that `slug` was migrated on demand to `version`, so the fleet's
+/// status (and the next `/v1/migrations/apply`) see it at once. The tenant is served either way:
+/// a failure here is logged, and the next fleet run records the version.
+async fn record_migrated(env: &Env, slug: &TenantSlug, version: usize) {
+    let recorded = async {
+        env.d1(crate::control::CONTROL_BINDING)?
+            .prepare(
+                "UPDATE tenants SET schema_version = MAX(schema_version, ?2), migration_error = NULL WHERE slug = ?1",
+            )
+            .bind(&[JsValue::from_str(slug.as_str()), JsValue::from(version as f64)])?
+            .run()
+            .await
+    };
+    if let Err(e) = recorded.await {
+        worker::console_error!("tenant {slug}: migrated on demand to {version}, but recording it failed: {e}");
     }
 }
 

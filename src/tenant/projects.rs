@@ -1,4 +1,6 @@
-//! `/api/projects`: the sample resource every user of a tenant can read and change.
+//! `/api/projects`: the sample resource every user of a tenant can read and change. The plan's
+//! project limit is decided by the insert itself, and each write's audit row is written in the
+//! same batch only if the write happened, so both hold under concurrent requests.
 
 use std::collections::BTreeMap;
 
@@ -7,6 +9,7 @@ use serde_json::{json, Map, Value};
 use wasm_bindgen::JsValue;
 use worker::{Request, Response};
 
+use super::context::returned;
 use super::users::parse_id;
 use super::TenantContext;
 use crate::core::plans::{self, Resource};
@@ -76,28 +79,26 @@ pub async fn create(ctx: &TenantContext, req: &Request) -> Result<Response, ApiE
     let body = http::read_json(req).await?;
     let (name, description) = parse(&body, true)?;
     let name = name.ok_or_else(|| ApiError::internal("validated name missing"))?;
-    let current = ctx.count("SELECT count(*) AS n FROM projects").await?;
-    plans::check_add(ctx.plan(), Resource::Projects, current)
-        .map_err(|e| ApiError::Forbidden { code: "plan_limit_reached", message: e.to_string() })?;
+    // The plan's limit (NULL: unlimited) is decided by the insert itself.
+    let limit = plans::limit(ctx.plan(), Resource::Projects);
     let db = ctx.db();
     let insert = db
         .prepare(format!(
-            "INSERT INTO projects (name, description, created_by) VALUES (?1, ?2, ?3) RETURNING {COLUMNS}"
+            "INSERT INTO projects (name, description, created_by) SELECT ?1, ?2, ?3 \
+             WHERE ?4 IS NULL OR (SELECT count(*) FROM projects) < ?4 RETURNING {COLUMNS}"
         ))
         .bind(&[
             JsValue::from_str(&name),
             JsValue::from_str(description.as_deref().unwrap_or("")),
             JsValue::from(ctx.user().id as f64),
+            limit.map_or(JsValue::NULL, JsValue::from),
         ])?;
-    let audit = ctx.audit("project.create", &format!("project:{name}"), &json!({ "name": name }))?;
+    let audit = ctx.audit_if_changed("project.create", &format!("project:{name}"), &json!({ "name": name }))?;
     let results = db.batch(vec![insert, audit]).await?;
-    let project = results
-        .first()
-        .map(|r| r.results::<Project>())
-        .transpose()?
-        .and_then(|mut v| v.pop())
-        .ok_or_else(|| ApiError::internal("insert returned no row"))?;
-    http::json(201, &json!({ "project": project }))
+    match returned::<Project>(&results, 0)? {
+        Some(project) => http::json(201, &json!({ "project": project })),
+        None => Err(ctx.plan_limit_reached(Resource::Projects).await?),
+    }
 }
 
 /// `GET /api/projects/{id}`
@@ -111,28 +112,32 @@ pub async fn update(ctx: &TenantContext, req: &Request, id: &str) -> Result<Resp
     let id = parse_id(id, not_found)?;
     let body = http::read_json(req).await?;
     let (name, description) = parse(&body, false)?;
-    find(ctx, id).await?;
     let opt = |v: Option<&str>| v.map_or(JsValue::NULL, JsValue::from_str);
     let db = ctx.db();
     let update = db
-        .prepare(
+        .prepare(format!(
             "UPDATE projects SET name = COALESCE(?2, name), description = COALESCE(?3, description), \
-             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
-        )
+             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1 RETURNING {COLUMNS}"
+        ))
         .bind(&[JsValue::from(id as f64), opt(name.as_deref()), opt(description.as_deref())])?;
     let changed: Vec<&str> = body.keys().map(String::as_str).collect();
-    let audit = ctx.audit("project.update", &format!("project:{id}"), &json!({ "fields": changed }))?;
-    db.batch(vec![update, audit]).await?;
-    http::json(200, &json!({ "project": find(ctx, id).await? }))
+    let audit = ctx.audit_if_changed("project.update", &format!("project:{id}"), &json!({ "fields": changed }))?;
+    let results = db.batch(vec![update, audit]).await?;
+    // No row: the project does not exist (or was deleted meanwhile).
+    let project = returned::<Project>(&results, 0)?.ok_or_else(not_found)?;
+    http::json(200, &json!({ "project": project }))
 }
 
 /// `DELETE /api/projects/{id}`
 pub async fn delete(ctx: &TenantContext, id: &str) -> Result<Response, ApiError> {
     let id = parse_id(id, not_found)?;
-    let project = find(ctx, id).await?;
+    const ROW: &str = "FROM projects WHERE id = ?1";
     let db = ctx.db();
-    let delete = db.prepare("DELETE FROM projects WHERE id = ?1").bind(&[JsValue::from(id as f64)])?;
-    let audit = ctx.audit("project.delete", &format!("project:{id}"), &json!({ "name": project.name }))?;
-    db.batch(vec![delete, audit]).await?;
+    let params = [JsValue::from(id as f64)];
+    let audit =
+        ctx.audit_rows("project.delete", &format!("project:{id}"), "json_object('name', name)", ROW, &params)?;
+    let delete = db.prepare(format!("DELETE {ROW} RETURNING id")).bind(&params)?;
+    let results = db.batch(vec![audit, delete]).await?;
+    returned::<serde_json::Value>(&results, 1)?.ok_or_else(not_found)?;
     http::json(200, &json!({ "deleted": { "project": id } }))
 }

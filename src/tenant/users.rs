@@ -1,5 +1,7 @@
 //! `/api/me` and `/api/users`: a tenant's users. Only admins manage users; a user may read
-//! themself. The last admin can be neither demoted nor deleted.
+//! themself. The last admin can be neither demoted nor deleted, and the plan's user limit
+//! holds: each rule is decided by the write it guards, in one statement, so it holds under
+//! concurrent requests too. The audit row is written in the same batch, only if the write was.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +10,7 @@ use serde_json::{json, Map, Value};
 use wasm_bindgen::JsValue;
 use worker::{Request, Response};
 
+use super::context::returned;
 use super::TenantContext;
 use crate::control::admin::valid_email;
 use crate::core::password;
@@ -126,26 +129,46 @@ pub async fn create(ctx: &TenantContext, req: &Request) -> Result<Response, ApiE
         unreachable!("checked by parse_changes")
     };
     let role = changes.role.unwrap_or(Role::Member);
-    let current = ctx.count("SELECT count(*) AS n FROM users").await?;
-    plans::check_add(ctx.plan(), Resource::Users, current)
-        .map_err(|e| ApiError::Forbidden { code: "plan_limit_reached", message: e.to_string() })?;
+    // The slow part (PBKDF2) first; the rules are decided by the insert itself: under the plan's
+    // limit (NULL: unlimited) and the email not taken, or no row.
     let hash = crate::crypto::hash_password(&password).await?;
+    let limit = plans::limit(ctx.plan(), Resource::Users);
     let db = ctx.db();
     let insert = db
-        .prepare(format!("INSERT INTO users (email, password_hash, role) VALUES (?1, ?2, ?3) RETURNING {COLUMNS}"))
-        .bind(&[JsValue::from_str(&email), JsValue::from_str(&hash), JsValue::from_str(role.as_str())])?;
-    let audit = ctx.audit("user.create", &format!("email:{email}"), &json!({ "role": role.as_str() }))?;
-    let results =
-        db.batch(vec![insert, audit])
-            .await
-            .map_err(|e| if is_unique_violation(&e) { email_taken() } else { e.into() })?;
-    let user = results
-        .first()
-        .map(|r| r.results::<User>())
-        .transpose()?
-        .and_then(|mut v| v.pop())
-        .ok_or_else(|| ApiError::internal("insert returned no row"))?;
-    http::json(201, &json!({ "user": user }))
+        .prepare(format!(
+            "INSERT INTO users (email, password_hash, role) SELECT ?1, ?2, ?3 \
+             WHERE ?4 IS NULL OR (SELECT count(*) FROM users) < ?4 \
+             ON CONFLICT (email) DO NOTHING RETURNING {COLUMNS}"
+        ))
+        .bind(&[
+            JsValue::from_str(&email),
+            JsValue::from_str(&hash),
+            JsValue::from_str(role.as_str()),
+            limit.map_or(JsValue::NULL, JsValue::from),
+        ])?;
+    let audit = ctx.audit_if_changed("user.create", &format!("email:{email}"), &json!({ "role": role.as_str() }))?;
+    let results = db.batch(vec![insert, audit]).await.map_err(unique_to(email_taken))?;
+    match returned::<User>(&results, 0)? {
+        Some(user) => http::json(201, &json!({ "user": user })),
+        None if email_exists(ctx, &email).await? => Err(email_taken()),
+        None => Err(ctx.plan_limit_reached(Resource::Users).await?),
+    }
+}
+
+async fn email_exists(ctx: &TenantContext, email: &str) -> Result<bool, ApiError> {
+    let row: Option<Value> = ctx
+        .db()
+        .prepare("SELECT 1 AS found FROM users WHERE email = ?1")
+        .bind(&[JsValue::from_str(email)])?
+        .first(None)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Maps a UNIQUE violation (a conflict that can still surface, e.g. a PATCH to a taken email)
+/// to `conflict`, anything else to a 500.
+fn unique_to(conflict: fn() -> ApiError) -> impl Fn(worker::Error) -> ApiError {
+    move |e| if is_unique_violation(&e) { conflict() } else { e.into() }
 }
 
 /// `PATCH /api/users/{id}` (admins): `{email?, password?, role?}`
@@ -154,50 +177,60 @@ pub async fn update(ctx: &TenantContext, req: &Request, id: &str) -> Result<Resp
     let id = parse_id(id, not_found)?;
     let body = http::read_json(req).await?;
     let changes = parse_changes(&body, false)?;
-    let user = find(ctx, id).await?;
-    if changes.role == Some(Role::Member)
-        && user.role == "admin"
-        && ctx.count("SELECT count(*) AS n FROM users WHERE role = 'admin'").await? <= 1
-    {
-        return Err(ApiError::Conflict {
-            code: "last_admin",
-            message: "the tenant's last admin cannot be demoted".into(),
-        });
-    }
     let hash = match &changes.password {
         Some(p) => Some(crate::crypto::hash_password(p).await?),
         None => None,
     };
     let opt = |v: Option<&str>| v.map_or(JsValue::NULL, JsValue::from_str);
     let db = ctx.db();
+    // "The last admin cannot be demoted" is decided by the update itself (two admins demoting
+    // each other at once: the second finds one admin left). `?4 IS 'member'`: NULL-safe.
     let update = db
-        .prepare(
-            "UPDATE users SET email = COALESCE(?2, email), password_hash = COALESCE(?3, password_hash), role = COALESCE(?4, role), \
-             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
-        )
-        .bind(&[JsValue::from(id as f64), opt(changes.email.as_deref()), opt(hash.as_deref()), opt(changes.role.map(Role::as_str))])?;
+        .prepare(format!(
+            "UPDATE users SET email = COALESCE(?2, email), password_hash = COALESCE(?3, password_hash), \
+             role = COALESCE(?4, role), updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+             WHERE id = ?1 AND NOT (?4 IS 'member' AND role = 'admin' \
+             AND (SELECT count(*) FROM users WHERE role = 'admin') <= 1) RETURNING {COLUMNS}"
+        ))
+        .bind(&[
+            JsValue::from(id as f64),
+            opt(changes.email.as_deref()),
+            opt(hash.as_deref()),
+            opt(changes.role.map(Role::as_str)),
+        ])?;
     let changed: Vec<&str> = body.keys().map(String::as_str).collect();
-    let audit = ctx.audit("user.update", &format!("user:{id}"), &json!({ "fields": changed }))?;
-    db.batch(vec![update, audit]).await.map_err(|e| if is_unique_violation(&e) { email_taken() } else { e.into() })?;
+    let audit = ctx.audit_if_changed("user.update", &format!("user:{id}"), &json!({ "fields": changed }))?;
+    let results = db.batch(vec![update, audit]).await.map_err(unique_to(email_taken))?;
     ctx.forget_user(id);
-    http::json(200, &json!({ "user": find(ctx, id).await? }))
+    match returned::<User>(&results, 0)? {
+        Some(user) => http::json(200, &json!({ "user": user })),
+        // No row: the user is gone (404 from `find`), or they are the last admin.
+        None => {
+            find(ctx, id).await?;
+            Err(ApiError::Conflict { code: "last_admin", message: "the tenant's last admin cannot be demoted".into() })
+        }
+    }
 }
 
 /// `DELETE /api/users/{id}` (admins)
 pub async fn delete(ctx: &TenantContext, id: &str) -> Result<Response, ApiError> {
     ctx.require_admin()?;
     let id = parse_id(id, not_found)?;
-    let user = find(ctx, id).await?;
-    if user.role == "admin" && ctx.count("SELECT count(*) AS n FROM users WHERE role = 'admin'").await? <= 1 {
+    // The rule, decided by the delete itself: not the tenant's last admin.
+    const RULE: &str =
+        "FROM users WHERE id = ?1 AND (role != 'admin' OR (SELECT count(*) FROM users WHERE role = 'admin') > 1)";
+    let db = ctx.db();
+    let params = [JsValue::from(id as f64)];
+    let audit = ctx.audit_rows("user.delete", &format!("user:{id}"), "json_object('email', email)", RULE, &params)?;
+    let delete = db.prepare(format!("DELETE {RULE} RETURNING id")).bind(&params)?;
+    let results = db.batch(vec![audit, delete]).await?;
+    ctx.forget_user(id);
+    if returned::<Value>(&results, 1)?.is_none() {
+        find(ctx, id).await?;
         return Err(ApiError::Conflict {
             code: "last_admin",
             message: "the tenant's last admin cannot be deleted".into(),
         });
     }
-    let db = ctx.db();
-    let delete = db.prepare("DELETE FROM users WHERE id = ?1").bind(&[JsValue::from(id as f64)])?;
-    let audit = ctx.audit("user.delete", &format!("user:{id}"), &json!({ "email": user.email }))?;
-    db.batch(vec![delete, audit]).await?;
-    ctx.forget_user(id);
     http::json(200, &json!({ "deleted": { "user": id } }))
 }

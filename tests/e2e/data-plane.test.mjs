@@ -96,6 +96,8 @@ describe("sign-in and tokens", () => {
     expect(unknown.status).toBe(401);
     expect(unknown.json.error.message).toBe(wrong.json.error.message);
     expect((await request(host, "/api/auth/login", { method: "POST", body: { email: 1 } })).status).toBe(422);
+    const extra = await request(host, "/api/auth/login", { method: "POST", body: { email: t.email, password: ADMIN_PASSWORD, remember: true } });
+    expect([extra.status, extra.json.error.fields]).toEqual([422, { remember: "is not a known field" }]);
     expect((await request(host, "/api/auth/login", { method: "POST", body: "{" })).status).toBe(400);
     expect((await request(host, "/api/auth/login")).status).toBe(405);
   });

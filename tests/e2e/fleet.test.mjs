@@ -88,9 +88,15 @@ test("a tenant behind the code is migrated on its first request (through its bin
   const t = fleet[20];
   await rollBack(t);
   await redeploy();
+  const before = await admin("GET", "/v1/migrations/status");
   const res = await authed(t.slug, t.token, "/api/projects");
   expect(res.status, res.text).toBe(200);
   expect(await ledger(t)).toContain(NEWEST);
+  // Recorded in the control plane at once, not at the next fleet run.
+  const [row] = (await sql(stack.controlDatabaseId, "SELECT schema_version, migration_error FROM tenants WHERE slug = ?1", [t.slug]))[0].results;
+  expect(row).toEqual({ schema_version: LATEST, migration_error: null });
+  const after = await admin("GET", "/v1/migrations/status");
+  expect(after.json.behind).toBe(before.json.behind - 1);
 });
 
 test("the admin API validates fan-out parameters", async () => {

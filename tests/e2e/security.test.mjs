@@ -113,3 +113,60 @@ test(`cross-tenant fuzz over ${TENANTS} tenants`, { timeout: 300_000 }, async ()
   console.log(`security fuzz: ${cases} cases (${TENANTS} tenants × ${endpoints(tenants[0]).length} endpoints × 9 variants), ${failures.length} failures`);
   expect(failures).toEqual([]);
 });
+
+test("methods outside the routes' own are 405 with Allow, on the tenant and the admin API alike", async () => {
+  const t = tenants[0];
+  const host = `${t.slug}.localhost`;
+  const auth = { authorization: `Bearer ${t.token}` };
+  // workers-rs reads an unknown method as GET: these must not be served as one.
+  const cases = [
+    [host, "/api/projects", "GET, POST"],
+    [host, `/api/projects/${t.projectId}`, "GET, PATCH, DELETE"],
+    [host, "/api/settings", "GET, PATCH"],
+    [host, "/api/me", "GET"],
+    [host, "/api/auth/login", "POST"],
+    ["localhost", "/healthz", "GET"],
+    ["localhost", "/v1/tenants", "GET, POST"],
+    ["localhost", `/v1/tenants/${t.slug}`, "GET, PATCH, DELETE"],
+  ];
+  for (const [h, path, allow] of cases) {
+    for (const method of ["PROPFIND", "PURGE", "SEARCH"]) {
+      const headers = h === "localhost" ? { authorization: `Bearer ${stack.adminToken}` } : auth;
+      const res = await request(h, path, { method, headers });
+      expect([res.status, res.json?.error?.code, res.headers.allow], `${method} ${h}${path}`).toEqual([405, "method_not_allowed", allow]);
+    }
+  }
+});
+
+test("the admin API reads the Bearer scheme in any letter case, as the tenant API does", async () => {
+  for (const scheme of ["Bearer", "bearer", "BEARER"]) {
+    const res = await request("localhost", `/v1/tenants/${tenants[0].slug}`, { headers: { authorization: `${scheme} ${stack.adminToken}` } });
+    expect(res.status, scheme).toBe(200);
+    const tenant = await request(`${tenants[0].slug}.localhost`, "/api/me", { headers: { authorization: `${scheme} ${tenants[0].token}` } });
+    expect(tenant.status, scheme).toBe(200);
+  }
+  expect((await request("localhost", "/v1/tenants", { headers: { authorization: `bearer wrong-${stack.adminToken}` } })).status).toBe(401);
+  expect((await request("localhost", "/v1/tenants", { headers: { authorization: `Basic ${stack.adminToken}` } })).status).toBe(401);
+});
+
+test("tokens not valid yet, with a critical header extension, or living longer than issued ones are refused", async () => {
+  const t = tenants[0];
+  const now = Math.floor(Date.now() / 1000);
+  const claims = { tenant: t.slug, db: t.uuid, sub: t.adminId, role: "admin", iat: now, exp: now + 600 };
+  const cases = [
+    ["valid", mint(stack.jwtKey, claims), 200],
+    ["nbf within the leeway", mint(stack.jwtKey, { ...claims, nbf: now + 10 }), 200],
+    ["nbf in the future", mint(stack.jwtKey, { ...claims, nbf: now + 120 }), 401],
+    ["crit", mint(stack.jwtKey, claims, { header: { crit: ["exp"] } }), 401],
+    ["crit with an unknown extension", mint(stack.jwtKey, { ...claims, "x-ext": 1 }, { header: { crit: ["x-ext"], "x-ext": 1 } }), 401],
+    ["a lifetime of a day", mint(stack.jwtKey, { ...claims, exp: now + 86_400 }), 401],
+    ["a lifetime of exactly 1 h", mint(stack.jwtKey, { ...claims, exp: now + 3600 }), 200],
+    ["no iat", mint(stack.jwtKey, { ...claims, iat: undefined }), 401],
+    ["iat in the future", mint(stack.jwtKey, { ...claims, iat: now + 600, exp: now + 1200 }), 401],
+  ];
+  for (const [label, token, status] of cases) {
+    const res = await authed(t.slug, token, "/api/me");
+    expect(res.status, `${label}: ${res.text}`).toBe(status);
+    if (status === 401) expect(res.json.error.code).toBe("unauthorized");
+  }
+});
