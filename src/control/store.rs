@@ -90,6 +90,11 @@ async fn changed(db: &D1Database, sql: &str, args: &[JsValue]) -> Result<bool> {
     Ok(result.meta()?.and_then(|m| m.changes).unwrap_or(0) > 0)
 }
 
+/// Whether statement `index` of a batch changed a row.
+fn changed_in(results: &[worker::D1Result], index: usize) -> bool {
+    results.get(index).and_then(|r| r.meta().ok().flatten()).and_then(|m| m.changes).unwrap_or(0) > 0
+}
+
 pub async fn get_tenant(db: &D1Database, slug: &str) -> Result<Option<TenantRow>> {
     db.prepare(format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE slug = ?1")).bind(&[s(slug)])?.first(None).await
 }
@@ -222,7 +227,7 @@ pub async fn start_create(
     let opened = batch.len() - 1;
     batch.push(audit_if_changed(db, "admin", action, slug, op_id, audit_detail)?);
     let results = db.batch(batch).await?;
-    Ok(results.get(opened).and_then(|r| r.meta().ok().flatten()).and_then(|m| m.changes).unwrap_or(0) > 0)
+    Ok(changed_in(&results, opened))
 }
 
 /// An audit row written only when the statement just before it in the batch changed a row
@@ -276,7 +281,7 @@ pub async fn start_delete(db: &D1Database, slug: &str, op_id: &str, request_id: 
         .bind(&[s(slug), s(op_id), s(&first)])?,
     ];
     let results = db.batch(batch).await?;
-    Ok(results.get(1).and_then(|r| r.meta().ok().flatten()).and_then(|m| m.changes).unwrap_or(0) > 0)
+    Ok(changed_in(&results, 1))
 }
 
 /// What an operator's `PATCH /v1/tenants/{slug}` changes; `None` leaves a field as it is.
@@ -526,7 +531,7 @@ pub async fn write_role(
         )
         .bind(&[s(action), s(request_id), s(&audit_detail.to_string())])?;
     let results = db.batch(vec![statement, bump, audit]).await?;
-    Ok(results.first().and_then(|r| r.meta().ok().flatten()).and_then(|m| m.changes).unwrap_or(0) > 0)
+    Ok(changed_in(&results, 0))
 }
 
 // --- operations ---------------------------------------------------------------------------
@@ -684,7 +689,7 @@ pub async fn complete_operation(
         )?,
     ];
     let results = db.batch(batch).await?;
-    Ok(results.first().and_then(|r| r.meta().ok().flatten()).and_then(|m| m.changes).unwrap_or(0) > 0)
+    Ok(changed_in(&results, 0))
 }
 
 /// A create that cannot succeed, in one batch: the operation is closed as failed and the tenant,
@@ -705,7 +710,7 @@ pub async fn fail_create(db: &D1Database, op_id: &str, fence: &Fence<'_>, slug: 
         .bind(&[s(slug), s(reason)])?,
     ];
     let results = db.batch(batch).await?;
-    Ok(results.first().and_then(|r| r.meta().ok().flatten()).and_then(|m| m.changes).unwrap_or(0) > 0)
+    Ok(changed_in(&results, 0))
 }
 
 /// Tenants mid-lifecycle (`provisioning`, `deleting`) with no open operation: left so by a crash

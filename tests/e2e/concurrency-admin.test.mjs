@@ -155,3 +155,41 @@ describe("bodies", () => {
     expect((await admin("GET", `/v1/tenants/${slug}`)).status).toBe(404);
   });
 });
+
+describe("the admin API's other write routes under bursts", () => {
+  test("20 concurrent settings PATCHes with different keys: all land, no 5xx", async () => {
+    const tag = Date.now().toString(36);
+    const responses = await burst(20, (i) => admin("PATCH", "/v1/settings", { [`burst_${tag}_${i}`]: i }));
+    expectNo5xx(responses);
+    expect(responses.map((r) => r.status)).toEqual(responses.map(() => 200));
+    const settings = (await admin("GET", "/v1/settings")).json.settings;
+    for (let i = 0; i < 20; i++) expect(settings[`burst_${tag}_${i}`]).toBe(i);
+    await admin("PATCH", "/v1/settings", Object.fromEntries(Array.from({ length: 20 }, (_, i) => [`burst_${tag}_${i}`, null])));
+  });
+
+  test("20 concurrent PATCHes of one platform role: no 5xx, the role ends as one of them", async () => {
+    const name = `patched_${Date.now().toString(36)}`;
+    expect((await admin("POST", "/v1/roles", { name })).status).toBe(201);
+    const responses = await burst(20, (i) => admin("PATCH", `/v1/roles/${name}`, { description: `d${i}` }));
+    expectNo5xx(responses);
+    expect(responses.map((r) => r.status)).toEqual(responses.map(() => 200));
+    const role = (await admin("GET", `/v1/roles/${name}`)).json.role;
+    expect(responses.map((r) => r.json.role.description)).toContain(role.description);
+    await admin("DELETE", `/v1/roles/${name}`);
+  });
+
+  test("maintenance on and off, migration passes and reconciler runs, all at once: no 5xx", async () => {
+    const responses = await burst(30, (i) => {
+      switch (i % 5) {
+        case 0: return admin("PUT", "/v1/maintenance", { message: `window ${i}` });
+        case 1: return admin("DELETE", "/v1/maintenance");
+        case 2: return admin("POST", "/v1/migrations/apply", { limit: 20 });
+        case 3: return admin("POST", "/v1/reconcile");
+        default: return admin("GET", "/v1/migrations/status");
+      }
+    });
+    expectNo5xx(responses);
+    expect(responses.filter((r) => r.status !== 200).map((r) => `${r.status} ${r.text}`)).toEqual([]);
+    expect((await admin("DELETE", "/v1/maintenance")).status).toBe(200);
+  });
+});
