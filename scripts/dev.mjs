@@ -3,6 +3,8 @@
 // State (the local cloud's registry and every D1 database) lives in `.tenantry/dev/` and survives
 // restarts; delete that folder to start from nothing.
 
+import { spawn } from "node:child_process";
+import { cp, mkdir, readdir, stat } from "node:fs/promises";
 import path from "node:path";
 import { adminClient } from "../cloud/client.mjs";
 import { ROOT, startStack } from "../cloud/stack.mjs";
@@ -46,8 +48,82 @@ tenantry is running.
     CLOUDFLARE_API_BASE_URL=${stack.apiBase} CLOUDFLARE_API_TOKEN=${stack.token} \\
     CLOUDFLARE_ACCOUNT_ID=${stack.accountId} npx wrangler d1 list
 
-Ctrl-C to stop. State is kept in .tenantry/dev/.
+Ctrl-C to stop. State is kept in .tenantry/dev/. A change under src/, migrations/ or the Cargo
+files rebuilds the Worker and reloads it (tenants and data stay).
 `);
+
+// Edit-reload: a change to what the Worker is built from rebuilds it, then workerd restarts on
+// the new build (drained, like a binding change; D1 data persists). A failed build prints the
+// compiler's output and puts the last good build back, so the old Worker keeps serving.
+const BUILD = path.join(ROOT, "build");
+const LAST_GOOD = path.join(ROOT, ".tenantry", "last-good-build");
+let building = null;
+let again = false;
+/** @type {NodeJS.Timeout | undefined} */
+let debounce;
+
+function build() {
+  return new Promise((resolve) => {
+    const child = spawn("bash", [path.join(ROOT, "scripts", "build-worker.sh")], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+    let output = "";
+    child.stdout.on("data", (d) => (output += d));
+    child.stderr.on("data", (d) => (output += d));
+    child.on("close", (code) => resolve({ ok: code === 0, output }));
+  });
+}
+
+async function rebuild() {
+  if (building) {
+    again = true;
+    return;
+  }
+  building = (async () => {
+    do {
+      again = false;
+      const started = Date.now();
+      console.log("[dev] sources changed: rebuilding the Worker");
+      await mkdir(LAST_GOOD, { recursive: true });
+      await cp(BUILD, LAST_GOOD, { recursive: true });
+      const { ok, output } = await build();
+      if (!ok) {
+        await cp(LAST_GOOD, BUILD, { recursive: true });
+        console.error(`${output.trim()}\n[dev] the build failed (above); the previous Worker keeps serving`);
+        continue;
+      }
+      await stack.runtime.restart("code changed");
+      console.log(`[dev] reloaded the new Worker (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+    } while (again);
+  })().finally(() => (building = null));
+}
+
+// Polled, not fs.watch: editors that save by renaming a new file into place (vim, sed -i) replace
+// the inode a watcher was following. One stat of each source file a second is cheap.
+const SOURCES = ["src", "migrations", "build.rs", "Cargo.toml", "Cargo.lock"].map((p) => path.join(ROOT, p));
+
+/** A fingerprint of the sources: every file's path, size and modification time. */
+async function sourcesStamp() {
+  const parts = [];
+  const visit = async (p) => {
+    const info = await stat(p).catch(() => null);
+    if (!info) return;
+    if (info.isDirectory()) {
+      for (const name of (await readdir(p)).sort()) await visit(path.join(p, name));
+    } else {
+      parts.push(`${p}:${info.size}:${info.mtimeMs}`);
+    }
+  };
+  for (const p of SOURCES) await visit(p);
+  return parts.join("\n");
+}
+
+let stamp = await sourcesStamp();
+setInterval(async () => {
+  const now = await sourcesStamp();
+  if (now === stamp) return;
+  stamp = now;
+  clearTimeout(debounce);
+  debounce = setTimeout(rebuild, 300);
+}, 1000).unref();
 
 let stopping = false;
 for (const signal of ["SIGINT", "SIGTERM"]) {
