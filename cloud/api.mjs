@@ -7,7 +7,7 @@
 // error, 7502 name taken, 7406 database limit, 971 rate limited, 10000 authentication). Routes
 // and behaviour are listed in the README ("The local cloud").
 
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import http from "node:http";
 import { Faults } from "./faults.mjs";
 import { PoolEmpty } from "./runtime.mjs";
@@ -46,6 +46,8 @@ export class LocalCloud {
     Object.assign(this, { state, runtime, token, accountId, maxDatabases, log });
     this.faults = new Faults();
     this.exports = new Map(); // bookmark -> { status, token, filename, sql, expires }
+    this.uploads = new Map(); // upload token -> { db, filename, etag, sql?, expires }
+    this.imports = new Map(); // bookmark -> the finished import's poll answer
     this.requests = {}; // endpoint -> count, for tests and benchmarks
     this.server = http.createServer((req, res) => this.#serve(req, res));
     this.url = null;
@@ -137,10 +139,11 @@ export class LocalCloud {
         ? on("d1.delete", "DELETE", () => this.#delete(id))
         : on("d1.get", "GET", () => this.#get(id));
     }
-    if (is("client", "v4", "accounts", null, "d1", "database", null, null) && ["query", "raw", "export"].includes(p[7])) {
+    if (is("client", "v4", "accounts", null, "d1", "database", null, null) && ["query", "raw", "export", "import"].includes(p[7])) {
       const id = p[6];
       const op = p[7];
-      return on(`d1.${op}`, "POST", (r) => (op === "export" ? this.#export(id, r) : this.#query(id, op, r)));
+      const run = { export: this.#export, import: this.#import }[op];
+      return on(`d1.${op}`, "POST", (r) => (run ? run.call(this, id, r) : this.#query(id, op, r)));
     }
     if (is("client", "v4", "accounts", null, "workers", "scripts", null, "settings")) {
       const script = p[6];
@@ -220,6 +223,12 @@ export class LocalCloud {
 
   async #get(idOrName) {
     const db = this.#database(idOrName);
+    await this.#refreshStats(db);
+    return { result: db };
+  }
+
+  /** Reads `num_tables` and `file_size` from the database itself, as the real API reports them. */
+  async #refreshStats(db) {
     const out = await this.runtime.d1(db.uuid, "query", [
       { sql: "SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_cf_%'" },
     ]);
@@ -227,7 +236,6 @@ export class LocalCloud {
       db.num_tables = out.results[0].results[0].n;
       db.file_size = out.results[0].meta.size_after ?? db.file_size;
     }
-    return { result: db };
   }
 
   async #delete(idOrName) {
@@ -269,6 +277,8 @@ export class LocalCloud {
     }
     const last = out.results.at(-1)?.meta;
     if (last?.size_after !== undefined) db.file_size = last.size_after;
+    // A schema change changes what list reports too.
+    if (statements.some((st) => /^\s*(CREATE|DROP|ALTER)\b/i.test(st.sql))) await this.#refreshStats(db);
     return { result: out.results.map((r) => ({ results: r.results, success: true, meta: r.meta })) };
   }
 
@@ -300,6 +310,70 @@ export class LocalCloud {
         messages: ["Uploaded part 1"], error: "", result: { filename: job.filename, signed_url },
       },
     };
+  }
+
+  /**
+   * `/import`, the protocol of `wrangler d1 execute --remote --file`: `init` (with the file's MD5
+   * as `etag`) answers an upload URL; the client PUTs the file there (answered with the MD5 as
+   * `ETag`); `ingest` runs it, all statements in one transaction (a failing file changes nothing);
+   * `poll` reports the outcome.
+   */
+  async #import(idOrName, { body }) {
+    const db = this.#database(idOrName);
+    const input = parseJson(body);
+    const now = Date.now();
+    for (const [k, v] of this.uploads) if (v.expires < now) this.uploads.delete(k);
+    const answer = (fields) => ({ result: { success: true, type: "import", messages: [], error: "", ...fields } });
+    switch (input?.action) {
+      case "init": {
+        if (typeof input.etag !== "string" || !/^[0-9a-f]{32}$/.test(input.etag)) throw malformed("etag must be the file's MD5 (hex)");
+        const token = randomBytes(24).toString("hex");
+        const filename = `${input.etag}.sql`;
+        this.uploads.set(token, { db: db.uuid, filename, etag: input.etag, sql: null, expires: now + EXPORT_TTL_MS });
+        return answer({ filename, upload_url: `${this.url}/__cloud/uploads/${token}` });
+      }
+      case "ingest": {
+        const upload = [...this.uploads.values()].find((u) => u.db === db.uuid && u.filename === input.filename && u.sql !== null);
+        if (!upload) return answer({ success: false, status: "error", error: "Unknown upload: call init and upload the file first" });
+        if (upload.etag !== input.etag || upload.md5 !== input.etag) return answer({ success: false, status: "error", error: "The etag does not match the uploaded file" });
+        const started = performance.now();
+        const statements = splitStatements(upload.sql).map((sql) => ({ sql, params: [] }));
+        const bookmark = randomBytes(16).toString("hex");
+        if (statements.length === 0) {
+          this.imports.set(bookmark, { status: "error", error: "No SQL statements detected." });
+        } else {
+          const out = await this.runtime.d1(db.uuid, "query", statements);
+          if (!out.ok) {
+            this.imports.set(bookmark, { status: "error", error: out.error });
+          } else {
+            await this.#refreshStats(db);
+            await this.state.save();
+            const sum = (k) => out.results.reduce((n, r) => n + (r.meta?.[k] ?? 0), 0);
+            this.imports.set(bookmark, {
+              status: "complete",
+              result: {
+                success: true, num_queries: statements.length, final_bookmark: bookmark,
+                meta: {
+                  served_by: "tenantry-local-cloud", duration: performance.now() - started, changes: sum("changes"),
+                  last_row_id: out.results.at(-1)?.meta?.last_row_id ?? 0, changed_db: sum("changes") > 0,
+                  size_after: db.file_size, rows_read: sum("rows_read"), rows_written: sum("rows_written"),
+                },
+              },
+            });
+          }
+        }
+        // Like the real API: the first answer says it is running; the client polls.
+        return answer({ status: "active", at_bookmark: bookmark, messages: ["Ingesting the file"] });
+      }
+      case "poll": {
+        const job = this.imports.get(input.current_bookmark);
+        if (!job) return answer({ success: false, status: "error", error: "Unknown import bookmark", at_bookmark: input.current_bookmark });
+        if (job.status === "error") return answer({ success: false, status: "error", error: job.error, errors: [job.error], at_bookmark: input.current_bookmark });
+        return answer({ status: "complete", at_bookmark: input.current_bookmark, result: job.result, messages: ["Import complete"] });
+      }
+      default:
+        throw malformed("action must be init, ingest or poll");
+    }
   }
 
   // --- Worker script settings -------------------------------------------------------------
@@ -375,6 +449,16 @@ export class LocalCloud {
       const job = [...this.exports.values()].find((j) => j.token === exp[1] && j.expires > Date.now());
       if (!job) return { status: 404, contentType: "text/plain", body: "export not found or expired" };
       return { status: 200, contentType: "application/sql", body: job.sql };
+    }
+    const up = /^\/__cloud\/uploads\/([0-9a-f]+)$/.exec(url.pathname);
+    if (up && method === "PUT") {
+      // Like a presigned upload URL: the token is the credential; the answer's ETag is the MD5.
+      const upload = this.uploads.get(up[1]);
+      if (!upload || upload.expires < Date.now()) return { status: 404, contentType: "text/plain", body: "upload not found or expired" };
+      const md5 = createHash("md5").update(body).digest("hex");
+      upload.sql = body.toString("utf8");
+      upload.md5 = md5;
+      return { status: 200, contentType: "text/plain", headers: { etag: `"${md5}"` }, body: "" };
     }
     this.#authenticate(headers, url.pathname);
     if (url.pathname === "/__cloud/faults") {

@@ -3,7 +3,7 @@
 //
 // A rule: { endpoint, kind, times?, probability?, status?, retry_after?, delay_ms? }
 // - endpoint: "d1.create" | "d1.list" | "d1.get" | "d1.delete" | "d1.query" | "d1.raw" |
-//   "d1.export" | "scripts.settings.get" | "scripts.settings.patch" | "*"
+//   "d1.export" | "d1.import" | "scripts.settings.get" | "scripts.settings.patch" | "*"
 // - kind:
 //   - "error": answer `status` (default 500) with a Cloudflare error envelope; nothing is done
 //   - "rate_limit": answer 429 with `Retry-After: retry_after` (default 1) and code 971
@@ -15,7 +15,7 @@
 //   generator so a run can be replayed (`seed` in POST /__cloud/faults)
 
 export const ENDPOINTS = [
-  "d1.create", "d1.list", "d1.get", "d1.delete", "d1.query", "d1.raw", "d1.export",
+  "d1.create", "d1.list", "d1.get", "d1.delete", "d1.query", "d1.raw", "d1.export", "d1.import",
   "scripts.settings.get", "scripts.settings.patch",
 ];
 const KINDS = ["error", "rate_limit", "delay", "timeout", "lose_response"];
