@@ -211,7 +211,8 @@ pub async fn login(
         return Err(ApiError::TooManyRequests {
             code: "too_many_attempts",
             message: "too many failed sign-ins for this email; try again later".into(),
-            retry_after: (remaining.max(0) / 1000 + 1) as u32,
+            // Whole seconds, rounded up: never past the window's end (at most 900 for 15 min).
+            retry_after: ((remaining.max(1) + 999) / 1000) as u32,
         });
     }
 
