@@ -254,7 +254,6 @@ fn audit_if_changed(
 /// moved the tenant to `deleting`.
 pub async fn start_delete(db: &D1Database, slug: &str, op_id: &str, request_id: &str) -> Result<bool> {
     let deleting = "EXISTS (SELECT 1 FROM tenants WHERE slug = ?1 AND status = 'deleting')";
-    let first = step_name(OperationKind::Delete.steps()[0]);
     let batch = vec![
         // The audit row first, so it can say what the tenant was; only when it will move.
         db.prepare(
@@ -274,11 +273,7 @@ pub async fn start_delete(db: &D1Database, slug: &str, op_id: &str, request_id: 
              WHERE tenant_slug = ?1 AND kind != 'delete' AND state IN ('pending', 'running') AND {deleting}"
         ))
         .bind(&[s(slug)])?,
-        db.prepare(format!(
-            "INSERT INTO operations (id, tenant_slug, kind, state, input, next_step) \
-             SELECT ?2, ?1, 'delete', 'pending', '{{}}', ?3 WHERE {deleting} ON CONFLICT DO NOTHING"
-        ))
-        .bind(&[s(slug), s(op_id), s(&first)])?,
+        open_delete(db, slug, op_id)?,
     ];
     let results = db.batch(batch).await?;
     Ok(changed_in(&results, 1))
@@ -743,16 +738,20 @@ pub async fn fail_stray_create(db: &D1Database, slug: &str, reason: &str) -> Res
     .await
 }
 
-/// Opens a delete operation for a `deleting` tenant that has none.
-pub async fn open_stray_delete(db: &D1Database, slug: &str, op_id: &str) -> Result<bool> {
-    changed(
-        db,
+/// The statement that opens a delete operation for a `deleting` tenant, unless one is open.
+fn open_delete(db: &D1Database, slug: &str, op_id: &str) -> Result<D1PreparedStatement> {
+    db.prepare(
         "INSERT INTO operations (id, tenant_slug, kind, state, input, next_step) \
          SELECT ?2, ?1, 'delete', 'pending', '{}', ?3 WHERE EXISTS \
          (SELECT 1 FROM tenants WHERE slug = ?1 AND status = 'deleting') ON CONFLICT DO NOTHING",
-        &[s(slug), s(op_id), s(&step_name(OperationKind::Delete.steps()[0]))],
     )
-    .await
+    .bind(&[s(slug), s(op_id), s(&step_name(OperationKind::Delete.steps()[0]))])
+}
+
+/// Opens a delete operation for a `deleting` tenant that has none.
+pub async fn open_stray_delete(db: &D1Database, slug: &str, op_id: &str) -> Result<bool> {
+    let result = open_delete(db, slug, op_id)?.run().await?;
+    Ok(result.meta()?.and_then(|m| m.changes).unwrap_or(0) > 0)
 }
 
 /// Replaces the operation's input (used to scrub the password hash once seeded).
