@@ -426,7 +426,7 @@ async function main() {
     fan100 = { ...small[0], seconds: median(times), min: Math.min(...times), max: Math.max(...times) };
     progress(`fan-out: ${FLEET} tenants`);
     fanAll = await fanOut(fleet.tenants, controlId);
-    settings = structuredClone(stack.cloud.script("tenantry"));
+    settings = structuredClone(stack.cloud.workers.deployedVersion("tenantry"));
   } finally {
     await stack.stop();
   }

@@ -3,7 +3,8 @@
 //
 // A rule: { endpoint, kind, times?, probability?, status?, retry_after?, delay_ms? }
 // - endpoint: "d1.create" | "d1.list" | "d1.get" | "d1.delete" | "d1.query" | "d1.raw" |
-//   "d1.export" | "d1.import" | "scripts.settings.get" | "scripts.settings.patch" | "*"
+//   "d1.export" | "d1.import" | "scripts.settings.get" | "scripts.settings.patch" | "*" | any other
+//   endpoint in ENDPOINTS (the Workers scripts API and R2 buckets)
 // - kind:
 //   - "error": answer `status` (default 500) with a Cloudflare error envelope; nothing is done
 //   - "rate_limit": answer 429 with `Retry-After: retry_after` (default 1) and code 971
@@ -16,7 +17,12 @@
 
 export const ENDPOINTS = [
   "d1.create", "d1.list", "d1.get", "d1.delete", "d1.query", "d1.raw", "d1.export", "d1.import",
-  "scripts.settings.get", "scripts.settings.patch",
+  "r2.buckets.create", "r2.buckets.delete", "r2.buckets.get", "r2.buckets.list",
+  "scripts.list", "scripts.upload", "scripts.delete", "scripts.settings.get", "scripts.settings.patch",
+  "scripts.script-settings.get", "scripts.script-settings.patch", "scripts.versions.create", "scripts.versions.get",
+  "scripts.versions.list", "scripts.deployments.create", "scripts.deployments.list", "scripts.secrets.list",
+  "scripts.secrets.get", "scripts.secrets.put", "scripts.secrets.delete", "scripts.schedules.get", "scripts.schedules.put",
+  "scripts.subdomain.get", "scripts.subdomain.post", "workers.services.get", "workers.subdomain.get", "workers.workers.get",
 ];
 const KINDS = ["error", "rate_limit", "delay", "timeout", "lose_response"];
 

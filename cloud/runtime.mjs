@@ -104,11 +104,19 @@ class Gate {
 /** Thrown by `takeId` when no spare database is bound: the caller should retry shortly. */
 export class PoolEmpty extends Error {}
 
+/** Thrown by `dispatch` and `scheduled` when the Worker asked for is not deployed. */
+export class NotDeployed extends Error {}
+
+/** The name of the helper Worker; no script may take it. */
+export const HELPER = "tenantry-cloud-helper";
+
 export class Runtime {
   /**
    * @param {object} opts
-   * @param {() => object} opts.workerOptions Miniflare (v4-style) options of the tenantry Worker,
-   *   bindings included; called at every restart so it always reflects the current settings.
+   * @param {() => Promise<object[]>} opts.workers Miniflare (v4-style) options of the Workers to
+   *   run (the deployed scripts), bindings included; called at every restart so they always
+   *   reflect what is deployed.
+   * @param {string} opts.entry the Worker that `dispatch` sends requests to
    * @param {string} opts.persistPath where D1 data lives (survives restarts and new processes)
    * @param {number} [opts.poolSize] spare database slots to keep bound
    * @param {(msg: string) => void} [opts.log]
@@ -117,8 +125,11 @@ export class Runtime {
    * @param {number} [opts.inspectorPort] open workerd's V8 inspector there (the benchmark's
    *   profiler: `ws://127.0.0.1:<port>/core:user:<worker>`)
    */
-  constructor({ workerOptions, persistPath, poolSize = 64, log = () => {}, extraWorkers = () => [], inspectorPort }) {
-    this.workerOptions = workerOptions;
+  constructor({ workers, entry, persistPath, poolSize = 64, log = () => {}, extraWorkers = () => [], inspectorPort }) {
+    this.workers = workers;
+    this.entry = entry;
+    /** names of the Workers running now */
+    this.running = new Set();
     this.inspectorPort = inspectorPort;
     this.extraWorkers = extraWorkers;
     this.persistPath = persistPath;
@@ -143,9 +154,11 @@ export class Runtime {
   async start(ids) {
     for (const id of ids) this.#bind(id);
     this.#fillPool();
-    this.mf = new Miniflare(this.#options());
+    const options = await this.#options();
+    this.mf = new Miniflare(options);
     await this.mf.ready;
-    this.helper = await this.mf.getWorker("tenantry-cloud-helper");
+    this.#running(options);
+    this.helper = await this.mf.getWorker(HELPER);
   }
 
   async dispose() {
@@ -193,11 +206,25 @@ export class Runtime {
     }
   }
 
-  /** Sends a request to the tenantry Worker (the entry), waiting out any restart. */
+  /**
+   * Sends a request to the entry Worker, waiting out any restart. Throws `NotDeployed` when no
+   * version of it is deployed.
+   */
   dispatch(url, init) {
     return this.within(async () => {
+      if (!this.running.has(this.entry)) throw new NotDeployed(`no version of Worker ${this.entry} is deployed`);
       const response = await this.mf.dispatchFetch(url, init);
       // Read the body inside the gate: a restart must not cut a response half-sent.
+      const body = Buffer.from(await response.arrayBuffer());
+      return { status: response.status, headers: response.headers, body };
+    });
+  }
+
+  /** Sends a request to Worker `script` (any deployed script, not only the entry). */
+  dispatchTo(script, url, init) {
+    return this.within(async () => {
+      if (!this.running.has(script)) throw new NotDeployed(`no version of Worker ${script} is deployed`);
+      const response = await (await this.mf.getWorker(script)).fetch(url, init);
       const body = Buffer.from(await response.arrayBuffer());
       return { status: response.status, headers: response.headers, body };
     });
@@ -211,10 +238,11 @@ export class Runtime {
     return this.mf.unsafeGetDirectURL(name);
   }
 
-  /** Runs the tenantry Worker's scheduled handler once (a cron trigger firing). */
-  scheduled(cron) {
+  /** Runs Worker `script`'s scheduled handler once (a cron trigger firing). */
+  scheduled(cron, script = this.entry) {
     return this.within(async () => {
-      const worker = await this.mf.getWorker("tenantry");
+      if (!this.running.has(script)) throw new NotDeployed(`no version of Worker ${script} is deployed`);
+      const worker = await this.mf.getWorker(script);
       const result = await worker.scheduled({ cron, scheduledTime: new Date() });
       return { outcome: result.outcome };
     });
@@ -260,8 +288,18 @@ export class Runtime {
       for (const id of this.retired) this.bound.delete(id);
       this.retired.clear();
       this.#fillPool();
-      await this.mf.setOptions(this.#options());
-      this.helper = await this.mf.getWorker("tenantry-cloud-helper");
+      const options = await this.#options();
+      try {
+        await this.mf.setOptions(options);
+      } catch (e) {
+        // The previous Workers keep serving; the change is retried at the next restart.
+        this.log(`restart (${reason}) failed, the previous Workers keep serving: ${e.message}`);
+        this.#dirty = true;
+        await this.mf.setOptions(this.#lastGood);
+        throw e;
+      }
+      this.#running(options);
+      this.helper = await this.mf.getWorker(HELPER);
       this.restarts++;
       this.log(`workerd restarted (${reason}) in ${Math.round(performance.now() - started)} ms`);
     } finally {
@@ -281,15 +319,22 @@ export class Runtime {
     }
   }
 
-  #options() {
+  #lastGood;
+
+  #running(options) {
+    this.#lastGood = options;
+    this.running = new Set(options.workers.map((w) => w.config?.name ?? w.name));
+  }
+
+  async #options() {
     return convertV4MiniflareOptions({
       resourcePersistencePath: this.persistPath,
       ...(this.inspectorPort === undefined ? {} : { inspectorPort: this.inspectorPort }),
       workers: [
-        this.workerOptions(),
+        ...(await this.workers()),
         ...this.extraWorkers(),
         {
-          name: "tenantry-cloud-helper",
+          name: HELPER,
           modules: true,
           script: HELPER_SCRIPT,
           compatibilityDate: "2025-01-01",

@@ -4,15 +4,18 @@
 //
 // `npm run dev` and the end-to-end tests both start it through `startStack`.
 
-import { spawn } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
-import { mkdir, writeFile } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
 import http from "node:http";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { LocalCloud } from "./api.mjs";
-import { Runtime } from "./runtime.mjs";
+import { NotDeployed, Runtime } from "./runtime.mjs";
 import { State } from "./state.mjs";
+import { deploy } from "../scripts/deploy.mjs";
+import { runWrangler } from "../scripts/lib/wrangler.mjs";
+import { bindingOptions } from "./workers.mjs";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 export const SCRIPT_NAME = "tenantry";
@@ -58,55 +61,77 @@ export async function startStack({
   extraWorkers,
   inspectorPort,
 }) {
-  const date = compatibilityDate();
+  await mkdir(stateDir, { recursive: true });
   const state = await new State(path.join(stateDir, "cloud.json")).load();
-  const buildDir = path.join(ROOT, "build");
+  /** @type {LocalCloud} */
   let cloud;
   const runtime = new Runtime({
     persistPath: path.join(stateDir, "persist"),
     poolSize,
     log,
-    workerOptions: () => ({
-      ...workerOptions(cloud.script(SCRIPT_NAME), buildDir, date),
-      ...(directSocket ? { unsafeDirectSockets: [{ host: "127.0.0.1", port: 0 }] } : {}),
-    }),
+    entry: SCRIPT_NAME,
+    // What serves is what was deployed: the deployed version of every script in the account.
+    workers: () =>
+      cloud.workers.miniflareWorkers(SCRIPT_NAME, (name) =>
+        name === SCRIPT_NAME && directSocket ? { unsafeDirectSockets: [{ host: "127.0.0.1", port: 0 }] } : {},
+      ),
     extraWorkers,
     inspectorPort,
   });
   cloud = new LocalCloud({ state, runtime, token: LOCAL_TOKEN, accountId: LOCAL_ACCOUNT_ID, log });
   await runtime.start(state.databases().map((d) => d.uuid));
-  await cloud.listen(cloudPort);
+  await listenOrExplain(() => cloud.listen(cloudPort), cloudPort, "CLOUD_PORT");
   const api = apiClient(cloud.url);
 
-  // "Deploy": the control-plane database and the Worker's own bindings, as `wrangler deploy`
-  // would set them from wrangler.toml. Tenant bindings already there are kept.
   let control = state.databases().find((d) => d.name === CONTROL_DB_NAME);
   if (!control) control = (await api("POST", "/d1/database", { name: CONTROL_DB_NAME })).result;
-  state.data.scripts[SCRIPT_NAME] ??= { bindings: [], compatibility_date: date, modified_on: new Date().toISOString() };
-  const own = [
-    { type: "plain_text", name: "APEX", text: "localhost" },
-    { type: "plain_text", name: "D1_NAME_PREFIX", text: D1_NAME_PREFIX },
-    { type: "d1", name: "CONTROL_DB", id: control.uuid },
-    { type: "r2_bucket", name: "BACKUPS", bucket_name: "tenantry-backups" },
-    { type: "plain_text", name: "CLOUDFLARE_API_BASE_URL", text: `${cloud.url}/client/v4` },
-    { type: "plain_text", name: "CLOUDFLARE_ACCOUNT_ID", text: LOCAL_ACCOUNT_ID },
-    { type: "plain_text", name: "WORKER_SCRIPT_NAME", text: SCRIPT_NAME },
-    { type: "plain_text", name: "ORPHAN_POLICY", text: orphanPolicy },
-    { type: "secret_text", name: "CLOUDFLARE_API_TOKEN", text: LOCAL_TOKEN },
-    { type: "secret_text", name: "ADMIN_TOKEN", text: LOCAL_ADMIN_TOKEN },
-    { type: "secret_text", name: "JWT_SIGNING_KEY", text: LOCAL_JWT_KEY },
-  ];
-  const current = cloud.script(SCRIPT_NAME).bindings;
-  const unchanged = own.every((b) => current.some((c) => JSON.stringify(c) === JSON.stringify(b)));
-  if (!unchanged) {
-    const others = current.filter((c) => !own.some((b) => b.name === c.name)).map((c) => ({ type: "inherit", name: c.name }));
-    await api("PATCH", `/workers/scripts/${SCRIPT_NAME}/settings`, { bindings: [...own, ...others] }, { multipart: true });
-    await runtime.restart("deploy");
-  }
-
+  // The backups bucket, as a user creates it once (`wrangler r2 bucket create tenantry-backups`).
+  if (!state.data.buckets["tenantry-backups"]) await api("POST", "/r2/buckets", { name: "tenantry-backups" });
   await applyControlMigrations({ stateDir, cloudUrl: cloud.url, controlId: control.uuid, log });
-  const front = await frontDoor(runtime, port);
+  const front = await listenOrExplain(() => frontDoor(runtime, port), port, "PORT");
   const url = `http://localhost:${front.address().port}`;
+
+  // Where `npm run deploy -- --target` sends the Worker: this local cloud, with the vars and
+  // secrets a local deployment needs in place of wrangler.toml's placeholders.
+  /** @type {import("../scripts/deploy.mjs").Target} */
+  const target = {
+    env: { CLOUDFLARE_API_BASE_URL: `${cloud.url}/client/v4`, CLOUDFLARE_API_TOKEN: LOCAL_TOKEN, CLOUDFLARE_ACCOUNT_ID: LOCAL_ACCOUNT_ID },
+    vars: {
+      APEX: "localhost",
+      CLOUDFLARE_API_BASE_URL: `${cloud.url}/client/v4`,
+      CLOUDFLARE_ACCOUNT_ID: LOCAL_ACCOUNT_ID,
+      ORPHAN_POLICY: orphanPolicy,
+    },
+    control_database_id: control.uuid,
+    secrets: { CLOUDFLARE_API_TOKEN: LOCAL_TOKEN, ADMIN_TOKEN: LOCAL_ADMIN_TOKEN, JWT_SIGNING_KEY: LOCAL_JWT_KEY },
+    build: false,
+    url,
+    admin_token: LOCAL_ADMIN_TOKEN,
+    work_dir: stateDir,
+  };
+  const targetFile = path.join(stateDir, "target.json");
+  await writeFile(targetFile, JSON.stringify(target, null, 2), { mode: 0o600 });
+
+  /**
+   * Deploys build/ with the real `wrangler deploy` (through scripts/deploy.mjs, the production
+   * path) unless this build with these settings is what serves already. Resolves once the new
+   * version serves.
+   */
+  async function deployBuild({ force = false, message = "npm run dev" } = {}) {
+    const fingerprint = await buildFingerprint(target);
+    const recordFile = path.join(stateDir, "deployed.json");
+    const record = JSON.parse(await readFile(recordFile, "utf8").catch(() => "{}"));
+    const serving = cloud.workers.deployedVersion(SCRIPT_NAME);
+    if (!force && serving && record.fingerprint === fingerprint && record.etag === serving.etag) return null;
+    const started = performance.now();
+    const versionId = await deploy({ target, message, log: (m) => log(`[deploy] ${m}`) });
+    await runtime.restart("deployed"); // resolves once the deployed version serves
+    const deployed = cloud.workers.deployedVersion(SCRIPT_NAME);
+    await writeFile(recordFile, JSON.stringify({ fingerprint, etag: deployed?.etag, version: versionId }));
+    log(`deployed the Worker with wrangler deploy in ${Math.round(performance.now() - started)} ms`);
+    return versionId;
+  }
+  await deployBuild();
 
   return {
     url,
@@ -117,10 +142,14 @@ export async function startStack({
     jwtKey: LOCAL_JWT_KEY,
     accountId: LOCAL_ACCOUNT_ID,
     controlDatabase: control,
+    /** The deploy target file (`npm run deploy -- --target <file>`). */
+    targetFile,
+    target,
     cloud,
     runtime,
     state,
     api,
+    deployBuild,
     /** The URL of tenant `slug`'s API. */
     tenantUrl: (slug) => `http://${slug}.localhost:${front.address().port}`,
     /**
@@ -144,18 +173,30 @@ export async function startStack({
   };
 }
 
-/** Miniflare options of the tenantry Worker with the bindings of script `settings`. */
-export function workerOptions(settings, buildDir, date) {
-  const d1Databases = {};
-  const r2Buckets = {};
-  const bindings = {};
-  for (const b of settings.bindings) {
-    if (b.type === "d1") d1Databases[b.name] = b.id;
-    else if (b.type === "r2_bucket") r2Buckets[b.name] = b.bucket_name;
-    else if (b.type === "json") bindings[b.name] = b.json;
-    else bindings[b.name] = b.text;
+/** What a deploy of build/ with `target` would upload: the build's bytes, the config, the target. */
+async function buildFingerprint(target) {
+  const hash = createHash("sha256");
+  for (const f of ["index.js", "index_bg.wasm"]) hash.update(await readFile(path.join(ROOT, "build", f)));
+  hash.update(await readFile(path.join(ROOT, "wrangler.toml")));
+  hash.update(JSON.stringify({ ...target, url: undefined }));
+  return hash.digest("hex");
+}
+
+/** Starts a server, turning "port in use" into a sentence that says what to do. */
+async function listenOrExplain(listen, port, variable) {
+  try {
+    return await listen();
+  } catch (e) {
+    if (e.code === "EADDRINUSE") {
+      throw new Error(`port ${port} is in use (another npm run dev?): stop what uses it, or pick another port, e.g. ${variable}=${port + 10} npm run dev`);
+    }
+    throw e;
   }
-  return { name: SCRIPT_NAME, ...workerBuild(buildDir), compatibilityDate: date, d1Databases, r2Buckets, bindings };
+}
+
+/** Miniflare options of the tenantry Worker built in `buildDir` with the bindings `settings.bindings`. */
+export function workerOptions(settings, buildDir, date) {
+  return { name: SCRIPT_NAME, ...workerBuild(buildDir), compatibilityDate: date, ...bindingOptions(settings.bindings) };
 }
 
 /** The modules of a workers-rs build (worker-build's output in `buildDir`), as Miniflare options. */
@@ -214,31 +255,18 @@ async function applyControlMigrations({ stateDir, cloudUrl, controlId, log }) {
 }
 
 /** Runs the real wrangler CLI against the local cloud; resolves with its exit code and output. */
-export function wrangler(args, cloudUrl, { token = LOCAL_TOKEN, accountId = LOCAL_ACCOUNT_ID, cwd = ROOT } = {}) {
-  const bin = path.join(ROOT, "node_modules", "wrangler", "bin", "wrangler.js");
-  // wrangler needs Node >= 22: the one `npm install` put in node_modules, whatever runs us.
-  const node = path.join(ROOT, "node_modules", ".bin", "node");
-  return new Promise((resolve, reject) => {
-    const child = spawn(existsSync(node) ? node : process.execPath, [bin, ...args], {
-      cwd,
-      env: {
-        ...process.env,
-        CLOUDFLARE_API_BASE_URL: `${cloudUrl}/client/v4`,
-        CLOUDFLARE_API_TOKEN: token,
-        CLOUDFLARE_ACCOUNT_ID: accountId,
-        WRANGLER_SEND_METRICS: "false",
-        CI: "true",
-        NO_COLOR: "1",
-        FORCE_COLOR: "0",
-      },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d) => (stdout += d));
-    child.stderr.on("data", (d) => (stderr += d));
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, stdout, stderr }));
+export function wrangler(args, cloudUrl, { token = LOCAL_TOKEN, accountId = LOCAL_ACCOUNT_ID, cwd = ROOT, input } = {}) {
+  return runWrangler(args, {
+    cwd,
+    input,
+    env: {
+      CLOUDFLARE_API_BASE_URL: `${cloudUrl}/client/v4`,
+      CLOUDFLARE_API_TOKEN: token,
+      CLOUDFLARE_ACCOUNT_ID: accountId,
+      CI: "true",
+      NO_COLOR: "1",
+      FORCE_COLOR: "0",
+    },
   });
 }
 
@@ -260,6 +288,11 @@ async function frontDoor(runtime, port) {
       res.writeHead(out.status, outHeaders);
       res.end(out.body);
     } catch (e) {
+      if (e instanceof NotDeployed) {
+        res.writeHead(503, { "content-type": "application/json", "retry-after": "5" });
+        res.end(JSON.stringify({ error: { code: "worker_not_deployed", message: `${e.message}: deploy it (npm run deploy -- --target <state>/target.json)` } }));
+        return;
+      }
       res.writeHead(502, { "content-type": "application/json" });
       res.end(JSON.stringify({ error: { code: "local_gateway_error", message: String(e.message ?? e) } }));
     }

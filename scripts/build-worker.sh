@@ -6,6 +6,22 @@
 # package.json). See README, "Bundle size".
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
+
+# `wrangler dev` runs this build (wrangler.toml's [build] command) and then the Worker alone.
+if [ "${WRANGLER_COMMAND:-}" = "dev" ]; then
+  cat >&2 <<'NOTE'
+
+  [tenantry] `wrangler dev` starts this Worker on its own: with wrangler.toml's APEX (example.com),
+  an empty unmigrated control plane, no admin token and no Cloudflare API to create tenants with,
+  so it can serve no tenant. The whole local stack (Worker + control plane + local cloud, tenants
+  at http://<slug>.localhost:8787) is:
+
+      npm run dev
+
+  (README, "wrangler dev" says why, and what `wrangler dev` still shows.)
+
+NOTE
+fi
 # WORKER_CRATE: another crate of the workspace to build (the benchmark's bare Worker).
 cd "$root/${WORKER_CRATE:-.}"
 export PATH="$root/node_modules/.bin:$HOME/.cargo/bin:$PATH"

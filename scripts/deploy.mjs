@@ -1,78 +1,127 @@
-// `npm run deploy`: deploy the Worker without dropping tenant bindings.
+// `npm run deploy`: deploys the Worker with `wrangler deploy` without dropping tenant bindings.
 //
 // A plain `wrangler deploy` sends only the bindings in wrangler.toml, so it would drop every
-// tenant binding added at run time. This script:
+// tenant binding added at run time (wrangler has no option to keep D1 bindings). This script:
 //   1. reads the tenants that should be bound from the control plane
 //      (`wrangler d1 execute <control> --remote`),
 //   2. writes a deploy config: wrangler.toml plus one [[d1_databases]] entry per tenant,
-//   3. runs `wrangler deploy --config <that file>` (the build runs as usual),
-//   4. if TENANTRY_URL and TENANTRY_ADMIN_TOKEN are set, asks the deployed Worker to reconcile
-//      (`POST /v1/reconcile`), which also covers tenants created while the deploy ran.
-// The cron reconciler would restore a dropped binding within 5 minutes anyway; this keeps the
-// gap at zero.
+//   3. runs `wrangler deploy --config <that file>` (wrangler runs the build as usual),
+//   4. asks the deployed Worker to reconcile (`POST /v1/reconcile`) when it knows where the Worker
+//      is, which re-adds the binding of a tenant created while the deploy ran (its binding was
+//      added to the version before ours and our version does not have it).
+// Without step 4 the cron reconciler restores such a binding within one cron period.
 //
-// Needs CLOUDFLARE_API_TOKEN (and CLOUDFLARE_ACCOUNT_ID unless wrangler.toml's var is right).
-// `--dry-run` prints the generated config and deploys nothing.
+//   npm run deploy                      to Cloudflare: needs CLOUDFLARE_API_TOKEN (and
+//                                       CLOUDFLARE_ACCOUNT_ID unless wrangler.toml's var is
+//                                       right); TENANTRY_URL and TENANTRY_ADMIN_TOKEN for step 4
+//   npm run deploy -- --target FILE     to another account or API, described by FILE (what the
+//                                       local stack writes: `.tenantry/dev/target.json`, so
+//                                       `npm run deploy:local` deploys to `npm run dev`'s cloud)
+//   npm run deploy -- --dry-run         prints the generated config, deploys nothing
+//
+// The local stack deploys itself through `deploy()` below, so the path users take to production
+// is the one every local run and every test takes.
 
-import { spawnSync } from "node:child_process";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
 import { parse } from "smol-toml";
+import { ROOT, runWrangler } from "./lib/wrangler.mjs";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const dryRun = process.argv.includes("--dry-run");
-const config = parse(readFileSync(path.join(ROOT, "wrangler.toml"), "utf8"));
-const control = (config.d1_databases ?? []).find((d) => d.binding === "CONTROL_DB");
-if (!control) throw new Error("wrangler.toml has no CONTROL_DB database");
+const TENANTS_SQL = "SELECT binding_name, database_name, database_id FROM tenants WHERE bind_wanted = 1 AND database_id IS NOT NULL ORDER BY slug";
 
-function wrangler(args, { capture = false, cwd = ROOT } = {}) {
-  const bin = path.join(ROOT, "node_modules", "wrangler", "bin", "wrangler.js");
-  const out = spawnSync(process.execPath, [bin, ...args], {
-    cwd,
-    env: { ...process.env, WRANGLER_SEND_METRICS: "false" },
-    stdio: capture ? ["ignore", "pipe", "inherit"] : "inherit",
-    encoding: "utf8",
-  });
-  if (out.status !== 0) throw new Error(`wrangler ${args.join(" ")} failed (${out.status})`);
-  return out.stdout;
+/**
+ * Where and how to deploy, when not to Cloudflare with wrangler.toml as it stands.
+ * @typedef {object} Target
+ * @property {Record<string, string>} [env] environment for wrangler (CLOUDFLARE_API_BASE_URL, ...)
+ * @property {Record<string, string>} [vars] vars that replace wrangler.toml's
+ * @property {string} [control_database_id] the control plane's database id
+ * @property {Record<string, string>} [secrets] secrets uploaded with the version
+ * @property {boolean} [build] run wrangler.toml's build command (default true)
+ * @property {string} [url] the deployed Worker's apex URL, for the reconcile call
+ * @property {string} [admin_token] its admin token
+ * @property {string} [work_dir] where the generated files go (default .tenantry/)
+ */
+
+/**
+ * Deploys the Worker. Resolves with the version id that was deployed.
+ * @param {object} opts
+ * @param {Target} [opts.target]
+ * @param {string} [opts.message] the deployment's message
+ * @param {boolean} [opts.dryRun]
+ * @param {(msg: string) => void} [opts.log]
+ * @param {boolean} [opts.inherit] print wrangler's output as it comes
+ */
+export async function deploy({ target = {}, message, dryRun = false, log = console.log, inherit = false } = {}) {
+  const config = parse(await readFile(path.join(ROOT, "wrangler.toml"), "utf8"));
+  const control = (config.d1_databases ?? []).find((d) => d.binding === "CONTROL_DB");
+  if (!control) throw new Error("wrangler.toml has no CONTROL_DB database");
+  const env = { CI: "true", NO_COLOR: "1", FORCE_COLOR: "0", ...(target.env ?? {}) };
+
+  // Run outside the project so wrangler looks the control database up by name through the API
+  // (the same on Cloudflare and on the local cloud) instead of trusting a config file.
+  const query = await runWrangler(["d1", "execute", control.database_name, "--remote", "--json", "--command", TENANTS_SQL], { env, cwd: os.tmpdir() });
+  if (query.code !== 0) throw new Error(`reading the tenants from ${control.database_name} failed:\n${query.stdout}${query.stderr}`);
+  /** @type {{ binding_name: string, database_name: string, database_id: string }[]} */
+  const tenants = JSON.parse(query.stdout).at(-1).results;
+
+  const workDir = target.work_dir ?? path.join(ROOT, ".tenantry");
+  const deployConfig = {
+    ...config,
+    vars: { ...(config.vars ?? {}), ...(target.vars ?? {}) },
+    d1_databases: [
+      ...config.d1_databases.map((d) => ({
+        ...d,
+        ...(d.binding === "CONTROL_DB" && target.control_database_id ? { database_id: target.control_database_id } : {}),
+        migrations_dir: d.migrations_dir && path.join(ROOT, d.migrations_dir),
+      })),
+      ...tenants.map((t) => ({ binding: t.binding_name, database_name: t.database_name, database_id: t.database_id })),
+    ],
+    main: path.join(ROOT, config.main),
+    build: target.build === false ? undefined : config.build && { ...config.build, cwd: ROOT },
+  };
+  if (!deployConfig.build) delete deployConfig.build;
+  await mkdir(workDir, { recursive: true });
+  const file = path.join(workDir, "wrangler.deploy.json");
+  await writeFile(file, JSON.stringify(deployConfig, null, 2));
+  log(`deploy config: ${file} (${tenants.length} tenant bindings kept)`);
+  if (dryRun) {
+    log(JSON.stringify(deployConfig, null, 2));
+    return null;
+  }
+
+  const args = ["deploy", "--config", file, ...(message ? ["--message", message] : [])];
+  if (target.secrets && Object.keys(target.secrets).length) {
+    const secretsFile = path.join(workDir, "secrets.json");
+    await writeFile(secretsFile, JSON.stringify(target.secrets), { mode: 0o600 });
+    args.push("--secrets-file", secretsFile);
+  }
+  const out = await runWrangler(args, { env, inherit });
+  if (out.code !== 0) throw new Error(`wrangler deploy failed (${out.code}):\n${out.stdout}${out.stderr}`);
+  const versionId = /Current Version ID: ([0-9a-f-]+)/.exec(out.stdout)?.[1] ?? null;
+  log(`deployed version ${versionId}`);
+
+  const url = target.url ?? process.env.TENANTRY_URL;
+  const token = target.admin_token ?? process.env.TENANTRY_ADMIN_TOKEN;
+  if (url && token) {
+    const res = await fetch(`${url.replace(/\/$/, "")}/v1/reconcile`, { method: "POST", headers: { authorization: `Bearer ${token}` } });
+    const text = await res.text();
+    if (!res.ok) throw new Error(`reconcile after the deploy: ${res.status} ${text}`);
+    log(`reconcile: ${res.status}`);
+  } else {
+    log("TENANTRY_URL / TENANTRY_ADMIN_TOKEN not set: the cron reconciler checks the bindings within one cron period (5 minutes).");
+  }
+  return versionId;
 }
 
-const query = "SELECT binding_name, database_name, database_id FROM tenants WHERE bind_wanted = 1 AND database_id IS NOT NULL ORDER BY slug";
-// Run outside the project so wrangler looks the control database up by name through the API
-// (the same on Cloudflare and on the local cloud) instead of trusting a config file.
-const result = JSON.parse(
-  wrangler(["d1", "execute", control.database_name, "--remote", "--json", "--command", query], { capture: true, cwd: os.tmpdir() }),
-);
-const tenants = result.at(-1).results;
-
-const deployConfig = {
-  ...config,
-  d1_databases: [
-    ...config.d1_databases.map((d) => ({ ...d, migrations_dir: d.migrations_dir && path.join(ROOT, d.migrations_dir) })),
-    ...tenants.map((t) => ({ binding: t.binding_name, database_name: t.database_name, database_id: t.database_id })),
-  ],
-  main: path.join(ROOT, config.main),
-  build: config.build && { ...config.build, cwd: ROOT },
-};
-mkdirSync(path.join(ROOT, ".tenantry"), { recursive: true });
-const file = path.join(ROOT, ".tenantry", "wrangler.deploy.json");
-writeFileSync(file, JSON.stringify(deployConfig, null, 2));
-console.log(`deploy config: ${file} (${tenants.length} tenant bindings kept)`);
-
-if (dryRun) {
-  console.log(JSON.stringify(deployConfig, null, 2));
-  process.exit(0);
-}
-wrangler(["deploy", "--config", file]);
-
-const url = process.env.TENANTRY_URL;
-const token = process.env.TENANTRY_ADMIN_TOKEN;
-if (url && token) {
-  const res = await fetch(`${url.replace(/\/$/, "")}/v1/reconcile`, { method: "POST", headers: { authorization: `Bearer ${token}` } });
-  console.log(`reconcile: ${res.status} ${await res.text()}`);
-  if (!res.ok) process.exit(1);
-} else {
-  console.log("TENANTRY_URL / TENANTRY_ADMIN_TOKEN not set: the cron reconciler will check the bindings within 5 minutes.");
+if (process.argv[1] === new URL(import.meta.url).pathname) {
+  const { values } = parseArgs({ options: { target: { type: "string" }, "dry-run": { type: "boolean" }, message: { type: "string" } } });
+  try {
+    const target = values.target ? JSON.parse(await readFile(values.target, "utf8")) : {};
+    await deploy({ target, dryRun: values["dry-run"], message: values.message, inherit: true });
+  } catch (e) {
+    console.error(`npm run deploy: ${e.message}`);
+    process.exit(1);
+  }
 }

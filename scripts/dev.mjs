@@ -13,12 +13,19 @@ const port = Number(process.env.PORT ?? 8787);
 const cloudPort = Number(process.env.CLOUD_PORT ?? 8788);
 const demo = process.env.DEMO_TENANT ?? "acme";
 
-const stack = await startStack({
-  stateDir: path.join(ROOT, ".tenantry", "dev"),
-  port,
-  cloudPort,
-  log: (m) => m && console.log(`[local cloud] ${m}`),
-});
+let stack;
+try {
+  stack = await startStack({
+    stateDir: path.join(ROOT, ".tenantry", "dev"),
+    port,
+    cloudPort,
+    log: (m) => m && console.log(`[local cloud] ${m}`),
+  });
+} catch (e) {
+  // A sentence, not a stack trace: what failed and what to do.
+  console.error(`\nnpm run dev could not start: ${e.message}`);
+  process.exit(1);
+}
 
 // The demo tenant, created through the admin API like any other (a no-op when it exists).
 const admin = adminClient(stack.url, stack.adminToken);
@@ -44,9 +51,12 @@ tenantry is running.
     curl -X POST ${stack.url}/v1/tenants -H 'Authorization: Bearer ${stack.adminToken}' \\
       -d '{"slug":"globex","name":"Globex","admin":{"email":"a@globex.test","password":"a long password"}}'
 
+  Deploy to the local cloud as to Cloudflare (wrangler deploy, tenant bindings kept):
+    npm run deploy:local
+
   Drive the local cloud with the real wrangler CLI:
     CLOUDFLARE_API_BASE_URL=${stack.apiBase} CLOUDFLARE_API_TOKEN=${stack.token} \\
-    CLOUDFLARE_ACCOUNT_ID=${stack.accountId} npx wrangler d1 list
+    CLOUDFLARE_ACCOUNT_ID=${stack.accountId} npx wrangler versions list --name tenantry
 
 Ctrl-C to stop. State is kept in .tenantry/dev/. A change under src/, migrations/ or the Cargo
 files rebuilds the Worker and reloads it (tenants and data stay).
@@ -90,8 +100,14 @@ async function rebuild() {
         console.error(`${output.trim()}\n[dev] the build failed (above); the previous Worker keeps serving`);
         continue;
       }
-      await stack.runtime.restart("code changed");
-      console.log(`[dev] reloaded the new Worker (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+      // The same path as production: `wrangler deploy` of the new build to the local cloud.
+      try {
+        await stack.deployBuild({ message: "npm run dev: sources changed" });
+      } catch (e) {
+        console.error(`[dev] deploying the new build failed; the previous Worker keeps serving:\n${e.message}`);
+        continue;
+      }
+      console.log(`[dev] deployed and reloaded the new Worker (${((Date.now() - started) / 1000).toFixed(1)} s)`);
     } while (again);
   })().finally(() => (building = null));
 }

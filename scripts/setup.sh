@@ -13,6 +13,12 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 say() { printf '[setup] %s\n' "$*"; }
+fail() { printf '[setup] %s\n' "$*" >&2; exit 1; }
+
+# What cannot be installed from here: say so in a sentence, not a stack trace.
+command -v npm >/dev/null || fail "npm is missing: install Node.js 20 or later (https://nodejs.org), then run this again."
+command -v rustup >/dev/null && command -v cargo >/dev/null \
+  || fail "Rust is missing (rustup and cargo): install it from https://rustup.rs, open a new shell, then run this again."
 
 if [ ! -x node_modules/.bin/node ] || [ ! -f node_modules/.package-lock.json ] \
    || [ package-lock.json -nt node_modules/.package-lock.json ]; then

@@ -37,6 +37,13 @@ pub enum HostError {
 }
 
 /// Resolves `host` (the URL's host, without port) and the optional `X-Tenant-ID` header.
+/// Whether `host` names this machine (`localhost`, `*.localhost`, the loopback addresses).
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    let host = host.strip_suffix('.').unwrap_or(&host);
+    host == "localhost" || host.ends_with(".localhost") || host == "127.0.0.1" || host == "[::1]" || host == "::1"
+}
+
 pub fn resolve(host: &str, tenant_header: Option<&str>, apex: &Apex) -> Result<Route, HostError> {
     let host = host.to_ascii_lowercase();
     let host = host.strip_suffix('.').unwrap_or(&host);
@@ -71,6 +78,16 @@ pub fn resolve(host: &str, tenant_header: Option<&str>, apex: &Apex) -> Result<R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for host in ["localhost", "LOCALHOST.", "acme.localhost", "127.0.0.1", "[::1]"] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in ["example.com", "localhost.example.com", "127.0.0.2", "notlocalhost", ""] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
 
     fn tenant(s: &str) -> Result<Route, HostError> {
         Ok(Route::Tenant(TenantSlug::parse(s).unwrap()))

@@ -21,6 +21,10 @@ pub enum ApiError {
     Forbidden { code: &'static str, message: String },
     #[error("{message}")]
     NotFound { code: &'static str, message: String },
+    /// The request was sent to a host this deployment does not serve, in a way that says the
+    /// Worker was started somewhere it was not configured for (421 Misdirected Request).
+    #[error("{message}")]
+    Misdirected { code: &'static str, message: String },
     /// The request conflicts with the resource's state (a taken slug, an impossible transition).
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
@@ -68,6 +72,7 @@ impl ApiError {
             Self::Unauthorized { .. } => 401,
             Self::Forbidden { .. } => 403,
             Self::NotFound { .. } => 404,
+            Self::Misdirected { .. } => 421,
             Self::Conflict { .. } => 409,
             Self::PayloadTooLarge { .. } => 413,
             Self::Unprocessable { .. } => 422,
@@ -82,6 +87,7 @@ impl ApiError {
         match self {
             Self::BadRequest { code, .. }
             | Self::NotFound { code, .. }
+            | Self::Misdirected { code, .. }
             | Self::Conflict { code, .. }
             | Self::Forbidden { code, .. }
             | Self::TooManyRequests { code, .. }

@@ -38,7 +38,23 @@ async fn route(req: &Request, env: &Env) -> Result<Route, ApiError> {
         code: "invalid_tenant_header",
         message: "the X-Tenant-ID header is not valid text".into(),
     })?;
-    Ok(host::resolve(url.host_str().unwrap_or(""), tenant_header.as_deref(), &config.apex)?)
+    let host = url.host_str().unwrap_or("");
+    host::resolve(host, tenant_header.as_deref(), &config.apex).map_err(|e| match e {
+        // `wrangler dev` on its own serves on localhost with wrangler.toml's APEX: say where to go
+        // instead of a bare 404.
+        host::HostError::UnknownHost if host::is_loopback(host) && !host::is_loopback(config.apex.as_str()) => {
+            ApiError::Misdirected {
+                code: "not_configured_for_localhost",
+                message: format!(
+                    "this Worker serves *.{apex} (its APEX var), not {host}. Started with `wrangler dev` on its own? \
+                     That runs the Worker without the control plane, tenants or the local cloud. Run `npm run dev` \
+                     instead and open http://acme.localhost:8787/api/auth/login (README, \"wrangler dev\").",
+                    apex = config.apex.as_str()
+                ),
+            }
+        }
+        e => e.into(),
+    })
 }
 
 thread_local! {

@@ -10,6 +10,7 @@
 
 mod auth;
 mod context;
+mod heal;
 pub mod migrate;
 mod projects;
 pub mod registry;
@@ -65,6 +66,9 @@ pub async fn handle(
         ctx.wait_until(registry::refresh(env.clone(), slug.clone()));
     }
     let outcome = serve(req, env, slug, request_id, lookup, &segments).await;
+    if heal::due(js_sys::Date::now()) {
+        ctx.wait_until(heal::bindings(env.clone()));
+    }
     let mut response = outcome.unwrap_or_else(|e| http::error_response(&e));
     let _ = response.headers_mut().set(CONTROL_QUERIES_HEADER, &queries.to_string());
     if refresh {
@@ -303,10 +307,12 @@ async fn record_migrated(env: &Env, slug: &TenantSlug, version: usize) {
 }
 
 /// The tenant's binding. A routed tenant that is active but unbound is a server-side
-/// inconsistency (the reconciler restores bindings): 503, logged.
+/// inconsistency (a deploy that dropped tenant bindings, or one not yet live): 503, logged, and
+/// a bindings reconcile is started right away (see [`heal`]).
 fn binding(env: &Env, slug: &TenantSlug) -> Result<D1Database, ApiError> {
     let name = BindingName::for_tenant(slug);
     env.d1(name.as_str()).map_err(|_| {
+        heal::wanted();
         ApiError::Unavailable {
             code: "tenant_unavailable",
             message: "this tenant is temporarily unavailable; retry shortly".into(),

@@ -135,19 +135,19 @@ describe("export", () => {
 describe("script settings", () => {
   const settingsPatch = (settings, opts) => raw("PATCH", "/workers/scripts/tenantry/settings", settings, { multipart: true, ...opts });
 
-  test("unknown script 10007; bad bindings 10021 and nothing changes", async () => {
+  test("unknown script 10007; bad bindings 10021 (10057 for an inherit with nothing to inherit) and nothing changes", async () => {
     await expectFailure(raw("GET", "/workers/scripts/nope/settings"), 404, 10007);
     const before = (await api("GET", "/workers/scripts/tenantry/settings")).result.bindings;
     const inherit = before.map((b) => ({ type: "inherit", name: b.name }));
-    for (const bad of [
-      [...inherit, { type: "d1", name: "X_DB", id: "00000000-0000-0000-0000-000000000000" }],
-      [...inherit, { type: "inherit", name: "NEVER_EXISTED" }],
-      [...inherit, { type: "d1", name: "APEX" }],
-      [...inherit, inherit[0]],
-      [...inherit, { type: "d1", name: "not-an-identifier", id: before.find((b) => b.type === "d1").id }],
-      [...inherit, { type: "queue", name: "Q", queue_name: "q" }],
+    for (const [bad, code] of [
+      [[...inherit, { type: "d1", name: "X_DB", id: "00000000-0000-0000-0000-000000000000" }], 10021],
+      [[...inherit, { type: "inherit", name: "NEVER_EXISTED" }], 10057],
+      [[...inherit, { type: "d1", name: "APEX" }], 10021],
+      [[...inherit, inherit[0]], 10021],
+      [[...inherit, { type: "d1", name: "not-an-identifier", id: before.find((b) => b.type === "d1").id }], 10021],
+      [[...inherit, { type: "queue", name: "Q", queue_name: "q" }], 10021],
     ]) {
-      await expectFailure(settingsPatch({ bindings: bad }), 400, 10021);
+      await expectFailure(settingsPatch({ bindings: bad }), 400, code);
     }
     expect((await api("GET", "/workers/scripts/tenantry/settings")).result.bindings).toEqual(before);
     const notMultipart = await raw("PATCH", "/workers/scripts/tenantry/settings", { bindings: inherit });

@@ -1,0 +1,76 @@
+//! Self-healing of tenant bindings. A deploy that sends only wrangler.toml's bindings (a bare
+//! `wrangler deploy`) drops every tenant binding; the cron reconciler would restore them within
+//! one cron period. Instead, the first request that finds its tenant's binding missing starts a
+//! bindings reconcile in the background (`ctx.wait_until`), so tenants are back within seconds of
+//! their first request.
+//!
+//! Bounded: at most one reconcile per isolate every [`MIN_INTERVAL_MS`], and the reconcile itself
+//! holds the control plane's `bindings` lease, so a burst across many isolates patches the
+//! settings once.
+
+use std::cell::Cell;
+
+use worker::Env;
+
+use crate::control::lifecycle::Lifecycle;
+
+/// The shortest time between two reconciles started by one isolate.
+pub const MIN_INTERVAL_MS: f64 = 10_000.0;
+
+thread_local! {
+    /// Whether a request of this invocation found a binding missing.
+    static WANTED: Cell<bool> = const { Cell::new(false) };
+    /// When this isolate last started a reconcile.
+    static LAST_STARTED: Cell<f64> = const { Cell::new(f64::NEG_INFINITY) };
+}
+
+/// Records that a binding was found missing.
+pub fn wanted() {
+    WANTED.with(|w| w.set(true));
+}
+
+/// Whether to start a reconcile now (clears the request); at most once per `MIN_INTERVAL_MS`.
+pub fn due(now_ms: f64) -> bool {
+    if !WANTED.with(|w| w.replace(false)) {
+        return false;
+    }
+    LAST_STARTED.with(|last| {
+        if now_ms - last.get() < MIN_INTERVAL_MS {
+            return false;
+        }
+        last.set(now_ms);
+        true
+    })
+}
+
+/// Converges the Worker's tenant bindings on the control plane's; logs the outcome.
+pub async fn bindings(env: Env) {
+    let lifecycle = match Lifecycle::from_env(&env) {
+        Ok(lifecycle) => lifecycle,
+        Err(_) => return, // from_env logged what is missing
+    };
+    match lifecycle.reconcile_bindings().await {
+        Ok(Some(report)) => {
+            worker::console_log!("bindings healed after a request found one missing: {}", serde_json::json!(report))
+        }
+        Ok(None) => worker::console_log!("bindings heal: another invocation holds the bindings lease"),
+        Err(e) => worker::console_error!("bindings heal failed: {e:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_only_when_wanted_and_at_most_once_per_interval() {
+        assert!(!due(0.0), "nothing wanted");
+        wanted();
+        assert!(due(0.0));
+        assert!(!due(1.0), "the request was consumed");
+        wanted();
+        assert!(!due(MIN_INTERVAL_MS - 1.0), "too soon after the last one");
+        wanted();
+        assert!(due(MIN_INTERVAL_MS + 1.0));
+    }
+}

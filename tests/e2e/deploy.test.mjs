@@ -1,0 +1,258 @@
+// The deploy path, end to end with the real wrangler CLI against the local cloud's Workers
+// scripts API, on a stack of its own (these tests replace the Worker that serves):
+// - `npm run deploy` (scripts/deploy.mjs) with tenants present keeps every binding and every
+//   tenant serving, and a tenant created while it runs is served afterwards;
+// - a bare `wrangler deploy` from a wrangler.toml drops the tenant bindings, and tenants are back
+//   within the documented bound without any operator action (the Worker heals its bindings);
+// - `wrangler secret put`, `versions list`, `deployments list` and `rollback` change what serves;
+// - several scripts per account, with service bindings between them; a script that throws at
+//   startup is refused and never replaces the one that serves.
+
+import { spawn } from "node:child_process";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { stringify, parse } from "smol-toml";
+import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
+import { adminClient, hostRequest } from "../../cloud/client.mjs";
+import { ROOT, startStack, wrangler } from "../../cloud/stack.mjs";
+
+/** Documented in the README: how long tenants may be down after a bare `wrangler deploy`. */
+const BARE_DEPLOY_BOUND_MS = 20_000;
+const PASSWORD = "a long enough password";
+
+let stateDir;
+/** @type {Awaited<ReturnType<typeof startStack>>} */
+let stack;
+let admin;
+let port;
+
+beforeAll(async () => {
+  stateDir = await mkdtemp(path.join(os.tmpdir(), "tenantry-deploy-"));
+  stack = await startStack({ stateDir });
+  admin = adminClient(stack.url, stack.adminToken);
+  port = Number(new URL(stack.url).port);
+}, 120_000);
+
+afterAll(async () => {
+  await stack?.stop();
+  await rm(stateDir, { recursive: true, force: true });
+});
+
+const login = (slug) => hostRequest(port, `${slug}.localhost`, "/api/auth/login", { method: "POST", body: { email: `admin@${slug}.test`, password: PASSWORD } });
+
+async function createTenant(slug) {
+  const res = await admin("POST", "/v1/tenants", { slug, name: slug, admin: { email: `admin@${slug}.test`, password: PASSWORD } });
+  expect([201, 202]).toContain(res.status);
+  return res;
+}
+
+/** Waits until tenant `slug` signs its admin in. */
+async function serving(slug, timeout = 30_000) {
+  await vi.waitFor(
+    async () => {
+      await admin("GET", `/v1/tenants/${slug}`); // carries a pending operation forward
+      const res = await login(slug);
+      if (res.status !== 200) throw new Error(`${slug}: ${res.status} ${res.text}`);
+    },
+    { timeout, interval: 250 },
+  );
+}
+
+const settings = async () => (await stack.api("GET", "/workers/scripts/tenantry/settings")).result;
+const tenantBindings = async () => (await settings()).bindings.filter((b) => b.name.startsWith("TENANT_")).map((b) => b.name).sort();
+const versions = async () => (await stack.api("GET", "/workers/scripts/tenantry/versions")).result.items;
+const deployedVersionId = async () => (await stack.api("GET", "/workers/scripts/tenantry/deployments")).result.deployments[0].versions[0].version_id;
+
+/** `npm run deploy -- --target <the stack's target>`, as a child process. */
+function npmRunDeploy() {
+  return new Promise((resolve, reject) => {
+    const child = spawn(path.join(ROOT, "node_modules", ".bin", "node"), [path.join(ROOT, "scripts", "deploy.mjs"), "--target", stack.targetFile, "--message", "test deploy"], {
+      cwd: ROOT,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let output = "";
+    child.stdout.on("data", (d) => (output += d));
+    child.stderr.on("data", (d) => (output += d));
+    child.on("error", reject);
+    child.on("close", (code) => resolve({ code, output }));
+  });
+}
+
+/** Requests to every tenant in `slugs` in a loop until `stop()`; resolves with the failures. */
+function keepAsking(slugs) {
+  let running = true;
+  const failures = [];
+  let requests = 0;
+  const loops = slugs.map(async (slug) => {
+    while (running) {
+      const res = await login(slug);
+      requests++;
+      if (res.status !== 200) failures.push(`${slug}: ${res.status} ${res.text.slice(0, 200)}`);
+    }
+  });
+  return async () => {
+    running = false;
+    await Promise.all(loops);
+    return { failures, requests };
+  };
+}
+
+describe("npm run deploy", () => {
+  test("with tenants present keeps every binding and every tenant serving; a tenant created meanwhile is served afterwards", async () => {
+    const slugs = ["dep-a", "dep-b", "dep-c"];
+    for (const slug of slugs) await createTenant(slug);
+    for (const slug of slugs) await serving(slug);
+    const before = await versions();
+
+    const stopAsking = keepAsking(slugs);
+    const deploying = npmRunDeploy();
+    await sleep(500); // wrangler is starting: create a tenant while the deploy runs
+    await createTenant("dep-during");
+    const { code, output } = await deploying;
+    const { failures, requests } = await stopAsking();
+
+    expect(code, output).toBe(0);
+    expect(output).toMatch(/3 tenant bindings kept|4 tenant bindings kept/);
+    expect(requests).toBeGreaterThan(20);
+    expect(failures).toEqual([]);
+    // A new version from wrangler was deployed.
+    const after = await versions();
+    expect(after.length).toBeGreaterThan(before.length);
+    expect(after.some((v) => v.metadata.source === "wrangler" && !before.some((b) => b.id === v.id))).toBe(true);
+
+    await serving("dep-during");
+    for (const slug of slugs) expect((await login(slug)).status).toBe(200);
+    expect(await tenantBindings()).toEqual(["TENANT_DEP_A", "TENANT_DEP_B", "TENANT_DEP_C", "TENANT_DEP_DURING"]);
+  }, 180_000);
+});
+
+describe("a bare wrangler deploy", () => {
+  test("drops the tenant bindings, and tenants serve again within the bound with no operator action", async () => {
+    // What a user's own wrangler.toml holds: the repository's, with their account's values.
+    const project = await mkdtemp(path.join(os.tmpdir(), "tenantry-bare-"));
+    const config = parse(await readFile(path.join(ROOT, "wrangler.toml"), "utf8"));
+    delete config.build;
+    config.main = path.join(ROOT, "build", "index.js");
+    config.vars = { ...config.vars, ...stack.target.vars };
+    config.d1_databases = config.d1_databases.map((d) => ({ ...d, database_id: stack.controlDatabase.uuid, migrations_dir: undefined }));
+    await writeFile(path.join(project, "wrangler.toml"), stringify(config));
+    try {
+      const slugs = ["dep-a", "dep-b", "dep-c", "dep-during"];
+      for (const slug of slugs) await serving(slug);
+      const out = await wrangler(["deploy"], stack.cloudUrl, { cwd: project });
+      expect(out.code, out.stdout + out.stderr).toBe(0);
+      const dropped = Date.now();
+      expect(await tenantBindings()).toEqual([]); // the deploy really dropped them
+
+      const back = new Map();
+      await vi.waitFor(
+        async () => {
+          for (const slug of slugs) {
+            if (back.has(slug)) continue;
+            const res = await login(slug);
+            if (res.status === 200) back.set(slug, Date.now() - dropped);
+            else expect(res.json?.error?.code).toBe("tenant_unavailable"); // 503 with Retry-After, never a 500
+          }
+          if (back.size < slugs.length) throw new Error(`still down: ${slugs.filter((s) => !back.has(s))}`);
+        },
+        { timeout: BARE_DEPLOY_BOUND_MS, interval: 200 },
+      );
+      console.log(`bare wrangler deploy: tenants back after ${[...back.values()].join(", ")} ms`);
+      expect(await tenantBindings()).toEqual(["TENANT_DEP_A", "TENANT_DEP_B", "TENANT_DEP_C", "TENANT_DEP_DURING"]);
+    } finally {
+      await rm(project, { recursive: true, force: true });
+    }
+  }, 120_000);
+});
+
+describe("wrangler secret, versions, deployments, rollback", () => {
+  test("secret put makes a version that serves; versions and deployments list it; rollback serves the old one", async () => {
+    const asAdmin = (token) => admin("GET", "/v1/tenants?limit=1", undefined, { token });
+    const oldVersion = await deployedVersionId();
+    expect((await asAdmin(stack.adminToken)).status).toBe(200);
+
+    const put = await wrangler(["secret", "put", "ADMIN_TOKEN", "--name", "tenantry"], stack.cloudUrl, { input: "a-rotated-admin-token\n", cwd: os.tmpdir() });
+    expect(put.code, put.stdout + put.stderr).toBe(0);
+    const rotated = await deployedVersionId();
+    expect(rotated).not.toBe(oldVersion);
+    await vi.waitFor(async () => expect((await asAdmin("a-rotated-admin-token")).status).toBe(200), { timeout: 10_000 });
+    expect((await asAdmin(stack.adminToken)).status).toBe(401);
+
+    const list = await wrangler(["versions", "list", "--name", "tenantry", "--json"], stack.cloudUrl, { cwd: os.tmpdir() });
+    expect(list.code, list.stderr).toBe(0);
+    const listed = JSON.parse(list.stdout).map((v) => v.id);
+    expect(listed).toContain(oldVersion);
+    expect(listed).toContain(rotated);
+    const deployments = await wrangler(["deployments", "list", "--name", "tenantry", "--json"], stack.cloudUrl, { cwd: os.tmpdir() });
+    expect(deployments.code, deployments.stderr).toBe(0);
+    expect(JSON.parse(deployments.stdout).at(-1).versions[0].version_id).toBe(rotated);
+
+    // The secret differs between the two versions: the API refuses (10220) until forced;
+    // wrangler asks, and -y answers yes.
+    const rollback = await wrangler(["rollback", oldVersion, "--name", "tenantry", "-y", "--message", "test rollback"], stack.cloudUrl, { cwd: os.tmpdir() });
+    expect(rollback.code, rollback.stdout + rollback.stderr).toBe(0);
+    expect(await deployedVersionId()).toBe(oldVersion);
+    await vi.waitFor(async () => expect((await asAdmin(stack.adminToken)).status).toBe(200), { timeout: 10_000 });
+    expect((await asAdmin("a-rotated-admin-token")).status).toBe(401);
+
+    // After a rollback the latest version is not the deployed one: the API refuses binding
+    // changes (10214) until the next deploy, which brings everything back.
+    const patch = await stack.api("PATCH", "/workers/scripts/tenantry/settings", { bindings: [] }, { multipart: true, raw: true });
+    expect(patch.status).toBe(400);
+    expect((await patch.json()).errors[0].code).toBe(10214);
+    const redeploy = await npmRunDeploy();
+    expect(redeploy.code, redeploy.output).toBe(0);
+    for (const slug of ["dep-a", "dep-during"]) expect((await login(slug)).status).toBe(200);
+  }, 180_000);
+});
+
+describe("several scripts", () => {
+  const upload = (name, source, bindings = []) => {
+    const form = new FormData();
+    form.set("metadata", new Blob([JSON.stringify({ main_module: "index.js", compatibility_date: "2025-01-01", bindings })], { type: "application/json" }));
+    form.set("index.js", new Blob([source], { type: "application/javascript+module" }), "index.js");
+    return fetch(`${stack.apiBase}/accounts/${stack.accountId}/workers/scripts/${name}`, { method: "PUT", headers: { authorization: `Bearer ${stack.token}` }, body: form });
+  };
+  const call = async (script) => {
+    const res = await stack.runtime.dispatchTo(script, "http://any/");
+    return { status: res.status, text: res.body.toString() };
+  };
+
+  test("each runs its deployed version with its own bindings; service bindings reach the other script", async () => {
+    const echo = await upload("echo", `export default { fetch: (req, env) => new Response("echo says " + env.WORD) };`, [{ type: "plain_text", name: "WORD", text: "hello" }]);
+    expect(echo.status, await echo.clone().text()).toBe(200);
+    const front = await upload("front", `export default { async fetch(req, env) {
+        try { return new Response("front got: " + await (await env.ECHO.fetch(req)).text()); }
+        catch (e) { return new Response("echo unreachable: " + e.message, { status: 502 }); }
+      } };`, [{ type: "service", name: "ECHO", service: "echo" }]);
+    expect(front.status, await front.clone().text()).toBe(200);
+    await vi.waitFor(async () => expect(await call("front")).toEqual({ status: 200, text: "front got: echo says hello" }), { timeout: 10_000 });
+    const list = (await stack.api("GET", "/workers/scripts")).result.map((s) => s.id).sort();
+    expect(list).toEqual(["echo", "front", "tenantry"]);
+
+    // A service binding to a script that does not exist is refused.
+    const dangling = await upload("front", `export default { fetch: () => new Response("x") };`, [{ type: "service", name: "NOPE", service: "nope" }]);
+    expect(dangling.status).toBe(400);
+    expect((await dangling.json()).errors[0].code).toBe(10021);
+  });
+
+  test("a script that throws at startup is refused (10021) and the deployed version keeps serving", async () => {
+    const broken = await upload("echo", `throw new Error("boom at startup"); export default {};`);
+    expect(broken.status).toBe(400);
+    const body = await broken.json();
+    expect(body.errors[0].code).toBe(10021);
+    expect(body.errors[0].message).toMatch(/boom at startup/);
+    expect(await call("echo")).toEqual({ status: 200, text: "echo says hello" });
+  });
+
+  test("a deleted script stops serving; a binding to it fails when called, and the others keep serving", async () => {
+    const del = await stack.api("DELETE", "/workers/scripts/echo");
+    expect(del.success).toBe(true);
+    await vi.waitFor(async () => expect(stack.runtime.running.has("echo")).toBe(false), { timeout: 10_000 });
+    await expect(call("echo")).rejects.toThrow(/no version of Worker echo is deployed/);
+    expect((await call("front")).status).toBe(502);
+    expect((await login("dep-a")).status).toBe(200);
+  });
+});
