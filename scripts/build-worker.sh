@@ -22,6 +22,8 @@ if [ "${WRANGLER_COMMAND:-}" = "dev" ]; then
 
 NOTE
 fi
+# The wrangler dev test sets this: the Worker in build/ is current already (npm test built it).
+if [ -n "${TENANTRY_SKIP_BUILD:-}" ] && [ -f "$root/build/index.js" ]; then exit 0; fi
 # WORKER_CRATE: another crate of the workspace to build (the benchmark's bare Worker).
 cd "$root/${WORKER_CRATE:-.}"
 export PATH="$root/node_modules/.bin:$HOME/.cargo/bin:$PATH"
