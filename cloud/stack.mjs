@@ -115,9 +115,11 @@ export async function startStack({
   /**
    * Deploys build/ with the real `wrangler deploy` (through scripts/deploy.mjs, the production
    * path) unless this build with these settings is what serves already. Resolves once the new
-   * version serves.
+   * version serves. `migrate`: apply new control-plane migrations first (edit-reload).
    */
-  async function deployBuild({ force = false, message = "npm run dev" } = {}) {
+  async function deployBuild({ force = false, message = "npm run dev", migrate = false } = {}) {
+    // A new control-plane migration first, so the new code finds its tables.
+    if (migrate) await applyControlMigrations({ stateDir, cloudUrl: cloud.url, controlId: control.uuid, log });
     const fingerprint = await buildFingerprint(target);
     const recordFile = path.join(stateDir, "deployed.json");
     const record = JSON.parse(await readFile(recordFile, "utf8").catch(() => "{}"));

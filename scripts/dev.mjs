@@ -102,7 +102,7 @@ async function rebuild() {
       }
       // The same path as production: `wrangler deploy` of the new build to the local cloud.
       try {
-        await stack.deployBuild({ message: "npm run dev: sources changed" });
+        await stack.deployBuild({ message: "npm run dev: sources changed", migrate: true });
       } catch (e) {
         console.error(`[dev] deploying the new build failed; the previous Worker keeps serving:\n${e.message}`);
         continue;
