@@ -27,6 +27,8 @@ if [ -n "${TENANTRY_SKIP_BUILD:-}" ] && [ -f "$root/build/index.js" ]; then exit
 # WORKER_CRATE: another crate of the workspace to build (the benchmark's bare Worker).
 cd "$root/${WORKER_CRATE:-.}"
 export PATH="$root/node_modules/.bin:$HOME/.cargo/bin:$PATH"
+# A failed compile is the compiler's message; worker-build's own backtrace after it says nothing more.
+export RUST_LIB_BACKTRACE=0
 WASM_BINDGEN_BIN="$(command -v wasm-bindgen)"
 export WASM_BINDGEN_BIN
 worker-build --release --no-opt "$@"
