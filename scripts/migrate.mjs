@@ -48,7 +48,13 @@ do {
 const status = await call("GET", "/v1/migrations/status");
 const seconds = ((performance.now() - started) / 1000).toFixed(1);
 console.log(`\ndone in ${seconds} s: ${done - failed.length} migrated, ${failed.length} failed`);
-console.log(`tenants by version: ${Object.entries(status.tenants_by_version).map(([v, n]) => `v${v}: ${n}`).join(", ") || "none"}`);
+console.log(
+  `tenants by version: ${
+    Object.entries(status.tenants_by_version)
+      .map(([v, n]) => `v${v}: ${n}`)
+      .join(", ") || "none"
+  }`,
+);
 if (failed.length) {
   console.log("failures (recorded on each tenant; fix and run again):");
   for (const f of status.failures) console.log(`  ${f.slug} (v${f.schema_version}): ${f.migration_error}`);

@@ -33,10 +33,14 @@ export const ADMIN_PASSWORD = "a long enough password";
 /** Polls the tenant (GET carries its operation forward) until it is `status`. */
 export async function waitForStatus(slug, status, timeoutMs = 30_000) {
   let last;
-  await waitFor(async () => {
-    last = await admin("GET", `/v1/tenants/${slug}`);
-    return last.json?.tenant?.status === status;
-  }, `tenant ${slug} to be ${status} (last: ${last?.text})`, timeoutMs);
+  await waitFor(
+    async () => {
+      last = await admin("GET", `/v1/tenants/${slug}`);
+      return last.json?.tenant?.status === status;
+    },
+    `tenant ${slug} to be ${status} (last: ${last?.text})`,
+    timeoutMs,
+  );
   return last.json.tenant;
 }
 
@@ -69,7 +73,6 @@ export async function createTenant(slug = freshSlug(), { plan = "free" } = {}) {
   }, `tenant ${slug} to serve`);
   return { slug, uuid: tenant.database.id, binding: tenant.binding, tenant, email, token };
 }
-
 
 /** Fires the Worker's cron trigger once (what Cloudflare does every 5 minutes). */
 export async function cron() {

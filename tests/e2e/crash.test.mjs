@@ -76,11 +76,17 @@ async function expectConverged(slugs) {
     const bound = settings.filter((b) => b.name === row.binding_name);
     if (row.status === "active") {
       expect(row.bind_wanted).toBe(1);
-      expect(bound.map((b) => b.id), `${row.slug} bound exactly once, to its database`).toEqual([row.database_id]);
+      expect(
+        bound.map((b) => b.id),
+        `${row.slug} bound exactly once, to its database`,
+      ).toEqual([row.database_id]);
       expect(databases.some((d) => d.uuid === row.database_id)).toBe(true);
     } else {
       expect(bound, `${row.slug} is deleted but still bound`).toEqual([]);
-      expect(databases.some((d) => d.name === row.database_name), `${row.slug}'s database outlived it`).toBe(false);
+      expect(
+        databases.some((d) => d.name === row.database_name),
+        `${row.slug}'s database outlived it`,
+      ).toBe(false);
     }
   }
   return rows;

@@ -64,7 +64,9 @@ test(`${LIFECYCLES} randomised lifecycles under injected faults converge`, { tim
     while (next < plans.length) {
       const plan = plans[next++];
       const create = await admin("POST", "/v1/tenants", {
-        slug: plan.slug, name: plan.slug, admin: { email: `a@${plan.slug}.test`, password: ADMIN_PASSWORD },
+        slug: plan.slug,
+        name: plan.slug,
+        admin: { email: `a@${plan.slug}.test`, password: ADMIN_PASSWORD },
       });
       expect([201, 202], create.text).toContain(create.status);
       if (plan.remove && plan.eager) {
@@ -100,7 +102,8 @@ test(`${LIFECYCLES} randomised lifecycles under injected faults converge`, { tim
   const bySlug = new Map(all.map((t) => [t.slug, t]));
   const missing = plans.filter((p) => !bySlug.has(p.slug));
   const toDelete = plans.filter((p) => p.remove && bySlug.get(p.slug)?.status !== "deleted");
-  for (const p of missing) await admin("POST", "/v1/tenants", { slug: p.slug, name: p.slug, admin: { email: `a@${p.slug}.test`, password: ADMIN_PASSWORD } });
+  for (const p of missing)
+    await admin("POST", "/v1/tenants", { slug: p.slug, name: p.slug, admin: { email: `a@${p.slug}.test`, password: ADMIN_PASSWORD } });
   for (const p of toDelete) await admin("DELETE", `/v1/tenants/${p.slug}`);
   for (let i = 0; i < 10; i++) {
     const report = await admin("POST", "/v1/reconcile");
@@ -118,13 +121,18 @@ test(`${LIFECYCLES} randomised lifecycles under injected faults converge`, { tim
   const boundIds = new Map(bindings.filter((b) => b.type === "d1").map((b) => [b.name, b.id]));
   const answering = await Promise.all(
     active.map(async (t) => {
-      const res = await request(`${t.slug}.localhost`, "/api/auth/login", { method: "POST", body: { email: `a@${t.slug}.test`, password: ADMIN_PASSWORD } });
+      const res = await request(`${t.slug}.localhost`, "/api/auth/login", {
+        method: "POST",
+        body: { email: `a@${t.slug}.test`, password: ADMIN_PASSWORD },
+      });
       return res.status === 200;
     }),
   );
   const bound = active.filter((t) => boundIds.get(t.binding) === t.database.id);
 
-  const databases = (await api("GET", `/d1/database?name=tenantry-${tag}&per_page=1000`)).result.filter((d) => d.name.startsWith(`tenantry-${tag}`));
+  const databases = (await api("GET", `/d1/database?name=tenantry-${tag}&per_page=1000`)).result.filter((d) =>
+    d.name.startsWith(`tenantry-${tag}`),
+  );
   const owned = new Set(active.map((t) => t.database.name));
   const orphans = databases.filter((d) => !owned.has(d.name));
 
@@ -137,12 +145,15 @@ test(`${LIFECYCLES} randomised lifecycles under injected faults converge`, { tim
     }
     const res = await fetch(`${stack.url}/v1/tenants/${t.slug}/backup`, { headers: { authorization: `Bearer ${stack.adminToken}` } });
     const dump = Buffer.from(await res.arrayBuffer());
-    if (res.status === 200 && createHash("sha256").update(dump).digest("hex") === t.backup.sha256 && dump.length === t.backup.bytes) verifiedBackups++;
+    if (res.status === 200 && createHash("sha256").update(dump).digest("hex") === t.backup.sha256 && dump.length === t.backup.bytes)
+      verifiedBackups++;
   }
   // A sample of backups restores to the rows the tenant had (its stamp row at least).
   const sample = deleted.find((t) => t.backup);
   if (sample) {
-    const dump = await (await fetch(`${stack.url}/v1/tenants/${sample.slug}/backup`, { headers: { authorization: `Bearer ${stack.adminToken}` } })).text();
+    const dump = await (
+      await fetch(`${stack.url}/v1/tenants/${sample.slug}/backup`, { headers: { authorization: `Bearer ${stack.adminToken}` } })
+    ).text();
     const restored = (await api("POST", "/d1/database", { name: `restore-${sample.slug}` })).result;
     await sql(restored.uuid, dump);
     expect((await sql(restored.uuid, "SELECT value FROM tenant_meta WHERE key = 'slug'"))[0].results).toEqual([{ value: sample.slug }]);

@@ -32,8 +32,13 @@ test("wrangler d1 create, list, execute --remote, export --remote, delete", asyn
   expect(JSON.parse(listed).map((d) => d.name)).toContain(name);
 
   const executed = await wrangler(
-    "d1", "execute", name, "--remote", "--json",
-    "--command", "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); INSERT INTO notes (body) VALUES ('from wrangler'); SELECT body FROM notes;",
+    "d1",
+    "execute",
+    name,
+    "--remote",
+    "--json",
+    "--command",
+    "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); INSERT INTO notes (body) VALUES ('from wrangler'); SELECT body FROM notes;",
   );
   const results = JSON.parse(executed);
   expect(results.at(-1).results).toEqual([{ body: "from wrangler" }]);
