@@ -1,3 +1,4 @@
+// @ts-check
 // `npm run bench`: what tenancy costs, measured side by side on one workerd, and how provisioning
 // and migrations scale. Prints a Markdown table (and every raw figure) and writes them, as JSON,
 // to .tenantry/bench/results.json. See BENCHMARKS.md for a run and its reading.
@@ -10,6 +11,7 @@
 
 import { convertV4MiniflareOptions, Miniflare } from "miniflare";
 import autocannon from "autocannon";
+import { once } from "node:events";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
@@ -41,9 +43,9 @@ const DATE = compatibilityDate();
 const INSPECTOR_PORT = process.env.BENCH_PROFILE ? await freePort() : undefined;
 
 async function freePort() {
-  const server = net.createServer();
-  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address();
+  const server = net.createServer().listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const { port } = /** @type {net.AddressInfo} */ (server.address());
   await new Promise((resolve) => server.close(resolve));
   return port;
 }

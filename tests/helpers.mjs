@@ -1,3 +1,4 @@
+// @ts-check
 // What every end-to-end test uses: the shared stack's addresses, an HTTP client that can set the
 // Host header (Node's fetch cannot, and `*.localhost` does not resolve in Node), the local
 // cloud's API client, and fresh tenants.
@@ -8,10 +9,26 @@ import { adminClient, hostRequest } from "../cloud/client.mjs";
 import { apiClient } from "../cloud/stack.mjs";
 
 export const stack = inject("stack");
+
+/**
+ * A client of the local cloud's Cloudflare API (`apiClient` in cloud/stack.mjs): resolves with the
+ * JSON envelope (`{ success, result, ... }`), or with the `Response` itself when `raw` is set.
+ * @typedef {(method: string, route: string, body?: unknown, opts?: { multipart?: boolean, raw?: boolean }) => Promise<any>} CloudApi
+ */
+
+/** @type {CloudApi} */
 export const api = apiClient(stack.cloudUrl, { token: stack.token, accountId: stack.accountId });
 
 /**
+ * What `request` takes besides the host and path; `body` is sent as JSON unless it is a string.
+ * @typedef {{ method?: string, headers?: Record<string, string>, body?: unknown }} RequestOptions
+ */
+
+/**
  * Sends a request to the Worker as if to `host` (e.g. `acme.localhost`).
+ * @param {string} host
+ * @param {string} pathname
+ * @param {RequestOptions} [opts]
  * @returns {Promise<{ status: number, headers: Record<string, string>, text: string, json: any }>}
  */
 export function request(host, pathname, opts) {
@@ -77,7 +94,8 @@ export async function createTenant(slug = freshSlug(), { plan = "free" } = {}) {
 /** Fires the Worker's cron trigger once (what Cloudflare does every 5 minutes). */
 export async function cron() {
   const res = await fetch(`${stack.cloudUrl}/__cloud/scheduled`, { method: "POST", headers: { authorization: `Bearer ${stack.token}` } });
-  return (await res.json()).result;
+  const { result } = /** @type {{ result: any }} */ (await res.json());
+  return result;
 }
 
 /** Runs SQL on a database through the local cloud's query endpoint. */

@@ -1,3 +1,4 @@
+// @ts-check
 // Settings PATCHes on the local cloud really change the running Worker's bindings, and data
 // survives the workerd restart that takes.
 

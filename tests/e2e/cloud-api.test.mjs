@@ -1,3 +1,4 @@
+// @ts-check
 // The local cloud follows the Cloudflare API: envelopes, status and error codes, pagination,
 // query/raw/export, settings semantics, authentication, and injected faults.
 

@@ -1,3 +1,4 @@
+// @ts-check
 // Randomised create/delete lifecycles with faults injected on every Cloudflare API endpoint
 // (5xx, 429 + Retry-After, timeouts, lost responses after success). After the reconciler has run:
 // no orphan database, no tenant in a non-terminal state, every active tenant bound and answering,
@@ -78,7 +79,8 @@ test(`${LIFECYCLES} randomised lifecycles under injected faults converge`, { tim
     }
   };
   await Promise.all(Array.from({ length: CONCURRENCY }, worker));
-  const faults = await (await fetch(`${stack.cloudUrl}/__cloud/faults`, { headers: { authorization: `Bearer ${stack.token}` } })).json();
+  const faultsResponse = await fetch(`${stack.cloudUrl}/__cloud/faults`, { headers: { authorization: `Bearer ${stack.token}` } });
+  const faults = /** @type {{ result: { hits: Record<string, number> } }} */ (await faultsResponse.json());
   await setFaults([]);
   const runSeconds = (performance.now() - started) / 1000;
 

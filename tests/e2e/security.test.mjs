@@ -1,3 +1,4 @@
+// @ts-check
 // Cross-tenant fuzz: 5 tenants × every tenant endpoint × (own token, another tenant's token,
 // tampered, expired, none, alg=none, header spoofing). Asserts the status of every case, that no
 // answer carries another tenant's data, and that no write landed anywhere but in the caller's
@@ -30,7 +31,10 @@ beforeAll(async () => {
   }
 }, 180_000);
 
-/** Every tenant endpoint, as (method, path, body) for tenant `t`. */
+/**
+ * Every tenant endpoint, as (method, path, body) for tenant `t`.
+ * @returns {[method: string, path: string, body?: unknown][]}
+ */
 function endpoints(t) {
   return [
     ["GET", "/api/me"],
@@ -54,7 +58,7 @@ function endpoints(t) {
 }
 
 /** The status a legitimate call by the tenant's admin gets. */
-function ownStatus(method, path) {
+function ownStatus(method) {
   if (method === "POST") return 201;
   if (method === "DELETE") return 404; // ids that do not exist: nothing is removed during the fuzz
   return 200;
