@@ -15,7 +15,9 @@ import { once } from "node:events";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { gzipSync } from "node:zlib";
+import pLimit from "p-limit";
 import { adminClient, hostRequest } from "../cloud/client.mjs";
 import { rollBackNewestSql, tenantMigrations } from "../cloud/provision.mjs";
 import { profileWorker } from "./profile.mjs";
@@ -51,7 +53,6 @@ async function freePort() {
 }
 
 const progress = (msg) => process.stderr.write(`[bench] ${msg}\n`);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const median = (xs) => quantile(xs, 0.5);
 function quantile(xs, q) {
   const sorted = [...xs].sort((a, b) => a - b);
@@ -129,21 +130,6 @@ async function login(slug) {
   const res = await tenantRequest(slug, "/api/auth/login", { method: "POST", body: { email: `admin@${slug}.test`, password: PASSWORD } });
   if (res.status !== 200) throw new Error(`login on ${slug}: ${res.status} ${res.text}`);
   return res.json.token;
-}
-
-/** Runs `fn` over `items`, `concurrency` at a time, in order of start. */
-async function pool(items, concurrency, fn) {
-  const out = new Array(items.length);
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(concurrency, items.length) }, async () => {
-      while (next < items.length) {
-        const i = next++;
-        out[i] = await fn(items[i], i);
-      }
-    }),
-  );
-  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -305,7 +291,7 @@ async function buildFleet() {
   const slugs = Array.from({ length: FLEET }, (_, i) => `fleet-${String(i).padStart(4, "0")}`);
   const started = performance.now();
   let done = 0;
-  const tenants = await pool(slugs, 16, async (slug) => {
+  const tenants = await pLimit(16).map(slugs, async (slug) => {
     const { tenant } = await create(slug, { pollMs: 100 });
     if (++done % 100 === 0) progress(`fleet: ${done}/${FLEET} tenants active`);
     return tenant;
@@ -322,7 +308,7 @@ async function cloudSql(databaseId, sql, params) {
 async function fanOut(tenants, controlId) {
   const latest = tenantMigrations().length;
   const undo = rollBackNewestSql();
-  await pool(tenants, 8, (t) => cloudSql(t.database.id, undo));
+  await pLimit(8).map(tenants, (t) => cloudSql(t.database.id, undo));
   const slugs = JSON.stringify(tenants.map((t) => t.slug));
   await cloudSql(controlId, "UPDATE tenants SET schema_version = ?1 WHERE slug IN (SELECT value FROM json_each(?2))", [latest - 1, slugs]);
   const status = await adminApi("GET", "/v1/migrations/status");

@@ -2,6 +2,7 @@
 // The admin API and the lifecycle under bursts of concurrent requests: every rule that guards a
 // write holds when 10 to 50 requests arrive at once, checked afterwards from the control plane.
 
+import { setTimeout as sleep } from "node:timers/promises";
 import { afterEach, describe, expect, test } from "vitest";
 import { ADMIN_PASSWORD, admin, authed, createTenant, freshSlug, setFaults, sql, stack, waitFor, waitForStatus } from "../helpers.mjs";
 
@@ -55,7 +56,7 @@ describe("concurrent creates", () => {
     for (let round = 0; round < 3; round++) {
       const slug = freshSlug("race");
       const create = admin("POST", "/v1/tenants", createBody(slug));
-      await new Promise((r) => setTimeout(r, 150 * round));
+      await sleep(150 * round);
       const responses = [await create, ...(await burst(5, () => admin("DELETE", `/v1/tenants/${slug}`)))];
       expectNo5xx(responses);
       const [row] = await control("SELECT status FROM tenants WHERE slug = ?", [slug]);

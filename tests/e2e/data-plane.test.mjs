@@ -2,6 +2,7 @@
 // The tenant request path: status gates, the lookup cache, sign-in and tokens, the tenant
 // context's users, projects, audit log and plan limits.
 
+import { setTimeout as sleep } from "node:timers/promises";
 import { afterEach, beforeAll, describe, expect, test } from "vitest";
 import {
   ADMIN_PASSWORD,
@@ -70,7 +71,7 @@ describe("status gates", () => {
     while (Date.now() - started < 6_500) {
       const res = await authed(t.slug, t.token, "/api/projects");
       seen.push({ status: res.status, queries: res.headers[CONTROL_QUERIES], refresh: res.headers["x-tenantry-control-refresh"] });
-      await new Promise((r) => setTimeout(r, 100));
+      await sleep(100);
     }
     // Longer than the TTL (5 s), yet no request waited on the control plane: the row was
     // refreshed behind a request (marked), never on one's path.

@@ -7,7 +7,8 @@
 // LIFECYCLES (default 200) and SEED (default 7) can be set in the environment.
 
 import { createHash } from "node:crypto";
-import { expect, test } from "vitest";
+import pLimit from "p-limit";
+import { expect, test, vi } from "vitest";
 import { ENDPOINTS } from "../../cloud/faults.mjs";
 import { ADMIN_PASSWORD, admin, api, request, setFaults, sql, stack } from "../helpers.mjs";
 
@@ -34,17 +35,21 @@ const faultRules = ENDPOINTS.flatMap((endpoint) => [
   { endpoint, kind: "delay", delay_ms: 80, probability: 0.05 },
 ]);
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-/** Polls a tenant until it settles (bounded); faults may leave it unsettled, the reconciler finishes it. */
-async function settle(slug, want, polls = 15) {
-  for (let i = 0; i < polls; i++) {
-    const res = await admin("GET", `/v1/tenants/${slug}`);
-    const status = res.json?.tenant?.status;
-    if (status === want || status === "failed") return status;
-    await sleep(150);
-  }
-  return "unsettled";
+/**
+ * Polls a tenant every 150 ms until it settles, 15 polls at most: faults may leave it "unsettled",
+ * the reconciler finishes it. (The timeout only bounds polls that throw.)
+ */
+function settle(slug, want, polls = 15) {
+  let left = polls;
+  return vi.waitFor(
+    async () => {
+      const status = (await admin("GET", `/v1/tenants/${slug}`)).json?.tenant?.status;
+      if (status === want || status === "failed") return status;
+      if (--left === 0) return "unsettled";
+      throw new Error(`tenant ${slug} is ${status}`);
+    },
+    { timeout: 60_000, interval: 150 },
+  );
 }
 
 test(`${LIFECYCLES} randomised lifecycles under injected faults converge`, { timeout: 900_000 }, async () => {
@@ -60,25 +65,20 @@ test(`${LIFECYCLES} randomised lifecycles under injected faults converge`, { tim
 
   await setFaults(faultRules, SEED);
   const started = performance.now();
-  let next = 0;
-  const worker = async () => {
-    while (next < plans.length) {
-      const plan = plans[next++];
-      const create = await admin("POST", "/v1/tenants", {
-        slug: plan.slug,
-        name: plan.slug,
-        admin: { email: `a@${plan.slug}.test`, password: ADMIN_PASSWORD },
-      });
-      expect([201, 202], create.text).toContain(create.status);
-      if (plan.remove && plan.eager) {
-        await admin("DELETE", `/v1/tenants/${plan.slug}`);
-        continue;
-      }
-      const status = await settle(plan.slug, "active");
-      if (plan.remove && status !== "unsettled") await admin("DELETE", `/v1/tenants/${plan.slug}`);
+  await pLimit(CONCURRENCY).map(plans, async (plan) => {
+    const create = await admin("POST", "/v1/tenants", {
+      slug: plan.slug,
+      name: plan.slug,
+      admin: { email: `a@${plan.slug}.test`, password: ADMIN_PASSWORD },
+    });
+    expect([201, 202], create.text).toContain(create.status);
+    if (plan.remove && plan.eager) {
+      await admin("DELETE", `/v1/tenants/${plan.slug}`);
+      return;
     }
-  };
-  await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+    const status = await settle(plan.slug, "active");
+    if (plan.remove && status !== "unsettled") await admin("DELETE", `/v1/tenants/${plan.slug}`);
+  });
   const faultsResponse = await fetch(`${stack.cloudUrl}/__cloud/faults`, { headers: { authorization: `Bearer ${stack.token}` } });
   const faults = /** @type {{ result: { hits: Record<string, number> } }} */ (await faultsResponse.json());
   await setFaults([]);
