@@ -40,6 +40,7 @@ export default [
       "cloud/",
       "scripts/deploy.mjs",
       "scripts/dev.mjs",
+      "tests/e2e/deploy.test.mjs",
     ],
   },
   js.configs.recommended,
