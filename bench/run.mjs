@@ -1,3 +1,4 @@
+// @ts-check
 // `npm run bench`: what tenancy costs, measured side by side on one workerd, and how provisioning
 // and migrations scale. Prints a Markdown table (and every raw figure) and writes them, as JSON,
 // to .tenantry/bench/results.json. See BENCHMARKS.md for a run and its reading.
@@ -10,10 +11,13 @@
 
 import { convertV4MiniflareOptions, Miniflare } from "miniflare";
 import autocannon from "autocannon";
+import { once } from "node:events";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { gzipSync } from "node:zlib";
+import pLimit from "p-limit";
 import { adminClient, hostRequest } from "../cloud/client.mjs";
 import { rollBackNewestSql, tenantMigrations } from "../cloud/provision.mjs";
 import { profileWorker } from "./profile.mjs";
@@ -41,15 +45,14 @@ const DATE = compatibilityDate();
 const INSPECTOR_PORT = process.env.BENCH_PROFILE ? await freePort() : undefined;
 
 async function freePort() {
-  const server = net.createServer();
-  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address();
+  const server = net.createServer().listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const { port } = /** @type {net.AddressInfo} */ (server.address());
   await new Promise((resolve) => server.close(resolve));
   return port;
 }
 
 const progress = (msg) => process.stderr.write(`[bench] ${msg}\n`);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const median = (xs) => quantile(xs, 0.5);
 function quantile(xs, q) {
   const sorted = [...xs].sort((a, b) => a - b);
@@ -127,21 +130,6 @@ async function login(slug) {
   const res = await tenantRequest(slug, "/api/auth/login", { method: "POST", body: { email: `admin@${slug}.test`, password: PASSWORD } });
   if (res.status !== 200) throw new Error(`login on ${slug}: ${res.status} ${res.text}`);
   return res.json.token;
-}
-
-/** Runs `fn` over `items`, `concurrency` at a time, in order of start. */
-async function pool(items, concurrency, fn) {
-  const out = new Array(items.length);
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(concurrency, items.length) }, async () => {
-      while (next < items.length) {
-        const i = next++;
-        out[i] = await fn(items[i], i);
-      }
-    }),
-  );
-  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -249,7 +237,9 @@ async function benchmarkRead() {
       // was longer than the lookup TTL, so the tenant's row has expired meanwhile).
       await loadRun({ ...sides[name], seconds: 1 });
       const run = await loadRun({ ...sides[name], seconds: SECONDS });
-      progress(`hot read: round ${round + 1} ${name}: ${run.rps.toFixed(0)} req/s, p50 ${run.p50.toFixed(2)} ms, p99 ${run.p99.toFixed(2)} ms, control-plane queries ${run.controlQueries} on the path, ${run.refreshes} in the background (reported by ${run.reported} of ${run.responses})`);
+      progress(
+        `hot read: round ${round + 1} ${name}: ${run.rps.toFixed(0)} req/s, p50 ${run.p50.toFixed(2)} ms, p99 ${run.p99.toFixed(2)} ms, control-plane queries ${run.controlQueries} on the path, ${run.refreshes} in the background (reported by ${run.reported} of ${run.responses})`,
+      );
       runs[name].push(run);
     }
   }
@@ -257,9 +247,14 @@ async function benchmarkRead() {
   if (INSPECTOR_PORT) {
     // Where the time goes, per isolate: one more run of each side under the sampling profiler.
     profiles = {};
-    for (const [name, worker] of [["tenantry", "tenantry"], ["bare", BARE]]) {
+    for (const [name, worker] of [
+      ["tenantry", "tenantry"],
+      ["bare", BARE],
+    ]) {
       progress(`profiling ${name}`);
-      const { result, summary } = await profileWorker(INSPECTOR_PORT, worker, () => loadRun({ ...sides[name], seconds: SECONDS }), { top: knob("BENCH_PROFILE_TOP", 25) });
+      const { result, summary } = await profileWorker(INSPECTOR_PORT, worker, () => loadRun({ ...sides[name], seconds: SECONDS }), {
+        top: knob("BENCH_PROFILE_TOP", 25),
+      });
       profiles[name] = { ...summary, requests: result.ok, busyUsPerRequest: (summary.busyMs * 1000) / result.ok };
     }
   }
@@ -280,7 +275,10 @@ async function benchmarkLifecycle() {
     answers.push(answered);
     progress(`create ${slug}: ${ms.toFixed(0)} ms (POST answered after ${answered.toFixed(0)} ms)`);
   }
-  const createRestarts = restarts.slice(restartsBefore).filter((r) => r.reason.startsWith("settings of")).map((r) => r.ms);
+  const createRestarts = restarts
+    .slice(restartsBefore)
+    .filter((r) => r.reason.startsWith("settings of"))
+    .map((r) => r.ms);
   const deletes = [];
   for (const slug of slugs.slice(0, DELETES)) {
     deletes.push(await destroy(slug));
@@ -293,7 +291,7 @@ async function buildFleet() {
   const slugs = Array.from({ length: FLEET }, (_, i) => `fleet-${String(i).padStart(4, "0")}`);
   const started = performance.now();
   let done = 0;
-  const tenants = await pool(slugs, 16, async (slug) => {
+  const tenants = await pLimit(16).map(slugs, async (slug) => {
     const { tenant } = await create(slug, { pollMs: 100 });
     if (++done % 100 === 0) progress(`fleet: ${done}/${FLEET} tenants active`);
     return tenant;
@@ -310,11 +308,12 @@ async function cloudSql(databaseId, sql, params) {
 async function fanOut(tenants, controlId) {
   const latest = tenantMigrations().length;
   const undo = rollBackNewestSql();
-  await pool(tenants, 8, (t) => cloudSql(t.database.id, undo));
+  await pLimit(8).map(tenants, (t) => cloudSql(t.database.id, undo));
   const slugs = JSON.stringify(tenants.map((t) => t.slug));
   await cloudSql(controlId, "UPDATE tenants SET schema_version = ?1 WHERE slug IN (SELECT value FROM json_each(?2))", [latest - 1, slugs]);
   const status = await adminApi("GET", "/v1/migrations/status");
-  if (status.json.behind !== tenants.length) throw new Error(`expected ${tenants.length} tenants behind, status says ${status.json.behind}`);
+  if (status.json.behind !== tenants.length)
+    throw new Error(`expected ${tenants.length} tenants behind, status says ${status.json.behind}`);
 
   // What `npm run migrate` does: passes of up to 50 tenants until the cursor runs out.
   const started = performance.now();
@@ -375,7 +374,8 @@ async function sizes(dir) {
 
 // ---------------------------------------------------------------------------------------------
 
-const fmt = (n, digits = 0) => (Number.isFinite(n) ? n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits }) : "n/a");
+const fmt = (n, digits = 0) =>
+  Number.isFinite(n) ? n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits }) : "n/a";
 const kib = (bytes) => `${fmt(bytes)} B (${fmt(bytes / 1024, 1)} KiB)`;
 const met = (ok) => (ok ? "yes" : "**no**");
 
@@ -386,8 +386,13 @@ function printRuns({ runs, profiles }) {
   }
   for (const [name, p] of Object.entries(profiles ?? {})) {
     console.log(`\nprofile of ${name}'s isolate: ${fmt(p.busyUsPerRequest)} µs busy per request (${fmt(p.requests)} requests)`);
-    console.log(`  by kind: ${Object.entries(p.kinds).map(([k, ms]) => `${k} ${fmt((ms * 1000) / p.requests)} µs`).join(", ")} (per request)`);
-    for (const f of p.top) console.log(`  ${fmt(f.share * 100, 1).padStart(5)}%  ${fmt((f.ms * 1000) / p.requests, 1).padStart(6)} µs  ${f.name}`);
+    console.log(
+      `  by kind: ${Object.entries(p.kinds)
+        .map(([k, ms]) => `${k} ${fmt((ms * 1000) / p.requests)} µs`)
+        .join(", ")} (per request)`,
+    );
+    for (const f of p.top)
+      console.log(`  ${fmt(f.share * 100, 1).padStart(5)}%  ${fmt((f.ms * 1000) / p.requests, 1).padStart(6)} µs  ${f.name}`);
   }
 }
 
@@ -416,7 +421,7 @@ async function main() {
     fleet = await buildFleet();
     controlId = stack.controlDatabase.uuid;
     // 100 tenants take well under a second, so that figure is the median of three slices.
-    const slices = [0, 1, 2].map((i) => fleet.tenants.slice(((i * 100) % FLEET), ((i * 100) % FLEET) + Math.min(100, FLEET)));
+    const slices = [0, 1, 2].map((i) => fleet.tenants.slice((i * 100) % FLEET, ((i * 100) % FLEET) + Math.min(100, FLEET)));
     const small = [];
     for (const slice of slices) {
       progress(`fan-out: ${slice.length} tenants`);
@@ -432,7 +437,10 @@ async function main() {
   }
 
   progress("cold starts");
-  const own = { ...settings, bindings: settings.bindings.filter((b) => b.type !== "d1" || !b.name.startsWith("TENANT_") || b.name === read.binding) };
+  const own = {
+    ...settings,
+    bindings: settings.bindings.filter((b) => b.type !== "d1" || !b.name.startsWith("TENANT_") || b.name === read.binding),
+  };
   const variants = {
     bare: () => coldStart(bareWorker(bareDatabase, { socket: false }), "bare.localhost", {}),
     tenantry: () => coldStart(workerOptions(own, TENANTRY_BUILD, DATE), "bench.localhost", { authorization: `Bearer ${token}` }),
@@ -469,26 +477,52 @@ async function main() {
 
   const rows = [
     ["| measure | tenantry | bare Worker | tenantry / bare | goal | met |", "| --- | --- | --- | --- | --- | --- |"],
-    [`| hot read throughput, req/s (median of ${ROUNDS} runs of ${SECONDS} s each) | ${fmt(rps[0])} | ${fmt(rps[1])} | ${fmt(ratio("rps"), 2)}× (rounds: ${spread("rps")}) | ≥ 0.90× | ${met(ratio("rps") >= 0.9)} |`],
+    [
+      `| hot read throughput, req/s (median of ${ROUNDS} runs of ${SECONDS} s each) | ${fmt(rps[0])} | ${fmt(rps[1])} | ${fmt(ratio("rps"), 2)}× (rounds: ${spread("rps")}) | ≥ 0.90× | ${met(ratio("rps") >= 0.9)} |`,
+    ],
     [`| hot read latency p50, ms | ${fmt(p50[0], 2)} | ${fmt(p50[1], 2)} | ${fmt(ratio("p50"), 2)}× (rounds: ${spread("p50")}) | | |`],
-    [`| hot read latency p99, ms | ${fmt(p99[0], 2)} | ${fmt(p99[1], 2)} | ${fmt(ratio("p99"), 2)}× (rounds: ${spread("p99")}) | ≤ 1.15× | ${met(ratio("p99") <= 1.15)} |`],
+    [
+      `| hot read latency p99, ms | ${fmt(p99[0], 2)} | ${fmt(p99[1], 2)} | ${fmt(ratio("p99"), 2)}× (rounds: ${spread("p99")}) | ≤ 1.15× | ${met(ratio("p99") <= 1.15)} |`,
+    ],
     [`| control-plane queries on a hot request's path | ${cpq} in ${fmt(hot)} requests | – | | 0 | ${met(cpq === 0)} |`],
-    [`| background refreshes of the tenant's row (refresh-ahead) | ${refreshes} in ${measuredSeconds} s (${fmt(refreshes / measuredSeconds, 2)}/s, whatever the request rate) | – | | | |`],
+    [
+      `| background refreshes of the tenant's row (refresh-ahead) | ${refreshes} in ${measuredSeconds} s (${fmt(refreshes / measuredSeconds, 2)}/s, whatever the request rate) | – | | | |`,
+    ],
     [`| responses other than 200 with the expected body | ${bad} | | | 0 | ${met(bad === 0)} |`],
     [`| wasm, raw | ${kib(size.tenantry.wasm)} | ${kib(size.bare.wasm)} | ${fmt(size.tenantry.wasm / size.bare.wasm, 2)}× | | |`],
-    [`| wasm, gzip (zlib level 9) | ${kib(size.tenantry.wasmGzip)} | ${kib(size.bare.wasmGzip)} | ${fmt(size.tenantry.wasmGzip / size.bare.wasmGzip, 2)}× | ≤ 500 KiB | ${met(size.tenantry.wasmGzip <= 500 * 1024)} |`],
-    [`| wasm, raw, before wasm-opt -Oz (binaryen 132, part of the build) | ${kib(size.tenantry.beforeWasmOpt)} | ${kib(size.bare.beforeWasmOpt)} | | | |`],
-    [`| cold start: new workerd to ready, ms (median of ${COLD}) | ${fmt(coldOf("tenantry", "ready"))} | ${fmt(coldOf("bare", "ready"))} | ${fmt(coldOf("tenantry", "ready") / coldOf("bare", "ready"), 2)}× | | |`],
-    [`| cold start: ready to first response, ms | ${fmt(coldOf("tenantry", "first"))} | ${fmt(coldOf("bare", "first"))} | ${fmt(coldOf("tenantry", "first") / coldOf("bare", "first"), 2)}× | | |`],
-    [`| cold start, total, ms | ${fmt(coldOf("tenantry", "total"))} | ${fmt(coldOf("bare", "total"))} | ${fmt(coldOf("tenantry", "total") / coldOf("bare", "total"), 2)}× | | |`],
+    [
+      `| wasm, gzip (zlib level 9) | ${kib(size.tenantry.wasmGzip)} | ${kib(size.bare.wasmGzip)} | ${fmt(size.tenantry.wasmGzip / size.bare.wasmGzip, 2)}× | ≤ 500 KiB | ${met(size.tenantry.wasmGzip <= 500 * 1024)} |`,
+    ],
+    [
+      `| wasm, raw, before wasm-opt -Oz (binaryen 132, part of the build) | ${kib(size.tenantry.beforeWasmOpt)} | ${kib(size.bare.beforeWasmOpt)} | | | |`,
+    ],
+    [
+      `| cold start: new workerd to ready, ms (median of ${COLD}) | ${fmt(coldOf("tenantry", "ready"))} | ${fmt(coldOf("bare", "ready"))} | ${fmt(coldOf("tenantry", "ready") / coldOf("bare", "ready"), 2)}× | | |`,
+    ],
+    [
+      `| cold start: ready to first response, ms | ${fmt(coldOf("tenantry", "first"))} | ${fmt(coldOf("bare", "first"))} | ${fmt(coldOf("tenantry", "first") / coldOf("bare", "first"), 2)}× | | |`,
+    ],
+    [
+      `| cold start, total, ms | ${fmt(coldOf("tenantry", "total"))} | ${fmt(coldOf("bare", "total"))} | ${fmt(coldOf("tenantry", "total") / coldOf("bare", "total"), 2)}× | | |`,
+    ],
     [`| cold start, total, ms, with all ${fmt(tenantBindings)} tenant bindings | ${fmt(coldOf("tenantryFleet", "total"))} | | | | |`],
-    [`| tenant create to active, ms (median of ${CREATES}; min–max) | ${fmt(createMedian)} (${fmt(Math.min(...lifecycle.creates))}–${fmt(Math.max(...lifecycle.creates))}) | | | ≤ 1,000 | ${met(createMedian <= 1000)} |`],
+    [
+      `| tenant create to active, ms (median of ${CREATES}; min–max) | ${fmt(createMedian)} (${fmt(Math.min(...lifecycle.creates))}–${fmt(Math.max(...lifecycle.creates))}) | | | ≤ 1,000 | ${met(createMedian <= 1000)} |`,
+    ],
     [`| of which: until the POST answers (saga through the binding change), ms | ${fmt(median(lifecycle.answers))} | | | | |`],
-    [`| of which: workerd restart for the new binding (drained), ms | ${fmt(median(lifecycle.createRestarts))} (${lifecycle.createRestarts.length} restarts) | | | | |`],
-    [`| tenant delete to deleted (backup included), ms (median of ${DELETES}) | ${fmt(median(lifecycle.deletes))} (${fmt(Math.min(...lifecycle.deletes))}–${fmt(Math.max(...lifecycle.deletes))}) | | | | |`],
+    [
+      `| of which: workerd restart for the new binding (drained), ms | ${fmt(median(lifecycle.createRestarts))} (${lifecycle.createRestarts.length} restarts) | | | | |`,
+    ],
+    [
+      `| tenant delete to deleted (backup included), ms (median of ${DELETES}) | ${fmt(median(lifecycle.deletes))} (${fmt(Math.min(...lifecycle.deletes))}–${fmt(Math.max(...lifecycle.deletes))}) | | | | |`,
+    ],
     [`| ${fmt(FLEET)} creates, 16 at a time | ${fmt(fleet.seconds, 1)} s (${fmt(FLEET / fleet.seconds, 1)} tenants/s) | | | | |`],
-    [`| migration fan-out, ${fan100.tenants} tenants (median of 3 slices; min–max) | ${fmt(fan100.seconds, 2)} s (${fmt(fan100.min, 2)}–${fmt(fan100.max, 2)}; ${fan100.passes} passes) | | | | |`],
-    [`| migration fan-out, ${fmt(fanAll.tenants)} tenants | ${fmt(fanAll.seconds, 2)} s (${fanAll.passes} passes) | | ${fmt(fanRatio, 1)}× the ${fan100.tenants} (${fmt(scale)}× the tenants) | ≤ 60 s, ≈ linear | ${met(fanAll.seconds <= 60 && fanRatio <= scale * 1.5)} |`],
+    [
+      `| migration fan-out, ${fan100.tenants} tenants (median of 3 slices; min–max) | ${fmt(fan100.seconds, 2)} s (${fmt(fan100.min, 2)}–${fmt(fan100.max, 2)}; ${fan100.passes} passes) | | | | |`,
+    ],
+    [
+      `| migration fan-out, ${fmt(fanAll.tenants)} tenants | ${fmt(fanAll.seconds, 2)} s (${fanAll.passes} passes) | | ${fmt(fanRatio, 1)}× the ${fan100.tenants} (${fmt(scale)}× the tenants) | ≤ 60 s, ≈ linear | ${met(fanAll.seconds <= 60 && fanRatio <= scale * 1.5)} |`,
+    ],
   ].flat();
 
   const results = {

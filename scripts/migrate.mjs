@@ -1,3 +1,4 @@
+// @ts-check
 // `npm run migrate`: bring every tenant database to the deployed Worker's schema, through the
 // admin API of a local or deployed instance, with a line per tenant and a summary.
 //
@@ -19,9 +20,16 @@ const { values } = parseArgs({
 const base = values.url.replace(/\/$/, "");
 const headers = { authorization: `Bearer ${values.token}`, "content-type": "application/json" };
 
+/**
+ * Calls the admin API; resolves with the response's JSON, throws unless 2xx.
+ * @param {string} method
+ * @param {string} path
+ * @param {unknown} [body]
+ * @returns {Promise<any>}
+ */
 async function call(method, path, body) {
   const res = await fetch(`${base}${path}`, { method, headers, body: body && JSON.stringify(body) });
-  const json = await res.json().catch(() => ({}));
+  const json = /** @type {Record<string, any>} */ (await res.json().catch(() => ({})));
   if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${JSON.stringify(json.error ?? json)}`);
   return json;
 }
@@ -48,7 +56,13 @@ do {
 const status = await call("GET", "/v1/migrations/status");
 const seconds = ((performance.now() - started) / 1000).toFixed(1);
 console.log(`\ndone in ${seconds} s: ${done - failed.length} migrated, ${failed.length} failed`);
-console.log(`tenants by version: ${Object.entries(status.tenants_by_version).map(([v, n]) => `v${v}: ${n}`).join(", ") || "none"}`);
+console.log(
+  `tenants by version: ${
+    Object.entries(status.tenants_by_version)
+      .map(([v, n]) => `v${v}: ${n}`)
+      .join(", ") || "none"
+  }`,
+);
 if (failed.length) {
   console.log("failures (recorded on each tenant; fix and run again):");
   for (const f of status.failures) console.log(`  ${f.slug} (v${f.schema_version}): ${f.migration_error}`);

@@ -3,8 +3,9 @@
 # (Node 20, Rust via rustup without the wasm32 target). Idempotent: each step checks first, so a
 # second run takes a second or two.
 #
-# - Node 22 and the JS tools (wrangler, miniflare, vitest, binaryen, autocannon) from package-lock.json; Node 22 comes
-#   from the npm package `node`, which `npm run` puts first on PATH.
+# - Node 22 and the JS tools (wrangler, miniflare, vitest, binaryen, autocannon, and prettier, eslint
+#   and typescript for the JS's own checks) from package-lock.json; Node 22 comes from the npm
+#   package `node`, which `npm run` puts first on PATH.
 # - the wasm32-unknown-unknown Rust target;
 # - wasm-bindgen-cli at exactly the version of the wasm-bindgen crate in Cargo.lock;
 # - worker-build at the version of the worker crate in Cargo.lock.
@@ -22,7 +23,7 @@ command -v rustup >/dev/null && command -v cargo >/dev/null \
 
 if [ ! -x node_modules/.bin/node ] || [ ! -f node_modules/.package-lock.json ] \
    || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  say "installing npm packages (Node 22, wrangler, miniflare, vitest, binaryen, autocannon)"
+  say "installing npm packages (Node 22, wrangler, miniflare, vitest, binaryen, autocannon, prettier, eslint, typescript)"
   # `npm install`, not `npm ci`: the lock cannot list workerd's binaries for other platforms
   # (this registry does not serve them), which `npm ci` insists on.
   npm install --no-save --no-audit --no-fund --loglevel=error

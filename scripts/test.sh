@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
-# Every check, in the order a failure is cheapest to find: formatting, lints (host and wasm32),
-# the native unit tests of the core, then the wasm build and the end-to-end suite against it.
+# Every check, in the order a failure is cheapest to find: the JavaScript's formatting, lints and
+# types, the Rust's formatting and lints (host and wasm32), the native unit tests of the core, then
+# the wasm build and the end-to-end suite against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/node_modules/.bin:$HOME/.cargo/bin:$PATH"
 
 step() { printf '\n==> %s\n' "$*"; }
+
+step "prettier --check ."
+prettier --check .
+
+step "eslint ."
+eslint .
+
+step "tsc -p ."
+tsc -p .
 
 step "cargo fmt --check"
 cargo fmt --check

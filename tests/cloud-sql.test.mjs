@@ -1,3 +1,4 @@
+// @ts-check
 // The local cloud's statement splitter (what D1's query endpoint does with `;`-separated SQL).
 
 import { expect, test } from "vitest";

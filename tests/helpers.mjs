@@ -1,17 +1,34 @@
+// @ts-check
 // What every end-to-end test uses: the shared stack's addresses, an HTTP client that can set the
 // Host header (Node's fetch cannot, and `*.localhost` does not resolve in Node), the local
 // cloud's API client, and fresh tenants.
 
-import { inject } from "vitest";
+import { inject, vi } from "vitest";
 import { setBindings as setBindingsWith } from "../cloud/provision.mjs";
 import { adminClient, hostRequest } from "../cloud/client.mjs";
 import { apiClient } from "../cloud/stack.mjs";
 
 export const stack = inject("stack");
+
+/**
+ * A client of the local cloud's Cloudflare API (`apiClient` in cloud/stack.mjs): resolves with the
+ * JSON envelope (`{ success, result, ... }`), or with the `Response` itself when `raw` is set.
+ * @typedef {(method: string, route: string, body?: unknown, opts?: { multipart?: boolean, raw?: boolean }) => Promise<any>} CloudApi
+ */
+
+/** @type {CloudApi} */
 export const api = apiClient(stack.cloudUrl, { token: stack.token, accountId: stack.accountId });
 
 /**
+ * What `request` takes besides the host and path; `body` is sent as JSON unless it is a string.
+ * @typedef {{ method?: string, headers?: Record<string, string>, body?: unknown }} RequestOptions
+ */
+
+/**
  * Sends a request to the Worker as if to `host` (e.g. `acme.localhost`).
+ * @param {string} host
+ * @param {string} pathname
+ * @param {RequestOptions} [opts]
  * @returns {Promise<{ status: number, headers: Record<string, string>, text: string, json: any }>}
  */
 export function request(host, pathname, opts) {
@@ -30,14 +47,16 @@ export const admin = adminClient(stack.url, stack.adminToken);
 
 export const ADMIN_PASSWORD = "a long enough password";
 
-/** Polls the tenant (GET carries its operation forward) until it is `status`. */
-export async function waitForStatus(slug, status, timeoutMs = 30_000) {
-  let last;
-  await waitFor(async () => {
-    last = await admin("GET", `/v1/tenants/${slug}`);
-    return last.json?.tenant?.status === status;
-  }, `tenant ${slug} to be ${status} (last: ${last?.text})`, timeoutMs);
-  return last.json.tenant;
+/** Polls the tenant (GET carries its operation forward) until it is `status`; resolves with it. */
+export function waitForStatus(slug, status, timeoutMs = 30_000) {
+  return vi.waitFor(
+    async () => {
+      const res = await admin("GET", `/v1/tenants/${slug}`);
+      if (res.json?.tenant?.status !== status) throw new Error(`timed out waiting for tenant ${slug} to be ${status} (last: ${res.text})`);
+      return res.json.tenant;
+    },
+    { timeout: timeoutMs, interval: 100 },
+  );
 }
 
 /** Signs in on tenant `slug`; returns the token (throws unless 200). */
@@ -61,20 +80,22 @@ export async function createTenant(slug = freshSlug(), { plan = "free" } = {}) {
   const res = await admin("POST", "/v1/tenants", { slug, name: `Tenant ${slug}`, plan, admin: { email, password: ADMIN_PASSWORD } });
   if (![201, 202].includes(res.status)) throw new Error(`create ${slug}: ${res.status} ${res.text}`);
   const tenant = await waitForStatus(slug, "active");
-  let token;
-  await waitFor(async () => {
-    const r = await request(`${slug}.localhost`, "/api/auth/login", { method: "POST", body: { email, password: ADMIN_PASSWORD } });
-    token = r.json?.token;
-    return r.status === 200;
-  }, `tenant ${slug} to serve`);
+  const token = await vi.waitFor(
+    async () => {
+      const r = await request(`${slug}.localhost`, "/api/auth/login", { method: "POST", body: { email, password: ADMIN_PASSWORD } });
+      if (r.status !== 200) throw new Error(`timed out waiting for tenant ${slug} to serve (last: ${r.status} ${r.text})`);
+      return r.json.token;
+    },
+    { timeout: 20_000, interval: 100 },
+  );
   return { slug, uuid: tenant.database.id, binding: tenant.binding, tenant, email, token };
 }
-
 
 /** Fires the Worker's cron trigger once (what Cloudflare does every 5 minutes). */
 export async function cron() {
   const res = await fetch(`${stack.cloudUrl}/__cloud/scheduled`, { method: "POST", headers: { authorization: `Bearer ${stack.token}` } });
-  return (await res.json()).result;
+  const { result } = /** @type {{ result: any }} */ (await res.json());
+  return result;
 }
 
 /** Runs SQL on a database through the local cloud's query endpoint. */
@@ -85,14 +106,14 @@ export async function sql(uuid, statement, params) {
 /** Rewrites the Worker's bindings through the local cloud (see cloud/provision.mjs). */
 export const setBindings = (change) => setBindingsWith(api, change);
 
-/** Polls `check` until it returns true (bounded: the test fails after `timeoutMs`). */
+/**
+ * Polls `check` every 100 ms until it returns true (vi.waitUntil): the test fails after `timeoutMs`,
+ * or at once when `check` throws.
+ * @param {() => boolean | Promise<boolean>} check
+ * @param {string} what what is waited for, for the message
+ */
 export async function waitFor(check, what, timeoutMs = 20_000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await check()) return;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  await vi.waitUntil(check, { timeout: timeoutMs, interval: 100, message: `waiting for ${what}` });
 }
 
 /** Sets fault rules on the local cloud (replacing any). */

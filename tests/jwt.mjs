@@ -1,3 +1,4 @@
+// @ts-check
 // Minting tokens in the tests, the way the Worker does (core/token.rs), to build expired,
 // tampered and forged ones. The key of tenant t is HMAC-SHA256(master secret, "tenantry/jwt/v1/" + t).
 
@@ -5,7 +6,12 @@ import { createHmac } from "node:crypto";
 
 const b64 = (v) => Buffer.from(typeof v === "string" ? v : JSON.stringify(v)).toString("base64url");
 
-/** `masterKey` is `kid:secret`; `header` adds fields to the token's header (e.g. `crit`). */
+/**
+ * `masterKey` is `kid:secret`; `header` adds fields to the token's header (e.g. `crit`).
+ * @param {string} masterKey
+ * @param {Record<string, any>} claims
+ * @param {{ alg?: string, kid?: string, sign?: boolean, header?: Record<string, unknown> }} [opts]
+ */
 export function mint(masterKey, claims, { alg = "HS256", kid, sign = true, header: extra = {} } = {}) {
   const [defaultKid, ...rest] = masterKey.split(":");
   const secret = rest.join(":");

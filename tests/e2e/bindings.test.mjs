@@ -1,6 +1,8 @@
+// @ts-check
 // Settings PATCHes on the local cloud really change the running Worker's bindings, and data
 // survives the workerd restart that takes.
 
+import { setTimeout as sleep } from "node:timers/promises";
 import { expect, test } from "vitest";
 import { api, authed, createTenant, freshSlug, request, setBindings, sql, waitFor } from "../helpers.mjs";
 
@@ -32,9 +34,7 @@ test("a removed tenant binding makes the tenant unavailable (503), and the Worke
 test("requests in flight during a binding change are not lost", async () => {
   const scratch = (await api("POST", "/d1/database", { name: `scratch-${freshSlug("f")}` })).result;
   const name = `SCRATCH_${scratch.uuid.slice(0, 8)}`;
-  const load = Array.from({ length: 40 }, (_, i) =>
-    new Promise((r) => setTimeout(r, i * 10)).then(() => request("localhost", "/healthz")),
-  );
+  const load = Array.from({ length: 40 }, (_, i) => sleep(i * 10).then(() => request("localhost", "/healthz")));
   await setBindings((bindings) => [...bindings, { type: "d1", name, id: scratch.uuid }]);
   const results = await Promise.all(load);
   expect(results.map((r) => r.status)).toEqual(results.map(() => 200));

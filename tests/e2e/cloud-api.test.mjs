@@ -1,3 +1,4 @@
+// @ts-check
 // The local cloud follows the Cloudflare API: envelopes, status and error codes, pagination,
 // query/raw/export, settings semantics, authentication, and injected faults.
 
@@ -67,7 +68,10 @@ describe("D1 databases", () => {
 describe("query and raw", () => {
   test("single, multi-statement, params, batch; one result per statement", async () => {
     const db = await newDb();
-    const multi = await sql(db.uuid, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t (v) VALUES ('a'); INSERT INTO t (v) VALUES ('b;c');");
+    const multi = await sql(
+      db.uuid,
+      "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t (v) VALUES ('a'); INSERT INTO t (v) VALUES ('b;c');",
+    );
     expect(multi).toHaveLength(3);
     expect(multi.every((r) => r.success)).toBe(true);
     expect(multi[2].meta).toMatchObject({ changes: 1, last_row_id: 2 });
@@ -81,7 +85,13 @@ describe("query and raw", () => {
     expect(batch.result[1].results).toEqual([{ n: 3 }]);
 
     const rawOut = await api("POST", `/d1/database/${db.uuid}/raw`, { sql: "SELECT id, v FROM t ORDER BY id LIMIT 2" });
-    expect(rawOut.result[0].results).toEqual({ columns: ["id", "v"], rows: [[1, "a"], [2, "b;c"]] });
+    expect(rawOut.result[0].results).toEqual({
+      columns: ["id", "v"],
+      rows: [
+        [1, "a"],
+        [2, "b;c"],
+      ],
+    });
   });
 
   test("a failing statement rolls the whole query back and answers 7500", async () => {
@@ -117,7 +127,8 @@ describe("export", () => {
     expect(first.result).toMatchObject({ success: true, type: "export", status: "active" });
     let poll = first.result;
     for (let i = 0; poll.status !== "complete" && i < 10; i++) {
-      poll = (await api("POST", `/d1/database/${source.uuid}/export`, { output_format: "polling", current_bookmark: poll.at_bookmark })).result;
+      poll = (await api("POST", `/d1/database/${source.uuid}/export`, { output_format: "polling", current_bookmark: poll.at_bookmark }))
+        .result;
     }
     expect(poll.status).toBe("complete");
     const dump = await (await fetch(poll.result.signed_url)).text();
@@ -157,7 +168,12 @@ describe("script settings", () => {
   test("secret values are never read back", async () => {
     const before = (await api("GET", "/workers/scripts/tenantry/settings")).result.bindings;
     const inherit = before.map((b) => ({ type: "inherit", name: b.name }));
-    await api("PATCH", "/workers/scripts/tenantry/settings", { bindings: [...inherit, { type: "secret_text", name: "SOME_SECRET", text: "hunter2" }] }, { multipart: true });
+    await api(
+      "PATCH",
+      "/workers/scripts/tenantry/settings",
+      { bindings: [...inherit, { type: "secret_text", name: "SOME_SECRET", text: "hunter2" }] },
+      { multipart: true },
+    );
     const after = await (await raw("GET", "/workers/scripts/tenantry/settings")).text();
     expect(after).toContain("SOME_SECRET");
     expect(after).not.toContain("hunter2");
@@ -223,7 +239,11 @@ describe("fault injection", () => {
     expect(a).toContain(200);
 
     const headers = { authorization: `Bearer ${stack.token}` };
-    for (const rules of [[{ endpoint: "d1.nope", kind: "error" }], [{ endpoint: "*", kind: "explode" }], [{ endpoint: "*", kind: "error", times: 0 }]]) {
+    for (const rules of [
+      [{ endpoint: "d1.nope", kind: "error" }],
+      [{ endpoint: "*", kind: "explode" }],
+      [{ endpoint: "*", kind: "error", times: 0 }],
+    ]) {
       const res = await fetch(`${stack.cloudUrl}/__cloud/faults`, { method: "POST", headers, body: JSON.stringify({ rules }) });
       expect(res.status).toBe(400);
     }

@@ -1,10 +1,10 @@
+// @ts-check
 // The admin API and the lifecycle under bursts of concurrent requests: every rule that guards a
 // write holds when 10 to 50 requests arrive at once, checked afterwards from the control plane.
 
+import { setTimeout as sleep } from "node:timers/promises";
 import { afterEach, describe, expect, test } from "vitest";
-import {
-  ADMIN_PASSWORD, admin, authed, createTenant, freshSlug, setFaults, sql, stack, waitFor, waitForStatus,
-} from "../helpers.mjs";
+import { ADMIN_PASSWORD, admin, authed, createTenant, freshSlug, setFaults, sql, stack, waitFor, waitForStatus } from "../helpers.mjs";
 
 /** Rows of `statement` on the control plane, read through the local cloud. */
 async function control(statement, params = []) {
@@ -22,7 +22,10 @@ function expectNo5xx(responses) {
 }
 
 const createBody = (slug, extra = {}) => ({
-  slug, name: `Tenant ${slug}`, admin: { email: `a@${slug}.test`, password: ADMIN_PASSWORD }, ...extra,
+  slug,
+  name: `Tenant ${slug}`,
+  admin: { email: `a@${slug}.test`, password: ADMIN_PASSWORD },
+  ...extra,
 });
 
 describe("concurrent creates", () => {
@@ -53,7 +56,7 @@ describe("concurrent creates", () => {
     for (let round = 0; round < 3; round++) {
       const slug = freshSlug("race");
       const create = admin("POST", "/v1/tenants", createBody(slug));
-      await new Promise((r) => setTimeout(r, 150 * round));
+      await sleep(150 * round);
       const responses = [await create, ...(await burst(5, () => admin("DELETE", `/v1/tenants/${slug}`)))];
       expectNo5xx(responses);
       const [row] = await control("SELECT status FROM tenants WHERE slug = ?", [slug]);
@@ -134,7 +137,10 @@ describe("platform roles", () => {
   test("a platform role named like a tenant's own role never takes it over or deletes it", async () => {
     const t = await createTenant();
     const name = `shared_${Date.now().toString(36)}`;
-    const own = await authed(t.slug, t.token, "/api/roles", { method: "POST", body: { name, description: "the tenant's own", permissions: ["projects:read"] } });
+    const own = await authed(t.slug, t.token, "/api/roles", {
+      method: "POST",
+      body: { name, description: "the tenant's own", permissions: ["projects:read"] },
+    });
     expect(own.status).toBe(201);
     expect((await admin("POST", "/v1/roles", { name, description: "the platform's", permissions: ["users:read"] })).status).toBe(201);
     const read = async () => (await authed(t.slug, t.token, "/api/roles")).json.roles.find((r) => r.name === name);
@@ -149,7 +155,11 @@ describe("platform roles", () => {
 describe("bodies", () => {
   test("unknown keys inside admin {} are refused like unknown top-level keys", async () => {
     const slug = freshSlug("keys");
-    const res = await admin("POST", "/v1/tenants", createBody(slug, { admin: { email: `a@${slug}.test`, password: ADMIN_PASSWORD, role: "owner" } }));
+    const res = await admin(
+      "POST",
+      "/v1/tenants",
+      createBody(slug, { admin: { email: `a@${slug}.test`, password: ADMIN_PASSWORD, role: "owner" } }),
+    );
     expect(res.status).toBe(422);
     expect(res.json.error.fields).toEqual({ "admin.role": "is not a known field" });
     expect((await admin("GET", `/v1/tenants/${slug}`)).status).toBe(404);
@@ -181,11 +191,16 @@ describe("the admin API's other write routes under bursts", () => {
   test("maintenance on and off, migration passes and reconciler runs, all at once: no 5xx", async () => {
     const responses = await burst(30, (i) => {
       switch (i % 5) {
-        case 0: return admin("PUT", "/v1/maintenance", { message: `window ${i}` });
-        case 1: return admin("DELETE", "/v1/maintenance");
-        case 2: return admin("POST", "/v1/migrations/apply", { limit: 20 });
-        case 3: return admin("POST", "/v1/reconcile");
-        default: return admin("GET", "/v1/migrations/status");
+        case 0:
+          return admin("PUT", "/v1/maintenance", { message: `window ${i}` });
+        case 1:
+          return admin("DELETE", "/v1/maintenance");
+        case 2:
+          return admin("POST", "/v1/migrations/apply", { limit: 20 });
+        case 3:
+          return admin("POST", "/v1/reconcile");
+        default:
+          return admin("GET", "/v1/migrations/status");
       }
     });
     expectNo5xx(responses);

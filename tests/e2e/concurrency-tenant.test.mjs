@@ -1,3 +1,4 @@
+// @ts-check
 // The tenant API's invariants under concurrency: bursts of concurrent requests on every tenant
 // write route, then the invariants read back from the tenant database itself. Each rule that
 // guards a write (the login throttle, plan limits, "at least one admin", uniqueness) must hold
@@ -64,7 +65,13 @@ const rows = async (uuid, statement, params) => (await sql(uuid, statement, para
  * @param {string} [target]
  */
 const audited = async (t, action, target) =>
-  (await rows(t.uuid, `SELECT count(*) AS n FROM audit_log WHERE action = ?1${target ? " AND target = ?2" : ""}`, target ? [action, target] : [action]))[0].n;
+  (
+    await rows(
+      t.uuid,
+      `SELECT count(*) AS n FROM audit_log WHERE action = ?1${target ? " AND target = ?2" : ""}`,
+      target ? [action, target] : [action],
+    )
+  )[0].n;
 
 /**
  * Creates a user through the API (as the admin holding `token`) and signs them in.
@@ -91,7 +98,12 @@ describe("login throttle", () => {
    * @param {string} [right]
    */
   const guesses = (email, right) =>
-    burst(40, (i) => request(`${t.slug}.localhost`, "/api/auth/login", { method: "POST", body: { email, password: i === 20 && right ? right : `wrong guess ${i}` } }));
+    burst(40, (i) =>
+      request(`${t.slug}.localhost`, "/api/auth/login", {
+        method: "POST",
+        body: { email, password: i === 20 && right ? right : `wrong guess ${i}` },
+      }),
+    );
 
   /**
    * The burst's shape every email must show: only 200/401/429, the 429s with a Retry-After
@@ -101,7 +113,10 @@ describe("login throttle", () => {
   const expectThrottled = (responses) => {
     expectNoServerErrors(responses);
     const counts = tally(responses);
-    expect(Object.keys(counts).every((s) => ["200", "401", "429"].includes(s)), JSON.stringify(counts)).toBe(true);
+    expect(
+      Object.keys(counts).every((s) => ["200", "401", "429"].includes(s)),
+      JSON.stringify(counts),
+    ).toBe(true);
     for (const r of responses.filter((r) => r.status === 429)) {
       expect(r.json.error.code).toBe("too_many_attempts");
       expect(Number(r.headers["retry-after"])).toBeGreaterThan(800);
@@ -123,7 +138,10 @@ describe("login throttle", () => {
     const counts = expectThrottled(responses);
     expect(counts[429]).toBeGreaterThanOrEqual(40 - MAX_FAILURES - 1);
     // The window is closed now, for the right password too.
-    const after = await request(`${t.slug}.localhost`, "/api/auth/login", { method: "POST", body: { email: victim.email, password: ADMIN_PASSWORD } });
+    const after = await request(`${t.slug}.localhost`, "/api/auth/login", {
+      method: "POST",
+      body: { email: victim.email, password: ADMIN_PASSWORD },
+    });
     expect(after.status).toBe(429);
     // Each acknowledged outcome is in the audit log, and nothing else.
     expect(await audited(t, "login.failed", `email:${victim.email}`)).toBe(counts[401] ?? 0);
@@ -145,7 +163,9 @@ describe("users", () => {
     const t = await createTenant(freshSlug("cc-users"));
     for (const i of [1, 2]) await addUser(t, `seed${i}@x.test`, "member");
     const emails = Array.from({ length: 8 }, (_, i) => `burst${i}@x.test`);
-    const responses = await burst(8, (i) => authed(t.slug, t.token, "/api/users", { method: "POST", body: { email: emails[i], password: "a fine password" } }));
+    const responses = await burst(8, (i) =>
+      authed(t.slug, t.token, "/api/users", { method: "POST", body: { email: emails[i], password: "a fine password" } }),
+    );
     expectNoServerErrors(responses);
     expect(tally(responses)).toEqual({ 201: 2, 403: 6 });
     for (const r of responses.filter((r) => r.status === 403)) expect(r.json.error.code).toBe("plan_limit_reached");
@@ -157,7 +177,12 @@ describe("users", () => {
 
   test("20 concurrent creates with one email: one 201, the rest 409 email_taken", async () => {
     const t = await createTenant(freshSlug("cc-email"), { plan: "enterprise" });
-    const responses = await burst(20, (i) => authed(t.slug, t.token, "/api/users", { method: "POST", body: { email: i % 2 ? "Same@X.test" : "same@x.test", password: "a fine password" } }));
+    const responses = await burst(20, (i) =>
+      authed(t.slug, t.token, "/api/users", {
+        method: "POST",
+        body: { email: i % 2 ? "Same@X.test" : "same@x.test", password: "a fine password" },
+      }),
+    );
     expectNoServerErrors(responses);
     expect(tally(responses)).toEqual({ 201: 1, 409: 19 });
     for (const r of responses.filter((r) => r.status === 409)) expect(r.json.error.code).toBe("email_taken");
@@ -167,41 +192,53 @@ describe("users", () => {
     // Two users renamed to one email at once: one 200, one 409; the audit log has the one.
     const a = await addUser(t, "a@x.test", "member");
     const b = await addUser(t, "b@x.test", "member");
-    const renames = await burst(2, (i) => authed(t.slug, t.token, `/api/users/${[a, b][i].id}`, { method: "PATCH", body: { email: "taken@x.test" } }));
+    const renames = await burst(2, (i) =>
+      authed(t.slug, t.token, `/api/users/${[a, b][i].id}`, { method: "PATCH", body: { email: "taken@x.test" } }),
+    );
     expectNoServerErrors(renames);
     expect(renames.map((r) => r.status).sort()).toEqual([200, 409]);
     expect(renames.find((r) => r.status === 409)?.json.error.code).toBe("email_taken");
     expect(await audited(t, "user.update")).toBe(1);
   });
 
-  test("two admins demoting each other at once (with and without a password change): an admin always remains", { timeout: 120_000 }, async () => {
-    const t = await createTenant(freshSlug("cc-demote"));
-    const first = { id: (await authed(t.slug, t.token, "/api/me")).json.user.id, token: t.token };
-    const second = await addUser(t, "second@x.test", "admin");
-    const admins = [first, second];
-    let acknowledged = 0;
-    for (let round = 0; round < 10; round++) {
-      // Odd rounds change only the role: without the slow hash the requests overlap differently.
-      const body = (/** @type {number} */ i) => (round % 2 ? { role: "member" } : { role: "member", password: `new password ${round}-${i}` });
-      const responses = await burst(2, (i) => authed(t.slug, admins[i].token, `/api/users/${admins[1 - i].id}`, { method: "PATCH", body: body(i) }));
-      expectNoServerErrors(responses);
-      const remaining = await rows(t.uuid, "SELECT id FROM users WHERE role = 'admin'");
-      expect(remaining, `round ${round}: ${responses.map((r) => r.status)}`).toHaveLength(1);
-      // One demotion lands. The other is refused: 409 last_admin, or 403 when its admin was
-      // already demoted by the time their request was authenticated.
-      expect(responses.filter((r) => r.status === 200)).toHaveLength(1);
-      const refused = responses.find((r) => r.status !== 200);
-      expect([[409, "last_admin"], [403, "admin_required"]]).toContainEqual([refused?.status, refused?.json.error.code]);
-      acknowledged++;
-      // The admin left promotes the other again, for the next round.
-      const admin = admins.find((a) => a.id === remaining[0].id);
-      const other = admins.find((a) => a.id !== remaining[0].id);
-      const promote = await authed(t.slug, admin?.token ?? "", `/api/users/${other?.id}`, { method: "PATCH", body: { role: "admin" } });
-      expect(promote.status, promote.text).toBe(200);
-      acknowledged++;
-    }
-    expect(await audited(t, "user.update")).toBe(acknowledged);
-  });
+  test(
+    "two admins demoting each other at once (with and without a password change): an admin always remains",
+    { timeout: 120_000 },
+    async () => {
+      const t = await createTenant(freshSlug("cc-demote"));
+      const first = { id: (await authed(t.slug, t.token, "/api/me")).json.user.id, token: t.token };
+      const second = await addUser(t, "second@x.test", "admin");
+      const admins = [first, second];
+      let acknowledged = 0;
+      for (let round = 0; round < 10; round++) {
+        // Odd rounds change only the role: without the slow hash the requests overlap differently.
+        const body = (/** @type {number} */ i) =>
+          round % 2 ? { role: "member" } : { role: "member", password: `new password ${round}-${i}` };
+        const responses = await burst(2, (i) =>
+          authed(t.slug, admins[i].token, `/api/users/${admins[1 - i].id}`, { method: "PATCH", body: body(i) }),
+        );
+        expectNoServerErrors(responses);
+        const remaining = await rows(t.uuid, "SELECT id FROM users WHERE role = 'admin'");
+        expect(remaining, `round ${round}: ${responses.map((r) => r.status)}`).toHaveLength(1);
+        // One demotion lands. The other is refused: 409 last_admin, or 403 when its admin was
+        // already demoted by the time their request was authenticated.
+        expect(responses.filter((r) => r.status === 200)).toHaveLength(1);
+        const refused = responses.find((r) => r.status !== 200);
+        expect([
+          [409, "last_admin"],
+          [403, "admin_required"],
+        ]).toContainEqual([refused?.status, refused?.json.error.code]);
+        acknowledged++;
+        // The admin left promotes the other again, for the next round.
+        const admin = admins.find((a) => a.id === remaining[0].id);
+        const other = admins.find((a) => a.id !== remaining[0].id);
+        const promote = await authed(t.slug, admin?.token ?? "", `/api/users/${other?.id}`, { method: "PATCH", body: { role: "admin" } });
+        expect(promote.status, promote.text).toBe(200);
+        acknowledged++;
+      }
+      expect(await audited(t, "user.update")).toBe(acknowledged);
+    },
+  );
 
   test("admins deleting each other in a ring: an admin always remains; one user deleted by many: one 200", async () => {
     const t = await createTenant(freshSlug("cc-delete"), { plan: "enterprise" });
@@ -210,13 +247,18 @@ describe("users", () => {
     for (let i = 1; i < 8; i++) ring.push(await addUser(t, `admin${i}@x.test`, "admin"));
     // Each token verified and its user read once, so the burst's requests reach their handlers at once.
     for (const a of ring) expect((await authed(t.slug, a.token, "/api/me")).status).toBe(200);
-    const responses = await burst(ring.length, (i) => authed(t.slug, ring[i].token, `/api/users/${ring[(i + 1) % ring.length].id}`, { method: "DELETE" }));
+    const responses = await burst(ring.length, (i) =>
+      authed(t.slug, ring[i].token, `/api/users/${ring[(i + 1) % ring.length].id}`, { method: "DELETE" }),
+    );
     expectNoServerErrors(responses);
     // An admin deleted before their own request was authenticated gets a 401 (and their
     // victim survives); whatever the interleaving, at least one admin remains, a 409 is only
     // ever the last admin's, and every 200 is a deleted admin with its audit row.
     const counts = tally(responses);
-    expect(Object.keys(counts).every((s) => ["200", "401", "409"].includes(s)), JSON.stringify(counts)).toBe(true);
+    expect(
+      Object.keys(counts).every((s) => ["200", "401", "409"].includes(s)),
+      JSON.stringify(counts),
+    ).toBe(true);
     const remaining = await rows(t.uuid, "SELECT id FROM users WHERE role = 'admin'");
     expect(remaining.length, JSON.stringify(counts)).toBeGreaterThanOrEqual(1);
     expect(counts[200] ?? 0).toBe(ring.length - remaining.length);
@@ -256,7 +298,8 @@ describe("projects", () => {
     const responses = await burst(30, (i) =>
       i % 3 === 0
         ? authed(t.slug, t.token, `/api/projects/${id}`, { method: "DELETE" })
-        : authed(t.slug, t.token, `/api/projects/${id}`, { method: "PATCH", body: { description: `edit ${i}` } }));
+        : authed(t.slug, t.token, `/api/projects/${id}`, { method: "PATCH", body: { description: `edit ${i}` } }),
+    );
     expectNoServerErrors(responses);
     const deletes = responses.filter((_, i) => i % 3 === 0);
     const patches = responses.filter((_, i) => i % 3 !== 0);
@@ -276,7 +319,9 @@ describe("roles and settings", () => {
   });
 
   test("20 concurrent creates of one role: one 201, the rest 409 role_exists", async () => {
-    const responses = await burst(20, (i) => authed(t.slug, t.token, "/api/roles", { method: "POST", body: { name: "reviewer", description: `try ${i}` } }));
+    const responses = await burst(20, (i) =>
+      authed(t.slug, t.token, "/api/roles", { method: "POST", body: { name: "reviewer", description: `try ${i}` } }),
+    );
     expectNoServerErrors(responses);
     expect(tally(responses)).toEqual({ 201: 1, 409: 19 });
     for (const r of responses.filter((r) => r.status === 409)) expect(r.json.error.code).toBe("role_exists");
@@ -291,7 +336,8 @@ describe("roles and settings", () => {
     const responses = await burst(30, (i) =>
       i % 3 === 0
         ? authed(t.slug, t.token, "/api/roles/editor", { method: "DELETE" })
-        : authed(t.slug, t.token, "/api/roles/editor", { method: "PATCH", body: { description: `edit ${i}` } }));
+        : authed(t.slug, t.token, "/api/roles/editor", { method: "PATCH", body: { description: `edit ${i}` } }),
+    );
     expectNoServerErrors(responses);
     const deletes = responses.filter((_, i) => i % 3 === 0);
     const patches = responses.filter((_, i) => i % 3 !== 0);
@@ -303,7 +349,9 @@ describe("roles and settings", () => {
   });
 
   test("30 concurrent settings PATCHes: all applied, one audit row each", async () => {
-    const responses = await burst(30, (i) => authed(t.slug, t.token, "/api/settings", { method: "PATCH", body: { [`key.${i}`]: i, shared: i } }));
+    const responses = await burst(30, (i) =>
+      authed(t.slug, t.token, "/api/settings", { method: "PATCH", body: { [`key.${i}`]: i, shared: i } }),
+    );
     expectNoServerErrors(responses);
     expect(tally(responses)).toEqual({ 200: 30 });
     const stored = Object.fromEntries((await rows(t.uuid, "SELECT key, value FROM settings")).map((s) => [s.key, JSON.parse(s.value)]));

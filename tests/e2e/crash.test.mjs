@@ -1,3 +1,4 @@
+// @ts-check
 // Crashes: the Worker (workerd) is killed with SIGKILL in the middle of bursts of creates and
 // deletes, the stack is started again on the same state, and only the reconciler runs (no client
 // re-sends, no GET of a tenant, which would carry its operation on). Every tenant must reach a
@@ -32,9 +33,20 @@ afterAll(async () => {
 
 const admin = () => adminClient(stack.url, stack.adminToken);
 
+/** @type {import("../helpers.mjs").CloudApi} the current stack's local cloud (a new one after each restart) */
+const cloud = (method, route, body, opts) => stack.api(method, route, body, opts);
+
+/**
+ * `hostRequest` to the current stack's Worker as if to `host`.
+ * @param {string} host
+ * @param {string} pathname
+ * @param {import("../helpers.mjs").RequestOptions} [opts]
+ */
+const request = (host, pathname, opts) => hostRequest(Number(new URL(stack.url).port), host, pathname, opts);
+
 /** Rows of `statement` on the control plane, read through the local cloud (not the Worker). */
 async function control(statement, params = []) {
-  const out = await stack.api("POST", `/d1/database/${stack.controlDatabase.uuid}/query`, { sql: statement, params });
+  const out = await cloud("POST", `/d1/database/${stack.controlDatabase.uuid}/query`, { sql: statement, params });
   return out.result[0].results;
 }
 
@@ -67,8 +79,8 @@ async function expectConverged(slugs) {
   );
   for (const row of rows) expect(["active", "deleted"], `${row.slug} is ${row.status}`).toContain(row.status);
 
-  const settings = (await stack.api("GET", "/workers/scripts/tenantry/settings")).result.bindings.filter((b) => b.type === "d1");
-  const databases = (await stack.api("GET", "/d1/database?per_page=10000")).result;
+  const settings = (await cloud("GET", "/workers/scripts/tenantry/settings")).result.bindings.filter((b) => b.type === "d1");
+  const databases = (await cloud("GET", "/d1/database?per_page=10000")).result;
   const owned = new Set((await control("SELECT database_name FROM tenants WHERE status != 'deleted'")).map((r) => r.database_name));
   const orphans = databases.filter((d) => d.name.startsWith("tenantry-") && d.name !== "tenantry-control" && !owned.has(d.name));
   expect(orphans.map((d) => d.name)).toEqual([]);
@@ -76,11 +88,17 @@ async function expectConverged(slugs) {
     const bound = settings.filter((b) => b.name === row.binding_name);
     if (row.status === "active") {
       expect(row.bind_wanted).toBe(1);
-      expect(bound.map((b) => b.id), `${row.slug} bound exactly once, to its database`).toEqual([row.database_id]);
+      expect(
+        bound.map((b) => b.id),
+        `${row.slug} bound exactly once, to its database`,
+      ).toEqual([row.database_id]);
       expect(databases.some((d) => d.uuid === row.database_id)).toBe(true);
     } else {
       expect(bound, `${row.slug} is deleted but still bound`).toEqual([]);
-      expect(databases.some((d) => d.name === row.database_name), `${row.slug}'s database outlived it`).toBe(false);
+      expect(
+        databases.some((d) => d.name === row.database_name),
+        `${row.slug}'s database outlived it`,
+      ).toBe(false);
     }
   }
   return rows;
@@ -130,7 +148,7 @@ describe("a crash during a burst of creates", () => {
       expect(rows.filter((r) => r.status !== "active")).toEqual([]);
       // And serves.
       for (const row of rows) {
-        const res = await hostRequest(Number(new URL(stack.url).port), `${row.slug}.localhost`, "/api/auth/login", {
+        const res = await request(`${row.slug}.localhost`, "/api/auth/login", {
           method: "POST",
           body: { email: `a@${row.slug}.test`, password: PASSWORD },
         });

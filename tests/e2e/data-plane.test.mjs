@@ -1,9 +1,22 @@
+// @ts-check
 // The tenant request path: status gates, the lookup cache, sign-in and tokens, the tenant
 // context's users, projects, audit log and plan limits.
 
+import { setTimeout as sleep } from "node:timers/promises";
 import { afterEach, beforeAll, describe, expect, test } from "vitest";
 import {
-  ADMIN_PASSWORD, admin, authed, createTenant, freshSlug, login, request, setBindings, setFaults, sql, stack, waitFor,
+  ADMIN_PASSWORD,
+  admin,
+  authed,
+  createTenant,
+  freshSlug,
+  login,
+  request,
+  setBindings,
+  setFaults,
+  sql,
+  stack,
+  waitFor,
 } from "../helpers.mjs";
 import { decode, mint } from "../jwt.mjs";
 
@@ -25,7 +38,11 @@ describe("status gates", () => {
 
     const t = await createTenant();
     await admin("PATCH", `/v1/tenants/${t.slug}`, { status: "suspended", message: "unpaid invoice #42" });
-    await waitFor(async () => (await authed(t.slug, t.token, "/api/me")).status === 403, "the suspension to take effect (cache TTL 5 s)", 8000);
+    await waitFor(
+      async () => (await authed(t.slug, t.token, "/api/me")).status === 403,
+      "the suspension to take effect (cache TTL 5 s)",
+      8000,
+    );
     const suspended = await authed(t.slug, t.token, "/api/me");
     expect(suspended.json.error).toEqual({ code: "tenant_suspended", message: "this tenant is suspended: unpaid invoice #42" });
     await admin("PATCH", `/v1/tenants/${t.slug}`, { status: "active" });
@@ -54,11 +71,14 @@ describe("status gates", () => {
     while (Date.now() - started < 6_500) {
       const res = await authed(t.slug, t.token, "/api/projects");
       seen.push({ status: res.status, queries: res.headers[CONTROL_QUERIES], refresh: res.headers["x-tenantry-control-refresh"] });
-      await new Promise((r) => setTimeout(r, 100));
+      await sleep(100);
     }
     // Longer than the TTL (5 s), yet no request waited on the control plane: the row was
     // refreshed behind a request (marked), never on one's path.
-    expect(seen.every((s) => s.status === 200 && s.queries === "0"), JSON.stringify(seen)).toBe(true);
+    expect(
+      seen.every((s) => s.status === 200 && s.queries === "0"),
+      JSON.stringify(seen),
+    ).toBe(true);
     expect(seen.filter((s) => s.refresh === "1").length).toBeGreaterThanOrEqual(1);
 
     // Suspended behind the Worker's back (not through the admin API, which would forget the row):
@@ -78,7 +98,10 @@ describe("sign-in and tokens", () => {
   });
 
   test("login returns a token for this tenant; /api/me answers with the user", async () => {
-    const res = await request(`${t.slug}.localhost`, "/api/auth/login", { method: "POST", body: { email: t.email.toUpperCase(), password: ADMIN_PASSWORD } });
+    const res = await request(`${t.slug}.localhost`, "/api/auth/login", {
+      method: "POST",
+      body: { email: t.email.toUpperCase(), password: ADMIN_PASSWORD },
+    });
     expect(res.status).toBe(200);
     expect(res.json).toMatchObject({ token_type: "Bearer", user: { email: t.email, role: "admin" } });
     const claims = decode(res.json.token);
@@ -92,11 +115,17 @@ describe("sign-in and tokens", () => {
     const host = `${t.slug}.localhost`;
     const wrong = await request(host, "/api/auth/login", { method: "POST", body: { email: t.email, password: "not the password" } });
     expect(wrong.status).toBe(401);
-    const unknown = await request(host, "/api/auth/login", { method: "POST", body: { email: "nobody@x.test", password: "whatever it is" } });
+    const unknown = await request(host, "/api/auth/login", {
+      method: "POST",
+      body: { email: "nobody@x.test", password: "whatever it is" },
+    });
     expect(unknown.status).toBe(401);
     expect(unknown.json.error.message).toBe(wrong.json.error.message);
     expect((await request(host, "/api/auth/login", { method: "POST", body: { email: 1 } })).status).toBe(422);
-    const extra = await request(host, "/api/auth/login", { method: "POST", body: { email: t.email, password: ADMIN_PASSWORD, remember: true } });
+    const extra = await request(host, "/api/auth/login", {
+      method: "POST",
+      body: { email: t.email, password: ADMIN_PASSWORD, remember: true },
+    });
     expect([extra.status, extra.json.error.fields]).toEqual([422, { remember: "is not a known field" }]);
     expect((await request(host, "/api/auth/login", { method: "POST", body: "{" })).status).toBe(400);
     expect((await request(host, "/api/auth/login")).status).toBe(405);
@@ -117,7 +146,9 @@ describe("sign-in and tokens", () => {
     // Another email on the same tenant, and the same email on another tenant, are not affected.
     expect(await login(t.slug, t.email)).toBeTruthy();
     const other = await createTenant();
-    expect((await request(`${other.slug}.localhost`, "/api/auth/login", { method: "POST", body: { email, password: "nope nope nope" } })).status).toBe(401);
+    expect(
+      (await request(`${other.slug}.localhost`, "/api/auth/login", { method: "POST", body: { email, password: "nope nope nope" } })).status,
+    ).toBe(401);
   });
 
   test("expired, forged and other tenants' tokens are refused; a deleted user's token stops working", async () => {
@@ -139,7 +170,10 @@ describe("sign-in and tokens", () => {
     }
     expect((await request(`${t.slug}.localhost`, "/api/me", { headers: { authorization: "Basic abc" } })).status).toBe(401);
 
-    const created = await authed(t.slug, t.token, "/api/users", { method: "POST", body: { email: "temp@x.test", password: "temporary password" } });
+    const created = await authed(t.slug, t.token, "/api/users", {
+      method: "POST",
+      body: { email: "temp@x.test", password: "temporary password" },
+    });
     const tempToken = await login(t.slug, "temp@x.test", "temporary password");
     expect((await authed(t.slug, tempToken, "/api/me")).status).toBe(200);
     await authed(t.slug, t.token, `/api/users/${created.json.user.id}`, { method: "DELETE" });
@@ -147,7 +181,10 @@ describe("sign-in and tokens", () => {
   });
 
   test("a user changed behind the API's back is seen within the user cache window (5 s)", async () => {
-    const created = await authed(t.slug, t.token, "/api/users", { method: "POST", body: { email: "side@x.test", password: "side door password", role: "admin" } });
+    const created = await authed(t.slug, t.token, "/api/users", {
+      method: "POST",
+      body: { email: "side@x.test", password: "side door password", role: "admin" },
+    });
     expect(created.status, created.text).toBe(201);
     const id = created.json.user.id;
     const token = await login(t.slug, "side@x.test", "side door password");
@@ -167,13 +204,19 @@ describe("sign-in and tokens", () => {
 describe("users, projects, audit log, plan limits", () => {
   test("only admins manage users; members read themselves; the last admin is protected", async () => {
     const t = await createTenant();
-    const member = await authed(t.slug, t.token, "/api/users", { method: "POST", body: { email: "m@x.test", password: "member password", role: "member" } });
+    const member = await authed(t.slug, t.token, "/api/users", {
+      method: "POST",
+      body: { email: "m@x.test", password: "member password", role: "member" },
+    });
     expect(member.status).toBe(201);
     expect(member.json.user).toMatchObject({ email: "m@x.test", role: "member" });
     expect(member.text).not.toContain("password");
     const dup = await authed(t.slug, t.token, "/api/users", { method: "POST", body: { email: "M@X.test", password: "member password" } });
     expect([dup.status, dup.json.error.code]).toEqual([409, "email_taken"]);
-    const bad = await authed(t.slug, t.token, "/api/users", { method: "POST", body: { email: "nope", password: "short", role: "owner", x: 1 } });
+    const bad = await authed(t.slug, t.token, "/api/users", {
+      method: "POST",
+      body: { email: "nope", password: "short", role: "owner", x: 1 },
+    });
     expect(bad.status).toBe(422);
     expect(Object.keys(bad.json.error.fields).sort()).toEqual(["email", "password", "role", "x"]);
 
@@ -182,7 +225,9 @@ describe("users, projects, audit log, plan limits", () => {
     expect((await authed(t.slug, mt, "/api/audit-log")).status).toBe(403);
     expect((await authed(t.slug, mt, `/api/users/${member.json.user.id}`)).status).toBe(200);
     expect((await authed(t.slug, mt, "/api/users/1")).status).toBe(403);
-    expect((await authed(t.slug, mt, "/api/users", { method: "POST", body: { email: "z@x.test", password: "zzzzzzzzzzzz" } })).status).toBe(403);
+    expect((await authed(t.slug, mt, "/api/users", { method: "POST", body: { email: "z@x.test", password: "zzzzzzzzzzzz" } })).status).toBe(
+      403,
+    );
 
     const me = (await authed(t.slug, t.token, "/api/me")).json.user;
     const demote = await authed(t.slug, t.token, `/api/users/${me.id}`, { method: "PATCH", body: { role: "member" } });
@@ -233,18 +278,29 @@ describe("users, projects, audit log, plan limits", () => {
 
   test("plan limits: free allows 3 projects and 5 users, then a 403 naming the limit", async () => {
     const t = await createTenant(freshSlug("free"), { plan: "free" });
-    for (let i = 0; i < 3; i++) expect((await authed(t.slug, t.token, "/api/projects", { method: "POST", body: { name: `p${i}` } })).status).toBe(201);
+    for (let i = 0; i < 3; i++)
+      expect((await authed(t.slug, t.token, "/api/projects", { method: "POST", body: { name: `p${i}` } })).status).toBe(201);
     const fourth = await authed(t.slug, t.token, "/api/projects", { method: "POST", body: { name: "p3" } });
     expect(fourth.status).toBe(403);
     expect(fourth.json.error).toEqual({ code: "plan_limit_reached", message: "the free plan allows 3 projects; this tenant has 3" });
     for (let i = 0; i < 4; i++) {
-      expect((await authed(t.slug, t.token, "/api/users", { method: "POST", body: { email: `u${i}@x.test`, password: "a fine password" } })).status).toBe(201);
+      expect(
+        (await authed(t.slug, t.token, "/api/users", { method: "POST", body: { email: `u${i}@x.test`, password: "a fine password" } }))
+          .status,
+      ).toBe(201);
     }
-    const sixth = await authed(t.slug, t.token, "/api/users", { method: "POST", body: { email: "u9@x.test", password: "a fine password" } });
+    const sixth = await authed(t.slug, t.token, "/api/users", {
+      method: "POST",
+      body: { email: "u9@x.test", password: "a fine password" },
+    });
     expect(sixth.json.error.message).toBe("the free plan allows 5 users; this tenant has 5");
     // Upgrading the plan lifts the limit (within the lookup cache's TTL).
     await admin("PATCH", `/v1/tenants/${t.slug}`, { plan: "pro" });
-    await waitFor(async () => (await authed(t.slug, t.token, "/api/projects", { method: "POST", body: { name: "p3" } })).status === 201, "the new plan to apply", 8000);
+    await waitFor(
+      async () => (await authed(t.slug, t.token, "/api/projects", { method: "POST", body: { name: "p3" } })).status === 201,
+      "the new plan to apply",
+      8000,
+    );
   });
 });
 

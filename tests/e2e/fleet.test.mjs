@@ -1,9 +1,11 @@
+// @ts-check
 // Fleet operations with 50 tenants: a migration shipped while tenants are at the old version
 // reaches all of them; one that fails on some leaves those at the old version with the error
 // recorded and the rest migrated; running again after the fix completes.
 
 import { spawnSync } from "node:child_process";
 import path from "node:path";
+import pLimit from "p-limit";
 import { beforeAll, expect, test } from "vitest";
 import { ROOT } from "../../cloud/stack.mjs";
 import { rollBackNewestSql, tenantMigrations } from "../../cloud/provision.mjs";
@@ -16,10 +18,8 @@ let fleet;
 
 beforeAll(async () => {
   const tag = freshSlug("fleet");
-  fleet = [];
-  for (let i = 0; i < FLEET; i += 10) {
-    fleet.push(...(await Promise.all(Array.from({ length: Math.min(10, FLEET - i) }, (_, j) => createTenant(`${tag}-${i + j}`)))));
-  }
+  const slugs = Array.from({ length: FLEET }, (_, i) => `${tag}-${i}`);
+  fleet = await pLimit(10).map(slugs, (slug) => createTenant(slug)); // 10 creates at a time
 }, 300_000);
 
 /** Puts a tenant back at the version before the newest migration, as if that had just shipped. */
@@ -32,7 +32,11 @@ async function rollBack(t) {
 const redeploy = () => setBindings((bindings) => bindings);
 
 const migrateCli = () =>
-  spawnSync(process.execPath, [path.join(ROOT, "scripts", "migrate.mjs"), "--url", stack.url, "--token", stack.adminToken, "--limit", "20"], { encoding: "utf8" });
+  spawnSync(
+    process.execPath,
+    [path.join(ROOT, "scripts", "migrate.mjs"), "--url", stack.url, "--token", stack.adminToken, "--limit", "20"],
+    { encoding: "utf8" },
+  );
 
 const ledger = async (t) => (await sql(t.uuid, "SELECT name FROM d1_migrations ORDER BY id"))[0].results.map((r) => r.name);
 
@@ -49,7 +53,12 @@ test("a migration reaches every tenant; failures are isolated, recorded, and fix
   expect(before.json.behind).toBeGreaterThanOrEqual(FLEET);
 
   const run = migrateCli();
-  console.log(run.stdout.split("\n").filter((l) => !l.startsWith("  ✓")).join("\n"));
+  console.log(
+    run.stdout
+      .split("\n")
+      .filter((l) => !l.startsWith("  ✓"))
+      .join("\n"),
+  );
   expect(run.status).toBe(1);
   expect(run.stdout).toMatch(/migrated, 5 failed/);
   expect(run.stdout.match(/ ✓ /g)?.length).toBeGreaterThanOrEqual(FLEET - 5);
@@ -93,7 +102,8 @@ test("a tenant behind the code is migrated on its first request (through its bin
   expect(res.status, res.text).toBe(200);
   expect(await ledger(t)).toContain(NEWEST);
   // Recorded in the control plane at once, not at the next fleet run.
-  const [row] = (await sql(stack.controlDatabaseId, "SELECT schema_version, migration_error FROM tenants WHERE slug = ?1", [t.slug]))[0].results;
+  const [row] = (await sql(stack.controlDatabaseId, "SELECT schema_version, migration_error FROM tenants WHERE slug = ?1", [t.slug]))[0]
+    .results;
   expect(row).toEqual({ schema_version: LATEST, migration_error: null });
   const after = await admin("GET", "/v1/migrations/status");
   expect(after.json.behind).toBe(before.json.behind - 1);
@@ -109,63 +119,91 @@ test("the admin API validates fan-out parameters", async () => {
   expect(done.json).toMatchObject({ latest: LATEST, next: null });
 });
 
-test("system roles reach every tenant, are read-only there, follow changes and removal; failures are retried", { timeout: 240_000 }, async () => {
-  const name = `auditor-${Date.now().toString(36)}`;
-  const created = await admin("POST", "/v1/roles", { name, description: "reads everything", permissions: ["projects:read", "users:read"] });
-  expect(created.status, created.text).toBe(201);
-  expect((await admin("POST", "/v1/roles", { name })).status).toBe(409);
-  expect((await admin("POST", "/v1/roles", { name: "Bad Name" })).status).toBe(422);
-  // Finish the pass (the create ran one bounded pass; the cron carries the rest).
-  while ((await admin("POST", "/v1/migrations/apply", {})).json.next) { /* a pass per call */ }
-  const systemRole = async (t) => (await sql(t.uuid, "SELECT description, permissions, is_system FROM roles WHERE name = ?1", [name]))[0].results[0];
-  const all = await Promise.all(fleet.map(systemRole));
-  const missing = fleet.filter((_, i) => !(all[i]?.is_system === 1 && all[i].description === "reads everything"));
-  const debug = missing.length ? JSON.stringify([(await sql(stack.controlDatabaseId, "SELECT * FROM roles"))[0].results, (await sql(stack.controlDatabaseId, "SELECT slug, synced_version, sync_error, schema_version FROM tenants LIMIT 3"))[0].results, (await sql(fleet[0].uuid, "SELECT * FROM roles"))[0].results]) : "";
-  expect(missing.map((t) => t.slug), debug).toEqual([]);
+test(
+  "system roles reach every tenant, are read-only there, follow changes and removal; failures are retried",
+  { timeout: 240_000 },
+  async () => {
+    const name = `auditor-${Date.now().toString(36)}`;
+    const created = await admin("POST", "/v1/roles", {
+      name,
+      description: "reads everything",
+      permissions: ["projects:read", "users:read"],
+    });
+    expect(created.status, created.text).toBe(201);
+    expect((await admin("POST", "/v1/roles", { name })).status).toBe(409);
+    expect((await admin("POST", "/v1/roles", { name: "Bad Name" })).status).toBe(422);
+    // Finish the pass (the create ran one bounded pass; the cron carries the rest).
+    while ((await admin("POST", "/v1/migrations/apply", {})).json.next) {
+      /* a pass per call */
+    }
+    const systemRole = async (t) =>
+      (await sql(t.uuid, "SELECT description, permissions, is_system FROM roles WHERE name = ?1", [name]))[0].results[0];
+    const all = await Promise.all(fleet.map(systemRole));
+    const missing = fleet.filter((_, i) => !(all[i]?.is_system === 1 && all[i].description === "reads everything"));
+    const debug = missing.length
+      ? JSON.stringify([
+          (await sql(stack.controlDatabaseId, "SELECT * FROM roles"))[0].results,
+          (await sql(stack.controlDatabaseId, "SELECT slug, synced_version, sync_error, schema_version FROM tenants LIMIT 3"))[0].results,
+          (await sql(fleet[0].uuid, "SELECT * FROM roles"))[0].results,
+        ])
+      : "";
+    expect(
+      missing.map((t) => t.slug),
+      debug,
+    ).toEqual([]);
 
-  // Read-only on the tenant; the tenant's own roles are its to manage.
-  const t = fleet[3];
-  const listed = await authed(t.slug, t.token, "/api/roles");
-  expect(listed.json.roles.find((r) => r.name === name)).toMatchObject({ is_system: true, permissions: ["projects:read", "users:read"] });
-  const change = await authed(t.slug, t.token, `/api/roles/${name}`, { method: "PATCH", body: { description: "mine now" } });
-  expect([change.status, change.json.error.code]).toEqual([403, "system_role_read_only"]);
-  expect((await authed(t.slug, t.token, `/api/roles/${name}`, { method: "DELETE" })).status).toBe(403);
-  const own = await authed(t.slug, t.token, "/api/roles", { method: "POST", body: { name: "reviewer", permissions: ["projects:read"] } });
-  expect(own.status).toBe(201);
-  expect((await authed(t.slug, t.token, "/api/roles/reviewer", { method: "PATCH", body: { description: "reviews" } })).json.role.description).toBe("reviews");
+    // Read-only on the tenant; the tenant's own roles are its to manage.
+    const t = fleet[3];
+    const listed = await authed(t.slug, t.token, "/api/roles");
+    expect(listed.json.roles.find((r) => r.name === name)).toMatchObject({ is_system: true, permissions: ["projects:read", "users:read"] });
+    const change = await authed(t.slug, t.token, `/api/roles/${name}`, { method: "PATCH", body: { description: "mine now" } });
+    expect([change.status, change.json.error.code]).toEqual([403, "system_role_read_only"]);
+    expect((await authed(t.slug, t.token, `/api/roles/${name}`, { method: "DELETE" })).status).toBe(403);
+    const own = await authed(t.slug, t.token, "/api/roles", { method: "POST", body: { name: "reviewer", permissions: ["projects:read"] } });
+    expect(own.status).toBe(201);
+    expect(
+      (await authed(t.slug, t.token, "/api/roles/reviewer", { method: "PATCH", body: { description: "reviews" } })).json.role.description,
+    ).toBe("reviews");
 
-  // A tenant where the sync fails (a trigger refuses writes to roles): recorded, the rest synced.
-  const stubborn = fleet[7];
-  await sql(stubborn.uuid, "CREATE TRIGGER refuse_roles BEFORE UPDATE ON roles BEGIN SELECT RAISE(ABORT, 'roles are frozen here'); END");
-  const updated = await admin("PATCH", `/v1/roles/${name}`, { description: "reads everything, carefully" });
-  expect(updated.status).toBe(200);
-  while ((await admin("POST", "/v1/migrations/apply", {})).json.next) { /* continue the pass */ }
-  const status = await admin("GET", "/v1/migrations/status");
-  expect(status.json.entities.sync_failures).toEqual([{ slug: stubborn.slug, sync_error: expect.stringMatching(/roles are frozen here/) }]);
-  expect((await systemRole(stubborn)).description).toBe("reads everything");
-  expect((await systemRole(fleet[8])).description).toBe("reads everything, carefully");
-  // Fixed: the reconciler (cron) retries it.
-  await sql(stubborn.uuid, "DROP TRIGGER refuse_roles");
-  // Each cron run does one bounded pass from where the last stopped: a few runs at most.
-  let runs = 0;
-  while ((await systemRole(stubborn)).description !== "reads everything, carefully" && runs < 5) {
-    expect((await admin("POST", "/v1/reconcile")).status).toBe(200);
-    runs++;
-  }
-  expect((await systemRole(stubborn)).description).toBe("reads everything, carefully");
-  expect((await admin("GET", "/v1/migrations/status")).json.entities.sync_failures).toEqual([]);
+    // A tenant where the sync fails (a trigger refuses writes to roles): recorded, the rest synced.
+    const stubborn = fleet[7];
+    await sql(stubborn.uuid, "CREATE TRIGGER refuse_roles BEFORE UPDATE ON roles BEGIN SELECT RAISE(ABORT, 'roles are frozen here'); END");
+    const updated = await admin("PATCH", `/v1/roles/${name}`, { description: "reads everything, carefully" });
+    expect(updated.status).toBe(200);
+    while ((await admin("POST", "/v1/migrations/apply", {})).json.next) {
+      /* continue the pass */
+    }
+    const status = await admin("GET", "/v1/migrations/status");
+    expect(status.json.entities.sync_failures).toEqual([
+      { slug: stubborn.slug, sync_error: expect.stringMatching(/roles are frozen here/) },
+    ]);
+    expect((await systemRole(stubborn)).description).toBe("reads everything");
+    expect((await systemRole(fleet[8])).description).toBe("reads everything, carefully");
+    // Fixed: the reconciler (cron) retries it.
+    await sql(stubborn.uuid, "DROP TRIGGER refuse_roles");
+    // Each cron run does one bounded pass from where the last stopped: a few runs at most.
+    let runs = 0;
+    while ((await systemRole(stubborn)).description !== "reads everything, carefully" && runs < 5) {
+      expect((await admin("POST", "/v1/reconcile")).status).toBe(200);
+      runs++;
+    }
+    expect((await systemRole(stubborn)).description).toBe("reads everything, carefully");
+    expect((await admin("GET", "/v1/migrations/status")).json.entities.sync_failures).toEqual([]);
 
-  // New tenants get the roles at creation.
-  const fresh = await createTenant();
-  expect((await systemRole(fresh))?.is_system).toBe(1);
+    // New tenants get the roles at creation.
+    const fresh = await createTenant();
+    expect((await systemRole(fresh))?.is_system).toBe(1);
 
-  // Removed on the control plane: removed everywhere; the tenant's own role stays.
-  expect((await admin("DELETE", `/v1/roles/${name}`)).status).toBe(200);
-  while ((await admin("POST", "/v1/migrations/apply", {})).json.next) { /* continue the pass */ }
-  expect((await Promise.all(fleet.map(systemRole))).filter(Boolean)).toEqual([]);
-  expect((await authed(t.slug, t.token, "/api/roles")).json.roles.map((r) => r.name)).toContain("reviewer");
-  expect((await admin("DELETE", `/v1/roles/${name}`)).status).toBe(404);
-});
+    // Removed on the control plane: removed everywhere; the tenant's own role stays.
+    expect((await admin("DELETE", `/v1/roles/${name}`)).status).toBe(200);
+    while ((await admin("POST", "/v1/migrations/apply", {})).json.next) {
+      /* continue the pass */
+    }
+    expect((await Promise.all(fleet.map(systemRole))).filter(Boolean)).toEqual([]);
+    expect((await authed(t.slug, t.token, "/api/roles")).json.roles.map((r) => r.name)).toContain("reviewer");
+    expect((await admin("DELETE", `/v1/roles/${name}`)).status).toBe(404);
+  },
+);
 
 test("settings: control-plane defaults overlaid with tenant overrides, with their source", async () => {
   const set = await admin("PATCH", "/v1/settings", { theme: "dark", "uploads.max_mb": 10 });
@@ -174,7 +212,10 @@ test("settings: control-plane defaults overlaid with tenant overrides, with thei
   const get = async () => (await authed(t.slug, t.token, "/api/settings")).json.settings;
   expect(await get()).toMatchObject({ theme: { value: "dark", source: "default" }, "uploads.max_mb": { value: 10, source: "default" } });
   const overridden = await authed(t.slug, t.token, "/api/settings", { method: "PATCH", body: { theme: "light", locale: "fr" } });
-  expect(overridden.json.settings).toMatchObject({ theme: { value: "light", source: "tenant" }, locale: { value: "fr", source: "tenant" } });
+  expect(overridden.json.settings).toMatchObject({
+    theme: { value: "light", source: "tenant" },
+    locale: { value: "fr", source: "tenant" },
+  });
   // Another tenant still inherits the default.
   expect((await authed(fleet[5].slug, fleet[5].token, "/api/settings")).json.settings.theme).toEqual({ value: "dark", source: "default" });
   // Removing the override falls back to the default; members cannot change settings.
@@ -221,5 +262,9 @@ test("maintenance, per tenant and fleet-wide: 503 with the message and Retry-Aft
     await admin("DELETE", "/v1/maintenance");
   }
   const { waitFor } = await import("../helpers.mjs");
-  await waitFor(async () => (await authed(fleet[10].slug, fleet[10].token, "/api/projects")).status === 200, "the fleet maintenance to end", 8000);
+  await waitFor(
+    async () => (await authed(fleet[10].slug, fleet[10].token, "/api/projects")).status === 200,
+    "the fleet maintenance to end",
+    8000,
+  );
 });

@@ -1,3 +1,4 @@
+// @ts-check
 // The admin API and the tenant lifecycle: create (resumable, idempotent), read, update,
 // suspend, delete with a verified backup, concurrency, orphans, and bindings that survive a deploy.
 
@@ -5,13 +6,33 @@ import { pbkdf2Sync } from "node:crypto";
 import { afterEach, describe, expect, test } from "vitest";
 import { tenantMigrations } from "../../cloud/provision.mjs";
 import {
-  ADMIN_PASSWORD, admin, api, authed, createTenant, cron, freshSlug, login, request, setBindings, setFaults, sql, stack, waitFor, waitForStatus,
+  ADMIN_PASSWORD,
+  admin,
+  api,
+  authed,
+  createTenant,
+  cron,
+  freshSlug,
+  login,
+  request,
+  setBindings,
+  setFaults,
+  sql,
+  stack,
+  waitFor,
+  waitForStatus,
 } from "../helpers.mjs";
 
 /** What an unauthenticated request to a live tenant gets: routed, database verified, then 401. */
 const serving = async (slug) => (await request(`${slug}.localhost`, "/api/tenant")).status === 401;
 
-const body = (slug, extra = {}) => ({ slug, name: `Tenant ${slug}`, plan: "pro", admin: { email: `owner@${slug}.test`, password: ADMIN_PASSWORD }, ...extra });
+const body = (slug, extra = {}) => ({
+  slug,
+  name: `Tenant ${slug}`,
+  plan: "pro",
+  admin: { email: `owner@${slug}.test`, password: ADMIN_PASSWORD },
+  ...extra,
+});
 const settingsNames = async () => (await api("GET", "/workers/scripts/tenantry/settings")).result.bindings.map((b) => b.name);
 
 describe("admin API guards", () => {
@@ -85,7 +106,11 @@ describe("create", () => {
     const [ops] = await sql(stack.controlDatabaseId, "SELECT input FROM operations WHERE tenant_slug = ?1", [slug]);
     expect(ops.results.map((r) => r.input).join()).not.toContain("pbkdf2");
     const history = await admin("GET", `/v1/tenants/${slug}/operations`);
-    expect(history.json.operations[0]).toMatchObject({ kind: "create", state: "succeeded", steps_done: ["database", "migrations", "seed", "bind", "verify"] });
+    expect(history.json.operations[0]).toMatchObject({
+      kind: "create",
+      state: "succeeded",
+      steps_done: ["database", "migrations", "seed", "bind", "verify"],
+    });
     expect(history.text).not.toContain("pbkdf2");
   });
 
@@ -179,7 +204,10 @@ describe("delete", () => {
     expect(Buffer.byteLength(dump)).toBe(tenant.backup.bytes);
     const restored = (await api("POST", "/d1/database", { name: `restore-${slug}` })).result;
     await sql(restored.uuid, dump);
-    expect((await sql(restored.uuid, "SELECT name FROM projects ORDER BY id"))[0].results).toEqual([{ name: "keep me" }, { name: "and me" }]);
+    expect((await sql(restored.uuid, "SELECT name FROM projects ORDER BY id"))[0].results).toEqual([
+      { name: "keep me" },
+      { name: "and me" },
+    ]);
     await api("DELETE", `/d1/database/${restored.uuid}`);
 
     // Deleting again is a no-op; creating again needs the explicit word.
@@ -190,7 +218,12 @@ describe("delete", () => {
     expect((await admin("POST", "/v1/tenants", body(slug, { recreate: true }))).status).toBeLessThan(300);
     await waitForStatus(slug, "active");
     // The earlier tenant's tokens do not open the new one (same slug, same user ids, new database).
-    await waitFor(async () => (await request(`${slug}.localhost`, "/api/auth/login", { method: "POST", body: { email: "x@x.test", password: "not it at all" } })).status === 401, "the new tenant to serve");
+    await waitFor(
+      async () =>
+        (await request(`${slug}.localhost`, "/api/auth/login", { method: "POST", body: { email: "x@x.test", password: "not it at all" } }))
+          .status === 401,
+      "the new tenant to serve",
+    );
     const stale = await authed(slug, token, "/api/me");
     expect(stale.status, stale.text).toBe(401);
     expect(stale.json.error.message).toMatch(/earlier tenant/);
@@ -255,7 +288,8 @@ describe("bindings and the reconciler", () => {
     const { slug, uuid } = await createTenant();
     const name = `tenantry-${freshSlug("orphan")}`;
     const orphan = (await api("POST", "/d1/database", { name })).result;
-    const policy = (text) => setBindings((bs) => [...bs.filter((b) => b.name !== "ORPHAN_POLICY"), { type: "plain_text", name: "ORPHAN_POLICY", text }]);
+    const policy = (text) =>
+      setBindings((bs) => [...bs.filter((b) => b.name !== "ORPHAN_POLICY"), { type: "plain_text", name: "ORPHAN_POLICY", text }]);
     await policy("remove");
     try {
       await waitFor(async () => {
@@ -280,7 +314,13 @@ describe("deploy", () => {
     const out = spawnSync(process.execPath, [path.join(ROOT, "scripts", "deploy.mjs"), "--dry-run"], {
       cwd: ROOT,
       encoding: "utf8",
-      env: { ...process.env, CLOUDFLARE_API_BASE_URL: stack.apiBase, CLOUDFLARE_API_TOKEN: stack.token, CLOUDFLARE_ACCOUNT_ID: stack.accountId, CI: "true" },
+      env: {
+        ...process.env,
+        CLOUDFLARE_API_BASE_URL: stack.apiBase,
+        CLOUDFLARE_API_TOKEN: stack.token,
+        CLOUDFLARE_ACCOUNT_ID: stack.accountId,
+        CI: "true",
+      },
     });
     expect(out.status, out.stderr).toBe(0);
     const config = JSON.parse(out.stdout.slice(out.stdout.indexOf("{")));

@@ -1,3 +1,4 @@
+// @ts-check
 // Randomised create/delete lifecycles with faults injected on every Cloudflare API endpoint
 // (5xx, 429 + Retry-After, timeouts, lost responses after success). After the reconciler has run:
 // no orphan database, no tenant in a non-terminal state, every active tenant bound and answering,
@@ -6,7 +7,8 @@
 // LIFECYCLES (default 200) and SEED (default 7) can be set in the environment.
 
 import { createHash } from "node:crypto";
-import { expect, test } from "vitest";
+import pLimit from "p-limit";
+import { expect, test, vi } from "vitest";
 import { ENDPOINTS } from "../../cloud/faults.mjs";
 import { ADMIN_PASSWORD, admin, api, request, setFaults, sql, stack } from "../helpers.mjs";
 
@@ -33,17 +35,21 @@ const faultRules = ENDPOINTS.flatMap((endpoint) => [
   { endpoint, kind: "delay", delay_ms: 80, probability: 0.05 },
 ]);
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-/** Polls a tenant until it settles (bounded); faults may leave it unsettled, the reconciler finishes it. */
-async function settle(slug, want, polls = 15) {
-  for (let i = 0; i < polls; i++) {
-    const res = await admin("GET", `/v1/tenants/${slug}`);
-    const status = res.json?.tenant?.status;
-    if (status === want || status === "failed") return status;
-    await sleep(150);
-  }
-  return "unsettled";
+/**
+ * Polls a tenant every 150 ms until it settles, 15 polls at most: faults may leave it "unsettled",
+ * the reconciler finishes it. (The timeout only bounds polls that throw.)
+ */
+function settle(slug, want, polls = 15) {
+  let left = polls;
+  return vi.waitFor(
+    async () => {
+      const status = (await admin("GET", `/v1/tenants/${slug}`)).json?.tenant?.status;
+      if (status === want || status === "failed") return status;
+      if (--left === 0) return "unsettled";
+      throw new Error(`tenant ${slug} is ${status}`);
+    },
+    { timeout: 60_000, interval: 150 },
+  );
 }
 
 test(`${LIFECYCLES} randomised lifecycles under injected faults converge`, { timeout: 900_000 }, async () => {
@@ -59,24 +65,22 @@ test(`${LIFECYCLES} randomised lifecycles under injected faults converge`, { tim
 
   await setFaults(faultRules, SEED);
   const started = performance.now();
-  let next = 0;
-  const worker = async () => {
-    while (next < plans.length) {
-      const plan = plans[next++];
-      const create = await admin("POST", "/v1/tenants", {
-        slug: plan.slug, name: plan.slug, admin: { email: `a@${plan.slug}.test`, password: ADMIN_PASSWORD },
-      });
-      expect([201, 202], create.text).toContain(create.status);
-      if (plan.remove && plan.eager) {
-        await admin("DELETE", `/v1/tenants/${plan.slug}`);
-        continue;
-      }
-      const status = await settle(plan.slug, "active");
-      if (plan.remove && status !== "unsettled") await admin("DELETE", `/v1/tenants/${plan.slug}`);
+  await pLimit(CONCURRENCY).map(plans, async (plan) => {
+    const create = await admin("POST", "/v1/tenants", {
+      slug: plan.slug,
+      name: plan.slug,
+      admin: { email: `a@${plan.slug}.test`, password: ADMIN_PASSWORD },
+    });
+    expect([201, 202], create.text).toContain(create.status);
+    if (plan.remove && plan.eager) {
+      await admin("DELETE", `/v1/tenants/${plan.slug}`);
+      return;
     }
-  };
-  await Promise.all(Array.from({ length: CONCURRENCY }, worker));
-  const faults = await (await fetch(`${stack.cloudUrl}/__cloud/faults`, { headers: { authorization: `Bearer ${stack.token}` } })).json();
+    const status = await settle(plan.slug, "active");
+    if (plan.remove && status !== "unsettled") await admin("DELETE", `/v1/tenants/${plan.slug}`);
+  });
+  const faultsResponse = await fetch(`${stack.cloudUrl}/__cloud/faults`, { headers: { authorization: `Bearer ${stack.token}` } });
+  const faults = /** @type {{ result: { hits: Record<string, number> } }} */ (await faultsResponse.json());
   await setFaults([]);
   const runSeconds = (performance.now() - started) / 1000;
 
@@ -100,7 +104,8 @@ test(`${LIFECYCLES} randomised lifecycles under injected faults converge`, { tim
   const bySlug = new Map(all.map((t) => [t.slug, t]));
   const missing = plans.filter((p) => !bySlug.has(p.slug));
   const toDelete = plans.filter((p) => p.remove && bySlug.get(p.slug)?.status !== "deleted");
-  for (const p of missing) await admin("POST", "/v1/tenants", { slug: p.slug, name: p.slug, admin: { email: `a@${p.slug}.test`, password: ADMIN_PASSWORD } });
+  for (const p of missing)
+    await admin("POST", "/v1/tenants", { slug: p.slug, name: p.slug, admin: { email: `a@${p.slug}.test`, password: ADMIN_PASSWORD } });
   for (const p of toDelete) await admin("DELETE", `/v1/tenants/${p.slug}`);
   for (let i = 0; i < 10; i++) {
     const report = await admin("POST", "/v1/reconcile");
@@ -118,13 +123,18 @@ test(`${LIFECYCLES} randomised lifecycles under injected faults converge`, { tim
   const boundIds = new Map(bindings.filter((b) => b.type === "d1").map((b) => [b.name, b.id]));
   const answering = await Promise.all(
     active.map(async (t) => {
-      const res = await request(`${t.slug}.localhost`, "/api/auth/login", { method: "POST", body: { email: `a@${t.slug}.test`, password: ADMIN_PASSWORD } });
+      const res = await request(`${t.slug}.localhost`, "/api/auth/login", {
+        method: "POST",
+        body: { email: `a@${t.slug}.test`, password: ADMIN_PASSWORD },
+      });
       return res.status === 200;
     }),
   );
   const bound = active.filter((t) => boundIds.get(t.binding) === t.database.id);
 
-  const databases = (await api("GET", `/d1/database?name=tenantry-${tag}&per_page=1000`)).result.filter((d) => d.name.startsWith(`tenantry-${tag}`));
+  const databases = (await api("GET", `/d1/database?name=tenantry-${tag}&per_page=1000`)).result.filter((d) =>
+    d.name.startsWith(`tenantry-${tag}`),
+  );
   const owned = new Set(active.map((t) => t.database.name));
   const orphans = databases.filter((d) => !owned.has(d.name));
 
@@ -137,12 +147,15 @@ test(`${LIFECYCLES} randomised lifecycles under injected faults converge`, { tim
     }
     const res = await fetch(`${stack.url}/v1/tenants/${t.slug}/backup`, { headers: { authorization: `Bearer ${stack.adminToken}` } });
     const dump = Buffer.from(await res.arrayBuffer());
-    if (res.status === 200 && createHash("sha256").update(dump).digest("hex") === t.backup.sha256 && dump.length === t.backup.bytes) verifiedBackups++;
+    if (res.status === 200 && createHash("sha256").update(dump).digest("hex") === t.backup.sha256 && dump.length === t.backup.bytes)
+      verifiedBackups++;
   }
   // A sample of backups restores to the rows the tenant had (its stamp row at least).
   const sample = deleted.find((t) => t.backup);
   if (sample) {
-    const dump = await (await fetch(`${stack.url}/v1/tenants/${sample.slug}/backup`, { headers: { authorization: `Bearer ${stack.adminToken}` } })).text();
+    const dump = await (
+      await fetch(`${stack.url}/v1/tenants/${sample.slug}/backup`, { headers: { authorization: `Bearer ${stack.adminToken}` } })
+    ).text();
     const restored = (await api("POST", "/d1/database", { name: `restore-${sample.slug}` })).result;
     await sql(restored.uuid, dump);
     expect((await sql(restored.uuid, "SELECT value FROM tenant_meta WHERE key = 'slug'"))[0].results).toEqual([{ value: sample.slug }]);

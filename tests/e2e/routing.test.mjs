@@ -1,3 +1,4 @@
+// @ts-check
 // Which host answers what: the control plane on the apex and reserved subdomains, tenants on
 // their subdomain (or X-Tenant-ID on the apex), JSON errors for everything else.
 
@@ -8,7 +9,9 @@ import { tenantMigrations } from "../../cloud/provision.mjs";
 import { ROOT } from "../../cloud/stack.mjs";
 import { createTenant, request } from "../helpers.mjs";
 
-const controlMigrations = readdirSync(path.join(ROOT, "migrations", "control")).filter((f) => f.endsWith(".sql")).sort();
+const controlMigrations = readdirSync(path.join(ROOT, "migrations", "control"))
+  .filter((f) => f.endsWith(".sql"))
+  .sort();
 
 const bearer = (token) => ({ authorization: `Bearer ${token}` });
 
@@ -57,9 +60,15 @@ describe("tenant routing", () => {
     const viaHeader = await request("localhost", "/api/tenant", { headers: { "x-tenant-id": tenant.slug, ...bearer(tenant.token) } });
     expect(viaHeader.status).toBe(200);
     expect(viaHeader.json.tenant).toBe(tenant.slug);
-    const agree = await request(`${tenant.slug}.localhost`, "/api/tenant", { headers: { "x-tenant-id": tenant.slug, ...bearer(tenant.token) } });
+    const agree = await request(`${tenant.slug}.localhost`, "/api/tenant", {
+      headers: { "x-tenant-id": tenant.slug, ...bearer(tenant.token) },
+    });
     expect(agree.status).toBe(200);
-    expectJsonError(await request(`${tenant.slug}.localhost`, "/api/tenant", { headers: { "x-tenant-id": "other-tenant" } }), 400, "tenant_conflict");
+    expectJsonError(
+      await request(`${tenant.slug}.localhost`, "/api/tenant", { headers: { "x-tenant-id": "other-tenant" } }),
+      400,
+      "tenant_conflict",
+    );
     expectJsonError(await request("localhost", "/api/tenant", { headers: { "x-tenant-id": "Not A Slug" } }), 400, "invalid_tenant_header");
   });
 

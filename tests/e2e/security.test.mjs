@@ -1,3 +1,4 @@
+// @ts-check
 // Cross-tenant fuzz: 5 tenants × every tenant endpoint × (own token, another tenant's token,
 // tampered, expired, none, alg=none, header spoofing). Asserts the status of every case, that no
 // answer carries another tenant's data, and that no write landed anywhere but in the caller's
@@ -16,15 +17,24 @@ beforeAll(async () => {
   for (const t of tenants) {
     // Markers: strings that must never appear in another tenant's answers.
     t.marker = `marker-${t.slug}`;
-    const p = await authed(t.slug, t.token, "/api/projects", { method: "POST", body: { name: `${t.marker}-project`, description: t.marker } });
+    const p = await authed(t.slug, t.token, "/api/projects", {
+      method: "POST",
+      body: { name: `${t.marker}-project`, description: t.marker },
+    });
     t.projectId = p.json.project.id;
-    const u = await authed(t.slug, t.token, "/api/users", { method: "POST", body: { email: `${t.marker}@x.test`, password: "member password", role: "member" } });
+    const u = await authed(t.slug, t.token, "/api/users", {
+      method: "POST",
+      body: { email: `${t.marker}@x.test`, password: "member password", role: "member" },
+    });
     t.memberId = u.json.user.id;
     t.adminId = (await authed(t.slug, t.token, "/api/me")).json.user.id;
   }
 }, 180_000);
 
-/** Every tenant endpoint, as (method, path, body) for tenant `t`. */
+/**
+ * Every tenant endpoint, as (method, path, body) for tenant `t`.
+ * @returns {[method: string, path: string, body?: unknown][]}
+ */
 function endpoints(t) {
   return [
     ["GET", "/api/me"],
@@ -48,7 +58,7 @@ function endpoints(t) {
 }
 
 /** The status a legitimate call by the tenant's admin gets. */
-function ownStatus(method, path) {
+function ownStatus(method) {
   if (method === "POST") return 201;
   if (method === "DELETE") return 404; // ids that do not exist: nothing is removed during the fuzz
   return 200;
@@ -110,7 +120,9 @@ test(`cross-tenant fuzz over ${TENANTS} tenants`, { timeout: 300_000 }, async ()
     expect(users.results.length, t.slug).toBe(3);
   }
 
-  console.log(`security fuzz: ${cases} cases (${TENANTS} tenants × ${endpoints(tenants[0]).length} endpoints × 9 variants), ${failures.length} failures`);
+  console.log(
+    `security fuzz: ${cases} cases (${TENANTS} tenants × ${endpoints(tenants[0]).length} endpoints × 9 variants), ${failures.length} failures`,
+  );
   expect(failures).toEqual([]);
 });
 
@@ -140,9 +152,13 @@ test("methods outside the routes' own are 405 with Allow, on the tenant and the 
 
 test("the admin API reads the Bearer scheme in any letter case, as the tenant API does", async () => {
   for (const scheme of ["Bearer", "bearer", "BEARER"]) {
-    const res = await request("localhost", `/v1/tenants/${tenants[0].slug}`, { headers: { authorization: `${scheme} ${stack.adminToken}` } });
+    const res = await request("localhost", `/v1/tenants/${tenants[0].slug}`, {
+      headers: { authorization: `${scheme} ${stack.adminToken}` },
+    });
     expect(res.status, scheme).toBe(200);
-    const tenant = await request(`${tenants[0].slug}.localhost`, "/api/me", { headers: { authorization: `${scheme} ${tenants[0].token}` } });
+    const tenant = await request(`${tenants[0].slug}.localhost`, "/api/me", {
+      headers: { authorization: `${scheme} ${tenants[0].token}` },
+    });
     expect(tenant.status, scheme).toBe(200);
   }
   expect((await request("localhost", "/v1/tenants", { headers: { authorization: `bearer wrong-${stack.adminToken}` } })).status).toBe(401);

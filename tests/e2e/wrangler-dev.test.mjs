@@ -1,3 +1,4 @@
+// @ts-check
 // `npx wrangler dev` (what every Workers developer types first) runs the Worker on its own, with
 // wrangler.toml's APEX and no local cloud: it cannot serve tenants (README, "wrangler dev"). It
 // must say where to go instead: its build prints it, and the Worker answers localhost with 421 and
@@ -13,7 +14,7 @@ import { ROOT } from "../../cloud/stack.mjs";
 function freePort() {
   return new Promise((resolve) => {
     const server = net.createServer().listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
+      const { port } = /** @type {net.AddressInfo} */ (server.address());
       server.close(() => resolve(port));
     });
   });
@@ -25,7 +26,11 @@ test("wrangler dev prints where to go, and answers localhost with 421 pointing a
     path.join(ROOT, "node_modules", ".bin", "node"),
     [path.join(ROOT, "node_modules", "wrangler", "bin", "wrangler.js"), "dev", "--port", String(port), "--ip", "127.0.0.1"],
     // TENANTRY_SKIP_BUILD: build/ is current (npm test built it); the notice is printed regardless.
-    { cwd: ROOT, env: { ...process.env, TENANTRY_SKIP_BUILD: "1", WRANGLER_SEND_METRICS: "false", CI: "true" }, stdio: ["ignore", "pipe", "pipe"] },
+    {
+      cwd: ROOT,
+      env: { ...process.env, TENANTRY_SKIP_BUILD: "1", WRANGLER_SEND_METRICS: "false", CI: "true" },
+      stdio: ["ignore", "pipe", "pipe"],
+    },
   );
   let output = "";
   child.stdout.on("data", (d) => (output += d));

@@ -1,3 +1,4 @@
+// @ts-check
 // The real wrangler CLI, pointed at the local cloud with CLOUDFLARE_API_BASE_URL, manages D1
 // databases there. (`wrangler d1 migrations apply --remote` runs at every stack start.)
 
@@ -32,8 +33,13 @@ test("wrangler d1 create, list, execute --remote, export --remote, delete", asyn
   expect(JSON.parse(listed).map((d) => d.name)).toContain(name);
 
   const executed = await wrangler(
-    "d1", "execute", name, "--remote", "--json",
-    "--command", "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); INSERT INTO notes (body) VALUES ('from wrangler'); SELECT body FROM notes;",
+    "d1",
+    "execute",
+    name,
+    "--remote",
+    "--json",
+    "--command",
+    "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); INSERT INTO notes (body) VALUES ('from wrangler'); SELECT body FROM notes;",
   );
   const results = JSON.parse(executed);
   expect(results.at(-1).results).toEqual([{ body: "from wrangler" }]);
