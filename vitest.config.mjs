@@ -1,4 +1,3 @@
-// @ts-check
 import { defineConfig } from "vitest/config";
 
 export default defineConfig({

@@ -1,4 +1,3 @@
-// @ts-check
 // A sampling CPU profile of one Worker's isolate in workerd, over the V8 inspector (the Chrome
 // DevTools protocol), summarised as self time per function and per kind of code. The benchmark
 // uses it to show where a request's time goes (BENCH_PROFILE=1).

@@ -1,4 +1,3 @@
-// @ts-check
 // `npm run bench`: what tenancy costs, measured side by side on one workerd, and how provisioning
 // and migrations scale. Prints a Markdown table (and every raw figure) and writes them, as JSON,
 // to .tenantry/bench/results.json. See BENCHMARKS.md for a run and its reading.

@@ -30,23 +30,34 @@ export class LocalCloud {
    * @param {(msg: string) => void} [opts.log]
    */
   constructor({ state, runtime, token, accountId, maxDatabases = 50_000, log = () => {} }) {
-    Object.assign(this, { state, runtime, token, accountId, log });
+    this.state = state;
+    this.runtime = runtime;
+    this.token = token;
+    this.accountId = accountId;
+    this.log = log;
     this.faults = new Faults();
     this.d1 = new D1({ state, runtime, maxDatabases, baseUrl: () => this.url });
     this.r2 = new R2({ state });
-    this.workers = new Workers({ state, runtime, blobDir: path.join(path.dirname(state.file), "modules"), subdomain: "tenantry-local", log });
+    this.workers = new Workers({
+      state,
+      runtime,
+      blobDir: path.join(path.dirname(state.file), "modules"),
+      subdomain: "tenantry-local",
+      log,
+    });
     /** @type {Record<string, number>} endpoint -> count, for tests and benchmarks */
     this.requests = {};
     this.server = http.createServer((req, res) => this.#serve(req, res));
+    /** @type {string | null} */
     this.url = null;
   }
 
   async listen(port = 0, host = "127.0.0.1") {
     await new Promise((resolve, reject) => {
       this.server.once("error", reject);
-      this.server.listen(port, host, resolve);
+      this.server.listen(port, host, () => resolve(undefined));
     });
-    this.url = `http://${host}:${this.server.address().port}`;
+    this.url = `http://${host}:${/** @type {import("node:net").AddressInfo} */ (this.server.address()).port}`;
     return this.url;
   }
 
@@ -80,7 +91,8 @@ export class LocalCloud {
         if (fault?.kind === "timeout") return res.destroy();
         answer = envelope(await route.run({ url, headers: req.headers, body }));
       }
-    } catch (e) {
+    } catch (caught) {
+      let e = caught;
       if (!(e instanceof ApiError)) {
         this.log(`local cloud: unexpected error on ${req.method} ${url.pathname}: ${e.stack ?? e}`);
         e = new ApiError(500, 7500, "Internal error");

@@ -7,6 +7,10 @@ import http from "node:http";
 
 /**
  * Sends a request to `127.0.0.1:port` as if to `host` (e.g. `acme.localhost`).
+ * @param {number} port
+ * @param {string} host
+ * @param {string} pathname
+ * @param {{ method?: string, headers?: Record<string, string>, body?: unknown }} [opts] `body` is sent as JSON unless a string
  * @returns {Promise<{ status: number, headers: Record<string, string>, text: string, json: any }>}
  */
 export function hostRequest(port, host, pathname, { method = "GET", headers = {}, body } = {}) {
@@ -18,7 +22,8 @@ export function hostRequest(port, host, pathname, { method = "GET", headers = {}
         res.on("data", (c) => chunks.push(c));
         res.on("end", () => {
           const text = Buffer.concat(chunks).toString("utf8");
-          resolve({ status: res.statusCode, headers: res.headers, text, json: parseJson(text) });
+          // Every header this Worker sends is single-valued.
+          resolve({ status: res.statusCode, headers: /** @type {Record<string, string>} */ (res.headers), text, json: parseJson(text) });
         });
       },
     );

@@ -28,7 +28,7 @@ export class D1 {
     this.exports = new Map();
     /** @type {Map<string, { db: string, filename: string, etag: string, sql: string | null, md5?: string, expires: number }>} token -> upload */
     this.uploads = new Map();
-    /** @type {Map<string, object>} bookmark -> the finished import's poll answer */
+    /** @type {Map<string, { status: "complete" | "error", error?: string, result?: object }>} bookmark -> the finished import's outcome */
     this.imports = new Map();
   }
 
@@ -37,9 +37,11 @@ export class D1 {
    * @returns {{ endpoint: string, run: (r: any) => any } | null}
    */
   route(method, p, on) {
-    if (p.length === 0) return method === "POST" ? on("d1.create", "POST", (r) => this.create(r)) : on("d1.list", "GET", (r) => this.list(r));
+    if (p.length === 0)
+      return method === "POST" ? on("d1.create", "POST", (r) => this.create(r)) : on("d1.list", "GET", (r) => this.list(r));
     const id = p[0];
-    if (p.length === 1) return method === "DELETE" ? on("d1.delete", "DELETE", () => this.delete(id)) : on("d1.get", "GET", () => this.get(id));
+    if (p.length === 1)
+      return method === "DELETE" ? on("d1.delete", "DELETE", () => this.delete(id)) : on("d1.get", "GET", () => this.get(id));
     if (p.length === 2 && ["query", "raw", "export", "import"].includes(p[1])) {
       const op = p[1];
       const run = { export: this.export, import: this.import }[op];
@@ -72,7 +74,6 @@ export class D1 {
     }
     return null;
   }
-
 
   database(idOrName) {
     const db = this.state.database(idOrName);
@@ -160,10 +161,14 @@ export class D1 {
     const db = this.database(idOrName);
     // Wipe the data first: Miniflare keeps a database's file even when nothing binds it.
     const objects = await this.runtime.d1(db.uuid, "query", [
-      { sql: "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_cf_%'" },
+      {
+        sql: "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_cf_%'",
+      },
     ]);
     if (!objects.ok) throw new ApiError(500, 7500, "Internal error");
-    const drops = objects.results[0].results.map((o) => ({ sql: `DROP ${o.type.toUpperCase()} IF EXISTS "${o.name.replaceAll('"', '""')}"` }));
+    const drops = objects.results[0].results.map((o) => ({
+      sql: `DROP ${o.type.toUpperCase()} IF EXISTS "${o.name.replaceAll('"', '""')}"`,
+    }));
     if (drops.length) {
       const dropped = await this.runtime.d1(db.uuid, "query", [{ sql: "PRAGMA defer_foreign_keys = on" }, ...drops]);
       if (!dropped.ok) throw new ApiError(500, 7500, "Internal error");
@@ -215,17 +220,33 @@ export class D1 {
       const bookmark = randomBytes(16).toString("hex");
       const filename = `${db.name}-${new Date(now).toISOString().replace(/[:.]/g, "-")}.sql`;
       this.exports.set(bookmark, { token: randomBytes(24).toString("hex"), filename, sql: dump.sql, expires: now + EXPORT_TTL_MS });
-      return { result: { success: true, type: "export", at_bookmark: bookmark, status: "active", messages: ["Generating SQL dump"], error: "" } };
+      return {
+        result: { success: true, type: "export", at_bookmark: bookmark, status: "active", messages: ["Generating SQL dump"], error: "" },
+      };
     }
     const job = this.exports.get(input.current_bookmark);
     if (!job) {
-      return { result: { success: true, type: "export", at_bookmark: input.current_bookmark, status: "error", messages: [], error: "Unknown or expired export bookmark" } };
+      return {
+        result: {
+          success: true,
+          type: "export",
+          at_bookmark: input.current_bookmark,
+          status: "error",
+          messages: [],
+          error: "Unknown or expired export bookmark",
+        },
+      };
     }
     const signed_url = `${this.baseUrl()}/__cloud/exports/${job.token}/${encodeURIComponent(job.filename)}`;
     return {
       result: {
-        success: true, type: "export", at_bookmark: input.current_bookmark, status: "complete",
-        messages: ["Uploaded part 1"], error: "", result: { filename: job.filename, signed_url },
+        success: true,
+        type: "export",
+        at_bookmark: input.current_bookmark,
+        status: "complete",
+        messages: ["Uploaded part 1"],
+        error: "",
+        result: { filename: job.filename, signed_url },
       },
     };
   }
@@ -253,7 +274,8 @@ export class D1 {
       case "ingest": {
         const upload = [...this.uploads.values()].find((u) => u.db === db.uuid && u.filename === input.filename && u.sql !== null);
         if (!upload) return answer({ success: false, status: "error", error: "Unknown upload: call init and upload the file first" });
-        if (upload.etag !== input.etag || upload.md5 !== input.etag) return answer({ success: false, status: "error", error: "The etag does not match the uploaded file" });
+        if (upload.etag !== input.etag || upload.md5 !== input.etag)
+          return answer({ success: false, status: "error", error: "The etag does not match the uploaded file" });
         const started = performance.now();
         const statements = splitStatements(upload.sql).map((sql) => ({ sql, params: [] }));
         const bookmark = randomBytes(16).toString("hex");
@@ -270,11 +292,18 @@ export class D1 {
             this.imports.set(bookmark, {
               status: "complete",
               result: {
-                success: true, num_queries: statements.length, final_bookmark: bookmark,
+                success: true,
+                num_queries: statements.length,
+                final_bookmark: bookmark,
                 meta: {
-                  served_by: "tenantry-local-cloud", duration: performance.now() - started, changes: sum("changes"),
-                  last_row_id: out.results.at(-1)?.meta?.last_row_id ?? 0, changed_db: sum("changes") > 0,
-                  size_after: db.file_size, rows_read: sum("rows_read"), rows_written: sum("rows_written"),
+                  served_by: "tenantry-local-cloud",
+                  duration: performance.now() - started,
+                  changes: sum("changes"),
+                  last_row_id: out.results.at(-1)?.meta?.last_row_id ?? 0,
+                  changed_db: sum("changes") > 0,
+                  size_after: db.file_size,
+                  rows_read: sum("rows_read"),
+                  rows_written: sum("rows_written"),
                 },
               },
             });
@@ -286,12 +315,12 @@ export class D1 {
       case "poll": {
         const job = this.imports.get(input.current_bookmark);
         if (!job) return answer({ success: false, status: "error", error: "Unknown import bookmark", at_bookmark: input.current_bookmark });
-        if (job.status === "error") return answer({ success: false, status: "error", error: job.error, errors: [job.error], at_bookmark: input.current_bookmark });
+        if (job.status === "error")
+          return answer({ success: false, status: "error", error: job.error, errors: [job.error], at_bookmark: input.current_bookmark });
         return answer({ status: "complete", at_bookmark: input.current_bookmark, result: job.result, messages: ["Import complete"] });
       }
       default:
         throw malformed("action must be init, ingest or poll");
     }
   }
-
 }

@@ -24,8 +24,11 @@ export const malformed = (message) => new ApiError(400, 7400, message);
  * @typedef {{ result?: unknown, result_info?: object, status?: number }} Answer
  */
 
-/** The success envelope `{ success, errors, messages, result, result_info? }`. */
-export function envelope({ result, result_info, status = 200 }) {
+/**
+ * The success envelope `{ success, errors, messages, result, result_info? }`.
+ * @param {Answer} answer
+ */
+export function envelope({ result, result_info = undefined, status = 200 }) {
   return { status, body: { success: true, errors: [], messages: [], result, ...(result_info ? { result_info } : {}) } };
 }
 

@@ -24,7 +24,9 @@ export class R2 {
       return method === "POST" ? on("r2.buckets.create", "POST", (r) => this.#create(r)) : on("r2.buckets.list", "GET", () => this.#list());
     }
     if (p.length !== 1) return null;
-    return method === "DELETE" ? on("r2.buckets.delete", "DELETE", () => this.#delete(p[0])) : on("r2.buckets.get", "GET", () => ({ result: this.#bucket(p[0]) }));
+    return method === "DELETE"
+      ? on("r2.buckets.delete", "DELETE", () => this.#delete(p[0]))
+      : on("r2.buckets.get", "GET", () => ({ result: this.#bucket(p[0]) }));
   }
 
   #bucket(name) {
@@ -42,9 +44,16 @@ export class R2 {
     if (typeof input?.name !== "string" || !BUCKET_NAME.test(input.name)) {
       throw new ApiError(400, 10005, "The specified bucket name is not valid: 3 to 63 lowercase letters, digits and '-'");
     }
-    if (input.storageClass !== undefined && !["Standard", "InfrequentAccess"].includes(input.storageClass)) throw malformed("storageClass must be Standard or InfrequentAccess");
-    if (this.state.data.buckets[input.name]) throw new ApiError(409, 10004, "The bucket you tried to create already exists, and you own it.");
-    const bucket = { name: input.name, creation_date: new Date().toISOString(), location: "WNAM", storage_class: input.storageClass ?? "Standard" };
+    if (input.storageClass !== undefined && !["Standard", "InfrequentAccess"].includes(input.storageClass))
+      throw malformed("storageClass must be Standard or InfrequentAccess");
+    if (this.state.data.buckets[input.name])
+      throw new ApiError(409, 10004, "The bucket you tried to create already exists, and you own it.");
+    const bucket = {
+      name: input.name,
+      creation_date: new Date().toISOString(),
+      location: "WNAM",
+      storage_class: input.storageClass ?? "Standard",
+    };
     this.state.data.buckets[input.name] = bucket;
     await this.state.save();
     return { result: bucket };

@@ -55,7 +55,9 @@ class Gate {
   #inflight = 0;
   #draining = null; // a promise while draining or restarting
   #restarting = null; // a promise while restarting
+  /** @type {(value?: unknown) => void} */
   #open = () => {};
+  /** @type {(value?: unknown) => void} */
   #resume = () => {};
   #idle = [];
 
@@ -158,7 +160,7 @@ export class Runtime {
     this.mf = new Miniflare(options);
     await this.mf.ready;
     this.#running(options);
-    this.helper = await this.mf.getWorker(HELPER);
+    this.helper = await this.#worker(HELPER);
   }
 
   async dispose() {
@@ -224,7 +226,7 @@ export class Runtime {
   dispatchTo(script, url, init) {
     return this.within(async () => {
       if (!this.running.has(script)) throw new NotDeployed(`no version of Worker ${script} is deployed`);
-      const response = await (await this.mf.getWorker(script)).fetch(url, init);
+      const response = await (await this.#worker(script)).fetch(url, init);
       const body = Buffer.from(await response.arrayBuffer());
       return { status: response.status, headers: response.headers, body };
     });
@@ -242,7 +244,7 @@ export class Runtime {
   scheduled(cron, script = this.entry) {
     return this.within(async () => {
       if (!this.running.has(script)) throw new NotDeployed(`no version of Worker ${script} is deployed`);
-      const worker = await this.mf.getWorker(script);
+      const worker = await this.#worker(script);
       const result = await worker.scheduled({ cron, scheduledTime: new Date() });
       return { outcome: result.outcome };
     });
@@ -299,7 +301,7 @@ export class Runtime {
         throw e;
       }
       this.#running(options);
-      this.helper = await this.mf.getWorker(HELPER);
+      this.helper = await this.#worker(HELPER);
       this.restarts++;
       this.log(`workerd restarted (${reason}) in ${Math.round(performance.now() - started)} ms`);
     } finally {
@@ -319,6 +321,15 @@ export class Runtime {
     }
   }
 
+  /**
+   * A Worker's handle (`fetch`, `scheduled`). Typed loosely: Miniflare's declaration of
+   * `getWorker` does not match what it returns.
+   * @returns {Promise<any>}
+   */
+  #worker(name) {
+    return this.mf.getWorker(name);
+  }
+
   #lastGood;
 
   #running(options) {
@@ -327,20 +338,23 @@ export class Runtime {
   }
 
   async #options() {
-    return convertV4MiniflareOptions({
-      resourcePersistencePath: this.persistPath,
-      ...(this.inspectorPort === undefined ? {} : { inspectorPort: this.inspectorPort }),
-      workers: [
-        ...(await this.workers()),
-        ...this.extraWorkers(),
-        {
-          name: HELPER,
-          modules: true,
-          script: HELPER_SCRIPT,
-          compatibilityDate: "2025-01-01",
-          d1Databases: Object.fromEntries([...this.bound].map(([id, slot]) => [slot, id])),
-        },
-      ],
-    });
+    // `workers()` entries are v4-style Worker options built at run time: typed as plain objects.
+    return convertV4MiniflareOptions(
+      /** @type {any} */ ({
+        resourcePersistencePath: this.persistPath,
+        ...(this.inspectorPort === undefined ? {} : { inspectorPort: this.inspectorPort }),
+        workers: [
+          ...(await this.workers()),
+          ...this.extraWorkers(),
+          {
+            name: HELPER,
+            modules: true,
+            script: HELPER_SCRIPT,
+            compatibilityDate: "2025-01-01",
+            d1Databases: Object.fromEntries([...this.bound].map(([id, slot]) => [slot, id])),
+          },
+        ],
+      }),
+    );
   }
 }

@@ -36,7 +36,10 @@ export function splitStatements(sql) {
       i++;
       while (i < sql.length) {
         if (sql[i] === close) {
-          if (close !== "]" && sql[i + 1] === close) { i += 2; continue; } // doubled quote
+          if (close !== "]" && sql[i + 1] === close) {
+            i += 2;
+            continue;
+          } // doubled quote
           break;
         }
         i++;

@@ -190,7 +190,10 @@ async function listenOrExplain(listen, port, variable) {
     return await listen();
   } catch (e) {
     if (e.code === "EADDRINUSE") {
-      throw new Error(`port ${port} is in use (another npm run dev?): stop what uses it, or pick another port, e.g. ${variable}=${port + 10} npm run dev`);
+      throw new Error(
+        `port ${port} is in use (another npm run dev?): stop what uses it, or pick another port, e.g. ${variable}=${port + 10} npm run dev`,
+        { cause: e },
+      );
     }
     throw e;
   }
@@ -212,7 +215,28 @@ export function workerBuild(buildDir) {
   };
 }
 
-/** A client of the local cloud's Cloudflare API, for the stack itself and for tests. */
+/** A failed call of the local cloud's API: the HTTP status and the envelope's errors. */
+export class CloudApiError extends Error {
+  /**
+   * @param {string} message
+   * @param {number} status
+   * @param {{ code: number, message: string }[]} errors
+   */
+  constructor(message, status, errors) {
+    super(message);
+    this.status = status;
+    this.errors = errors;
+  }
+}
+
+/**
+ * A client of the local cloud's Cloudflare API, for the stack itself and for tests. A call
+ * resolves with the envelope (`any`: the API's JSON), throws on `success: false` (the error has
+ * `status` and `errors`), or resolves with the raw `Response` when `raw` is set.
+ * @param {string} cloudUrl
+ * @param {{ token?: string, accountId?: string }} [opts]
+ * @returns {(method: string, route: string, body?: unknown, opts?: { multipart?: boolean, raw?: boolean }) => Promise<any>}
+ */
 export function apiClient(cloudUrl, { token = LOCAL_TOKEN, accountId = LOCAL_ACCOUNT_ID } = {}) {
   return async (method, route, body, { multipart = false, raw = false } = {}) => {
     const headers = { authorization: `Bearer ${token}` };
@@ -226,13 +250,9 @@ export function apiClient(cloudUrl, { token = LOCAL_TOKEN, accountId = LOCAL_ACC
     }
     const response = await fetch(`${cloudUrl}/client/v4/accounts/${accountId}${route}`, { method, headers, body: payload });
     if (raw) return response;
-    const json = await response.json();
-    if (!json.success) {
-      const error = new Error(`${method} ${route}: ${response.status} ${JSON.stringify(json.errors)}`);
-      error.status = response.status;
-      error.errors = json.errors;
-      throw error;
-    }
+    const json = /** @type {any} */ (await response.json());
+    if (!json.success)
+      throw new CloudApiError(`${method} ${route}: ${response.status} ${JSON.stringify(json.errors)}`, response.status, json.errors);
     return json;
   };
 }
@@ -241,22 +261,42 @@ export function apiClient(cloudUrl, { token = LOCAL_TOKEN, accountId = LOCAL_ACC
 async function applyControlMigrations({ stateDir, cloudUrl, controlId, log }) {
   await mkdir(stateDir, { recursive: true });
   const config = path.join(stateDir, "wrangler.control.json");
-  await writeFile(config, JSON.stringify({
-    name: SCRIPT_NAME,
-    compatibility_date: compatibilityDate(),
-    d1_databases: [{
-      binding: "CONTROL_DB",
-      database_name: CONTROL_DB_NAME,
-      database_id: controlId,
-      migrations_dir: path.relative(stateDir, path.join(ROOT, "migrations", "control")),
-    }],
-  }, null, 2));
+  await writeFile(
+    config,
+    JSON.stringify(
+      {
+        name: SCRIPT_NAME,
+        compatibility_date: compatibilityDate(),
+        d1_databases: [
+          {
+            binding: "CONTROL_DB",
+            database_name: CONTROL_DB_NAME,
+            database_id: controlId,
+            migrations_dir: path.relative(stateDir, path.join(ROOT, "migrations", "control")),
+          },
+        ],
+      },
+      null,
+      2,
+    ),
+  );
   const out = await wrangler(["d1", "migrations", "apply", CONTROL_DB_NAME, "--remote", "--config", config], cloudUrl);
   if (out.code !== 0) throw new Error(`wrangler d1 migrations apply failed (${out.code}):\n${out.stdout}\n${out.stderr}`);
-  log(out.stdout.trim().split("\n").filter((l) => /✅|No migrations|applied/i.test(l)).join("\n"));
+  log(
+    out.stdout
+      .trim()
+      .split("\n")
+      .filter((l) => /✅|No migrations|applied/i.test(l))
+      .join("\n"),
+  );
 }
 
-/** Runs the real wrangler CLI against the local cloud; resolves with its exit code and output. */
+/**
+ * Runs the real wrangler CLI against the local cloud; resolves with its exit code and output.
+ * @param {string[]} args
+ * @param {string} cloudUrl
+ * @param {{ token?: string, accountId?: string, cwd?: string, input?: string }} [opts]
+ */
 export function wrangler(args, cloudUrl, { token = LOCAL_TOKEN, accountId = LOCAL_ACCOUNT_ID, cwd = ROOT, input } = {}) {
   return runWrangler(args, {
     cwd,
@@ -292,7 +332,11 @@ async function frontDoor(runtime, port) {
     } catch (e) {
       if (e instanceof NotDeployed) {
         res.writeHead(503, { "content-type": "application/json", "retry-after": "5" });
-        res.end(JSON.stringify({ error: { code: "worker_not_deployed", message: `${e.message}: deploy it (npm run deploy -- --target <state>/target.json)` } }));
+        res.end(
+          JSON.stringify({
+            error: { code: "worker_not_deployed", message: `${e.message}: deploy it (npm run deploy -- --target <state>/target.json)` },
+          }),
+        );
         return;
       }
       res.writeHead(502, { "content-type": "application/json" });
@@ -301,7 +345,7 @@ async function frontDoor(runtime, port) {
   });
   await new Promise((resolve, reject) => {
     server.once("error", reject);
-    server.listen(port, "127.0.0.1", resolve);
+    server.listen(port, "127.0.0.1", () => resolve(undefined));
   });
   return server;
 }

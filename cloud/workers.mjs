@@ -63,7 +63,8 @@ const bindingError = (message) => new ApiError(400, 10021, message);
  * @typedef {{ id: string, tag: string, created_on: string, modified_on: string,
  *   last_deployed_from: string, versions: Version[], deployments: Deployment[],
  *   schedules: { cron: string, created_on: string, modified_on: string }[],
- *   subdomain: { enabled: boolean, previews_enabled: boolean }, settings: object }} Script
+ *   subdomain: { enabled: boolean, previews_enabled: boolean },
+ *   settings: { logpush: boolean, observability: object, tail_consumers: object[], tags: string[] } }} Script
  */
 
 export class Workers {
@@ -92,7 +93,8 @@ export class Workers {
    * @returns {{ endpoint: string, run: (r: any) => any } | null}
    */
   route(method, p, on) {
-    if (p.length === 1 && p[0] === "subdomain") return on("workers.subdomain.get", "GET", () => ({ result: { subdomain: this.subdomain } }));
+    if (p.length === 1 && p[0] === "subdomain")
+      return on("workers.subdomain.get", "GET", () => ({ result: { subdomain: this.subdomain } }));
     if (p.length === 2 && p[0] === "services") return on("workers.services.get", "GET", () => this.#service(p[1]));
     if (p.length === 2 && p[0] === "workers") return on("workers.workers.get", "GET", () => this.#worker(p[1]));
     if (p[0] !== "scripts") return null;
@@ -113,21 +115,32 @@ export class Workers {
           ? on("scripts.script-settings.patch", "PATCH", (r) => this.#patchScriptSettings(name, r))
           : on("scripts.script-settings.get", "GET", () => ({ result: this.#script(name).settings }));
       case "versions":
-        return method === "POST" ? on("scripts.versions.create", "POST", (r) => this.#createVersion(name, r)) : on("scripts.versions.list", "GET", (r) => this.#listVersions(name, r));
+        return method === "POST"
+          ? on("scripts.versions.create", "POST", (r) => this.#createVersion(name, r))
+          : on("scripts.versions.list", "GET", () => this.#listVersions(name));
       case "deployments":
         return method === "POST"
           ? on("scripts.deployments.create", "POST", (r) => this.#createDeployment(name, r))
           : on("scripts.deployments.list", "GET", () => ({ result: { deployments: this.#script(name).deployments } }));
       case "secrets":
-        return method === "PUT" ? on("scripts.secrets.put", "PUT", (r) => this.#putSecret(name, r)) : on("scripts.secrets.list", "GET", () => this.#listSecrets(name));
+        return method === "PUT"
+          ? on("scripts.secrets.put", "PUT", (r) => this.#putSecret(name, r))
+          : on("scripts.secrets.list", "GET", () => this.#listSecrets(name));
       case "schedules":
-        return method === "PUT" ? on("scripts.schedules.put", "PUT", (r) => this.#putSchedules(name, r)) : on("scripts.schedules.get", "GET", () => ({ result: { schedules: this.#script(name).schedules } }));
+        return method === "PUT"
+          ? on("scripts.schedules.put", "PUT", (r) => this.#putSchedules(name, r))
+          : on("scripts.schedules.get", "GET", () => ({ result: { schedules: this.#script(name).schedules } }));
       case "subdomain":
-        return method === "POST" ? on("scripts.subdomain.post", "POST", (r) => this.#postSubdomain(name, r)) : on("scripts.subdomain.get", "GET", () => ({ result: this.#script(name).subdomain }));
+        return method === "POST"
+          ? on("scripts.subdomain.post", "POST", (r) => this.#postSubdomain(name, r))
+          : on("scripts.subdomain.get", "GET", () => ({ result: this.#script(name).subdomain }));
     }
-    if (p.length === 4 && p[2] === "versions") return on("scripts.versions.get", "GET", () => ({ result: publicVersion(this.#version(this.#script(name), p[3])) }));
+    if (p.length === 4 && p[2] === "versions")
+      return on("scripts.versions.get", "GET", () => ({ result: publicVersion(this.#version(this.#script(name), p[3])) }));
     if (p.length === 4 && p[2] === "secrets") {
-      return method === "DELETE" ? on("scripts.secrets.delete", "DELETE", () => this.#deleteSecret(name, p[3])) : on("scripts.secrets.get", "GET", () => this.#getSecret(name, p[3]));
+      return method === "DELETE"
+        ? on("scripts.secrets.delete", "DELETE", () => this.#deleteSecret(name, p[3]))
+        : on("scripts.secrets.get", "GET", () => this.#getSecret(name, p[3]));
     }
     return null;
   }
@@ -159,7 +172,14 @@ export class Workers {
       // A service binding to a script that is gone fails when called, as on Cloudflare; it must
       // not keep the other Workers from starting.
       const bindings = version.bindings.filter((b) => b.type !== "service" || this.deployedVersion(b.service));
-      out.push({ name, ...(await this.#modulesOptions(name, version)), ...bindingOptions(bindings), compatibilityDate: version.compatibility_date, compatibilityFlags: version.compatibility_flags, ...extra(name) });
+      out.push({
+        name,
+        ...(await this.#modulesOptions(name, version)),
+        ...bindingOptions(bindings),
+        compatibilityDate: version.compatibility_date,
+        compatibilityFlags: version.compatibility_flags,
+        ...extra(name),
+      });
     }
     return out;
   }
@@ -225,7 +245,8 @@ export class Workers {
 
   /** `PUT /scripts/{name}`: a new version, deployed at once; creates the script on first use. */
   async #upload(name, { url, headers, body }) {
-    if (!SCRIPT_NAME.test(name) || name === HELPER) throw new ApiError(400, 10016, "Invalid Worker name: lowercase letters, digits, '-' and '_', 63 at most");
+    if (!SCRIPT_NAME.test(name) || name === HELPER)
+      throw new ApiError(400, 10016, "Invalid Worker name: lowercase letters, digits, '-' and '_', 63 at most");
     const upload = await this.#readUpload(headers, body);
     const now = new Date().toISOString();
     const script = (this.state.data.scripts[name] ??= {
@@ -242,7 +263,11 @@ export class Workers {
     });
     let version;
     try {
-      version = this.#newVersion(script, upload, { strict: url.searchParams.get("bindings_inherit") === "strict", source: "wrangler", triggeredBy: "upload" });
+      version = this.#newVersion(script, upload, {
+        strict: url.searchParams.get("bindings_inherit") === "strict",
+        source: "wrangler",
+        triggeredBy: "upload",
+      });
     } catch (e) {
       if (script.versions.length === 0) delete this.state.data.scripts[name];
       throw e;
@@ -251,7 +276,14 @@ export class Workers {
     script.last_deployed_from = "wrangler";
     await this.#commit(`${name} uploaded`);
     const info = scriptInfo(script, version);
-    return { result: { ...info, deployment_id: version.id, startup_time_ms: 0, ...(url.searchParams.get("excludeScript") === "true" ? {} : { script: null }) } };
+    return {
+      result: {
+        ...info,
+        deployment_id: version.id,
+        startup_time_ms: 0,
+        ...(url.searchParams.get("excludeScript") === "true" ? {} : { script: null }),
+      },
+    };
   }
 
   async #delete(name) {
@@ -266,12 +298,16 @@ export class Workers {
   async #createVersion(name, { url, headers, body }) {
     const script = this.#script(name);
     const upload = await this.#readUpload(headers, body);
-    const version = this.#newVersion(script, upload, { strict: url.searchParams.get("bindings_inherit") === "strict", source: "wrangler", triggeredBy: "version_upload" });
+    const version = this.#newVersion(script, upload, {
+      strict: url.searchParams.get("bindings_inherit") === "strict",
+      source: "wrangler",
+      triggeredBy: "version_upload",
+    });
     await this.#commit(null);
     return { result: publicVersion(version) };
   }
 
-  #listVersions(name, { url }) {
+  #listVersions(name) {
     const script = this.#script(name);
     const items = [...script.versions].reverse().map(publicVersion);
     return { result: { items }, result_info: { count: items.length, total_count: items.length, page: 1, per_page: items.length } };
@@ -281,7 +317,7 @@ export class Workers {
     const script = this.#script(name);
     const input = parseJson(body);
     if (input?.strategy !== "percentage" || !Array.isArray(input.versions) || input.versions.length === 0) {
-      throw malformed("a deployment needs strategy \"percentage\" and a non-empty versions list");
+      throw malformed('a deployment needs strategy "percentage" and a non-empty versions list');
     }
     const total = input.versions.reduce((n, v) => n + v.percentage, 0);
     if (input.versions.some((v) => typeof v?.version_id !== "string" || typeof v.percentage !== "number") || Math.abs(total - 100) > 1e-9) {
@@ -289,7 +325,11 @@ export class Workers {
     }
     if (input.versions.length > 1) {
       // The local runtime runs one version of a script at a time (documented in the README).
-      throw new ApiError(400, 10200, "The local cloud serves one version per script: gradual deployments (several versions) are not supported");
+      throw new ApiError(
+        400,
+        10200,
+        "The local cloud serves one version per script: gradual deployments (several versions) are not supported",
+      );
     }
     const version = this.#version(script, input.versions[0].version_id);
     const previous = this.#deployed(script);
@@ -297,9 +337,18 @@ export class Workers {
       // The real API refuses to deploy a version whose secrets differ from the deployed one's
       // unless forced (`wrangler rollback` asks, then forces).
       const changed = changedSecrets(previous, version);
-      if (changed.length) throw new ApiError(400, 10220, `A secret has changed since this version was deployed. The following secrets have changed: ${changed.join(", ")}`);
+      if (changed.length)
+        throw new ApiError(
+          400,
+          10220,
+          `A secret has changed since this version was deployed. The following secrets have changed: ${changed.join(", ")}`,
+        );
     }
-    const deployment = this.#deploy(script, version, { source: "wrangler", message: input.annotations?.["workers/message"], triggeredBy: previous && version.number < previous.number ? "rollback" : "deployment" });
+    const deployment = this.#deploy(script, version, {
+      source: "wrangler",
+      message: input.annotations?.["workers/message"],
+      triggeredBy: previous && version.number < previous.number ? "rollback" : "deployment",
+    });
     await this.#commit(`${name} deployed version ${version.number}`);
     return { result: deployment };
   }
@@ -336,7 +385,9 @@ export class Workers {
       id: randomUUID(),
       number: (script.versions.at(-1)?.number ?? 0) + 1,
       created_on: new Date().toISOString(),
-      etag: createHash("sha256").update(fields.modules.map((m) => `${m.name}:${m.blob}`).join("\n")).digest("hex"),
+      etag: createHash("sha256")
+        .update(fields.modules.map((m) => `${m.name}:${m.blob}`).join("\n"))
+        .digest("hex"),
       ...fields,
     };
     script.versions.push(version);
@@ -350,8 +401,13 @@ export class Workers {
     return version;
   }
 
-  /** Makes `version` the one that serves. */
-  #deploy(script, version, { source, message, triggeredBy }) {
+  /**
+   * Makes `version` the one that serves.
+   * @param {Script} script
+   * @param {Version} version
+   * @param {{ source: string, triggeredBy: string, message?: string }} how
+   */
+  #deploy(script, version, { source, message = undefined, triggeredBy }) {
     /** @type {Deployment} */
     const deployment = {
       id: randomUUID(),
@@ -379,7 +435,11 @@ export class Workers {
     const latest = script.versions.at(-1);
     const deployed = this.#deployed(script);
     if (!deployed || latest.id !== deployed.id) {
-      throw new ApiError(400, code, `${what} failed. You attempted to modify ${what === "Settings edit" ? "settings" : "a secret"}, but the latest version of your Worker isn't currently deployed. Deploy the latest version (wrangler versions deploy) first.`);
+      throw new ApiError(
+        400,
+        code,
+        `${what} failed. You attempted to modify ${what === "Settings edit" ? "settings" : "a secret"}, but the latest version of your Worker isn't currently deployed. Deploy the latest version (wrangler versions deploy) first.`,
+      );
     }
     const version = this.#addVersion(script, {
       main_module: latest.main_module,
@@ -403,10 +463,13 @@ export class Workers {
     const form = await parseMultipart(headers, body);
     const part = form.get("settings");
     if (part === null) throw malformed("multipart part `settings` is required");
-    const settings = parseJson(Buffer.from(typeof part === "string" ? part : await part.arrayBuffer()));
+    const settings = parseJson(await partBytes(part));
     if (typeof settings !== "object" || settings === null || Array.isArray(settings)) throw malformed("settings must be a JSON object");
     const previous = this.#deployed(script);
-    const bindings = settings.bindings === undefined ? null : this.#resolveBindings(settings.bindings, previous?.bindings ?? [], { strict: true, self: name });
+    const bindings =
+      settings.bindings === undefined
+        ? null
+        : this.#resolveBindings(settings.bindings, previous?.bindings ?? [], { strict: true, self: name });
     const version = bindings ? await this.#apiChange(script, 10214, "Settings edit", () => bindings, "settings") : previous;
     return { result: publicSettings(script, version) };
   }
@@ -415,7 +478,8 @@ export class Workers {
     const script = this.#script(name);
     const input = parseJson(body);
     if (typeof input !== "object" || input === null || Array.isArray(input)) throw malformed("script settings must be a JSON object");
-    for (const key of ["logpush", "observability", "tail_consumers", "tags"]) if (input[key] !== undefined) script.settings[key] = input[key];
+    for (const key of ["logpush", "observability", "tail_consumers", "tags"])
+      if (input[key] !== undefined) script.settings[key] = input[key];
     await this.#commit(null);
     return { result: script.settings };
   }
@@ -434,17 +498,25 @@ export class Workers {
   async #putSecret(name, { body }) {
     const script = this.#script(name);
     const input = parseJson(body);
-    if (typeof input?.name !== "string" || !BINDING_NAME.test(input.name)) throw bindingError("secret name must be a valid JavaScript identifier");
+    if (typeof input?.name !== "string" || !BINDING_NAME.test(input.name))
+      throw bindingError("secret name must be a valid JavaScript identifier");
     if (typeof input.text !== "string") throw malformed("secret text must be a string");
     if (input.type !== undefined && input.type !== "secret_text") throw malformed("secret type must be secret_text");
-    await this.#apiChange(script, 10215, "Secret edit", (bindings) => [...bindings.filter((b) => b.name !== input.name), { type: "secret_text", name: input.name, text: input.text }], "secret");
+    await this.#apiChange(
+      script,
+      10215,
+      "Secret edit",
+      (bindings) => [...bindings.filter((b) => b.name !== input.name), { type: "secret_text", name: input.name, text: input.text }],
+      "secret",
+    );
     return { result: { name: input.name, type: "secret_text" } };
   }
 
   async #deleteSecret(name, secret) {
     const script = this.#script(name);
     const deployed = this.#deployed(script);
-    if (!deployed?.bindings.some((b) => b.type === "secret_text" && b.name === secret)) throw new ApiError(404, 10056, `Secret ${secret} not found`);
+    if (!deployed?.bindings.some((b) => b.type === "secret_text" && b.name === secret))
+      throw new ApiError(404, 10056, `Secret ${secret} not found`);
     await this.#apiChange(script, 10215, "Secret edit", (bindings) => bindings.filter((b) => b.name !== secret), "secret");
     return { result: null };
   }
@@ -465,7 +537,10 @@ export class Workers {
     const script = this.#script(name);
     const input = parseJson(body);
     if (typeof input?.enabled !== "boolean") throw malformed("enabled must be a boolean");
-    script.subdomain = { enabled: input.enabled, previews_enabled: typeof input.previews_enabled === "boolean" ? input.previews_enabled : input.enabled };
+    script.subdomain = {
+      enabled: input.enabled,
+      previews_enabled: typeof input.previews_enabled === "boolean" ? input.previews_enabled : input.enabled,
+    };
     await this.#commit(null);
     return { result: script.subdomain };
   }
@@ -477,7 +552,7 @@ export class Workers {
     const form = await parseMultipart(headers, body);
     const metaPart = form.get("metadata");
     if (metaPart === null) throw malformed("multipart part `metadata` is required");
-    const metadata = parseJson(Buffer.from(typeof metaPart === "string" ? metaPart : await metaPart.arrayBuffer()));
+    const metadata = parseJson(await partBytes(metaPart));
     if (typeof metadata !== "object" || metadata === null) throw malformed("metadata must be a JSON object");
     if (typeof metadata.main_module !== "string") {
       throw new ApiError(400, 10021, "The local cloud runs ES module Workers only: metadata.main_module is required");
@@ -496,7 +571,11 @@ export class Workers {
       modules.push({ name, type: mime, blob: await this.#store(bytes), size: bytes.length });
     }
     if (!modules.some((m) => m.name === metadata.main_module && MODULE_TYPES[m.type] === "ESModule")) {
-      throw new ApiError(400, 10021, `No such module ${JSON.stringify(metadata.main_module)}: the main module must be uploaded as application/javascript+module`);
+      throw new ApiError(
+        400,
+        10021,
+        `No such module ${JSON.stringify(metadata.main_module)}: the main module must be uploaded as application/javascript+module`,
+      );
     }
     await this.#validate(metadata, modules);
     return { metadata, modules };
@@ -550,7 +629,11 @@ export class Workers {
         // The main module first: workerd takes the first module as the entry point.
         [...version.modules]
           .sort((a, b) => (a.name === version.main_module ? -1 : b.name === version.main_module ? 1 : 0))
-          .map(async (m) => ({ type: MODULE_TYPES[m.type], path: `${root}/${m.name}`, contents: await readFile(path.join(this.blobDir, m.blob)) })),
+          .map(async (m) => ({
+            type: MODULE_TYPES[m.type],
+            path: `${root}/${m.name}`,
+            contents: await readFile(path.join(this.blobDir, m.blob)),
+          })),
       ),
     };
   }
@@ -566,7 +649,8 @@ export class Workers {
     const seen = new Set();
     const out = [];
     for (const b of next) {
-      if (typeof b?.name !== "string" || !BINDING_NAME.test(b.name)) throw bindingError(`binding name ${JSON.stringify(b?.name)} is not a valid JavaScript identifier`);
+      if (typeof b?.name !== "string" || !BINDING_NAME.test(b.name))
+        throw bindingError(`binding name ${JSON.stringify(b?.name)} is not a valid JavaScript identifier`);
       if (seen.has(b.name)) throw bindingError(`binding name '${b.name}' is used more than once`);
       seen.add(b.name);
       const old = byName.get(b.name);
@@ -576,7 +660,8 @@ export class Workers {
           if (strict) throw new ApiError(400, 10057, `binding '${b.name}' cannot inherit: the previous version has no such binding`);
           continue;
         }
-        if (b.type !== "inherit" && old.type !== b.type) throw bindingError(`binding '${b.name}' cannot inherit: it is a ${old.type} binding, not ${b.type}`);
+        if (b.type !== "inherit" && old.type !== b.type)
+          throw bindingError(`binding '${b.name}' cannot inherit: it is a ${old.type} binding, not ${b.type}`);
         out.push(old);
         continue;
       }
@@ -590,11 +675,13 @@ export class Workers {
     switch (b.type) {
       case "d1": {
         const id = b.id ?? b.database_id;
-        if (typeof id !== "string" || !this.state.data.databases[id]) throw bindingError(`binding '${b.name}' refers to D1 database ${JSON.stringify(id)}, which does not exist`);
+        if (typeof id !== "string" || !this.state.data.databases[id])
+          throw bindingError(`binding '${b.name}' refers to D1 database ${JSON.stringify(id)}, which does not exist`);
         return { type: "d1", name: b.name, id };
       }
       case "r2_bucket":
-        if (typeof b.bucket_name !== "string" || !BUCKET_NAME.test(b.bucket_name)) throw bindingError(`binding '${b.name}' needs a valid bucket_name`);
+        if (typeof b.bucket_name !== "string" || !BUCKET_NAME.test(b.bucket_name))
+          throw bindingError(`binding '${b.name}' needs a valid bucket_name`);
         break;
       case "plain_text":
       case "secret_text":
@@ -614,6 +701,11 @@ export class Workers {
 }
 
 // --- shapes ---------------------------------------------------------------------------------
+
+/** The bytes of a multipart part (a string or a file). */
+async function partBytes(part) {
+  return Buffer.from(typeof part === "string" ? part : await part.arrayBuffer());
+}
 
 /** A binding as the API shows it: secrets without their value, D1 with `database_id` too. */
 function publicBinding(b) {
@@ -666,12 +758,24 @@ function publicVersion(v) {
   return {
     id: v.id,
     number: v.number,
-    metadata: { author_email: AUTHOR, author_id: "local", created_on: v.created_on, modified_on: v.created_on, source: v.source, hasPreview: false },
+    metadata: {
+      author_email: AUTHOR,
+      author_id: "local",
+      created_on: v.created_on,
+      modified_on: v.created_on,
+      source: v.source,
+      hasPreview: false,
+    },
     annotations: v.annotations,
     resources: {
       bindings: v.bindings.map(publicBinding),
       script: { etag: v.etag, handlers: handlers(v), last_deployed_from: v.source },
-      script_runtime: { compatibility_date: v.compatibility_date, compatibility_flags: v.compatibility_flags, usage_model: "standard", limits: {} },
+      script_runtime: {
+        compatibility_date: v.compatibility_date,
+        compatibility_flags: v.compatibility_flags,
+        usage_model: "standard",
+        limits: {},
+      },
     },
     startup_time_ms: 0,
   };

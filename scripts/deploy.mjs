@@ -29,7 +29,24 @@ import { parseArgs } from "node:util";
 import { parse } from "smol-toml";
 import { ROOT, runWrangler } from "./lib/wrangler.mjs";
 
-const TENANTS_SQL = "SELECT binding_name, database_name, database_id FROM tenants WHERE bind_wanted = 1 AND database_id IS NOT NULL ORDER BY slug";
+const TENANTS_SQL =
+  "SELECT binding_name, database_name, database_id FROM tenants WHERE bind_wanted = 1 AND database_id IS NOT NULL ORDER BY slug";
+
+/**
+ * The parts of wrangler.toml this script reads or changes; the rest passes through.
+ * @typedef {{
+ *   main: string,
+ *   build?: { command: string, cwd?: string },
+ *   vars?: Record<string, string>,
+ *   d1_databases: { binding: string, database_name: string, database_id: string, migrations_dir?: string }[],
+ *   [key: string]: unknown,
+ * }} WranglerConfig
+ */
+
+/** wrangler.toml, parsed. */
+export async function readWranglerToml() {
+  return /** @type {WranglerConfig} */ (parse(await readFile(path.join(ROOT, "wrangler.toml"), "utf8")));
+}
 
 /**
  * Where and how to deploy, when not to Cloudflare with wrangler.toml as it stands.
@@ -54,14 +71,17 @@ const TENANTS_SQL = "SELECT binding_name, database_name, database_id FROM tenant
  * @param {boolean} [opts.inherit] print wrangler's output as it comes
  */
 export async function deploy({ target = {}, message, dryRun = false, log = console.log, inherit = false } = {}) {
-  const config = parse(await readFile(path.join(ROOT, "wrangler.toml"), "utf8"));
+  const config = await readWranglerToml();
   const control = (config.d1_databases ?? []).find((d) => d.binding === "CONTROL_DB");
   if (!control) throw new Error("wrangler.toml has no CONTROL_DB database");
   const env = { CI: "true", NO_COLOR: "1", FORCE_COLOR: "0", ...(target.env ?? {}) };
 
   // Run outside the project so wrangler looks the control database up by name through the API
   // (the same on Cloudflare and on the local cloud) instead of trusting a config file.
-  const query = await runWrangler(["d1", "execute", control.database_name, "--remote", "--json", "--command", TENANTS_SQL], { env, cwd: os.tmpdir() });
+  const query = await runWrangler(["d1", "execute", control.database_name, "--remote", "--json", "--command", TENANTS_SQL], {
+    env,
+    cwd: os.tmpdir(),
+  });
   if (query.code !== 0) throw new Error(`reading the tenants from ${control.database_name} failed:\n${query.stdout}${query.stderr}`);
   /** @type {{ binding_name: string, database_name: string, database_id: string }[]} */
   const tenants = JSON.parse(query.stdout).at(-1).results;

@@ -30,7 +30,10 @@ try {
 // The demo tenant, created through the admin API like any other (a no-op when it exists).
 const admin = adminClient(stack.url, stack.adminToken);
 const created = await admin("POST", "/v1/tenants", {
-  slug: demo, name: "Acme (demo)", plan: "pro", admin: { email: "admin@acme.test", password: "change me, please" },
+  slug: demo,
+  name: "Acme (demo)",
+  plan: "pro",
+  admin: { email: "admin@acme.test", password: "change me, please" },
 });
 let status = created.json?.tenant?.status;
 for (let i = 0; status !== "active" && i < 100; i++) {

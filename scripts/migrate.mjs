@@ -1,4 +1,3 @@
-// @ts-check
 // `npm run migrate`: bring every tenant database to the deployed Worker's schema, through the
 // admin API of a local or deployed instance, with a line per tenant and a summary.
 //

@@ -1,4 +1,3 @@
-// @ts-check
 // The local cloud's statement splitter (what D1's query endpoint does with `;`-separated SQL).
 
 import { expect, test } from "vitest";

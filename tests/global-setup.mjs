@@ -1,4 +1,3 @@
-// @ts-check
 // Starts one local stack (the wasm Worker in workerd, the control plane, the local cloud) for
 // the whole test run, in a fresh state directory, and hands its addresses to the tests.
 // The wasm must be built first (`npm test` does it).

@@ -1,4 +1,3 @@
-// @ts-check
 // What every end-to-end test uses: the shared stack's addresses, an HTTP client that can set the
 // Host header (Node's fetch cannot, and `*.localhost` does not resolve in Node), the local
 // cloud's API client, and fresh tenants.

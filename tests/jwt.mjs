@@ -1,4 +1,3 @@
-// @ts-check
 // Minting tokens in the tests, the way the Worker does (core/token.rs), to build expired,
 // tampered and forged ones. The key of tenant t is HMAC-SHA256(master secret, "tenantry/jwt/v1/" + t).
 

@@ -1,4 +1,3 @@
-// @ts-check
 // Runs the real wrangler CLI (the one in node_modules) as a child process, never blocking the
 // event loop: the local cloud that wrangler may be talking to can live in this same process.
 

@@ -1,4 +1,3 @@
-// @ts-check
 // A corpus of bad input against the admin and tenant APIs: malformed JSON, oversized bodies,
 // wrong types, unicode and SQL-looking strings, invalid slugs and hosts. Every answer must be a
 // JSON error with a 4xx status (never a 500), and valid-but-odd strings must round-trip intact.

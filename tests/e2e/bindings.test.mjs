@@ -1,4 +1,3 @@
-// @ts-check
 // Settings PATCHes on the local cloud really change the running Worker's bindings, and data
 // survives the workerd restart that takes.
 

@@ -1,4 +1,3 @@
-// @ts-check
 // The local cloud follows the Cloudflare API: envelopes, status and error codes, pagination,
 // query/raw/export, settings semantics, authentication, and injected faults.
 

@@ -1,4 +1,3 @@
-// @ts-check
 // The admin API and the lifecycle under bursts of concurrent requests: every rule that guards a
 // write holds when 10 to 50 requests arrive at once, checked afterwards from the control plane.
 

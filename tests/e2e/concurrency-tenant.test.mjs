@@ -1,4 +1,3 @@
-// @ts-check
 // The tenant API's invariants under concurrency: bursts of concurrent requests on every tenant
 // write route, then the invariants read back from the tenant database itself. Each rule that
 // guards a write (the login throttle, plan limits, "at least one admin", uniqueness) must hold

@@ -1,4 +1,3 @@
-// @ts-check
 // Crashes: the Worker (workerd) is killed with SIGKILL in the middle of bursts of creates and
 // deletes, the stack is started again on the same state, and only the reconciler runs (no client
 // re-sends, no GET of a tenant, which would carry its operation on). Every tenant must reach a

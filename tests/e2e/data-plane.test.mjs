@@ -1,4 +1,3 @@
-// @ts-check
 // The tenant request path: status gates, the lookup cache, sign-in and tokens, the tenant
 // context's users, projects, audit log and plan limits.
 

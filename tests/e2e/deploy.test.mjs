@@ -9,14 +9,15 @@
 //   startup is refused and never replaces the one that serves.
 
 import { spawn } from "node:child_process";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { stringify, parse } from "smol-toml";
+import { stringify } from "smol-toml";
 import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
 import { adminClient, hostRequest } from "../../cloud/client.mjs";
 import { ROOT, startStack, wrangler } from "../../cloud/stack.mjs";
+import { readWranglerToml } from "../../scripts/deploy.mjs";
 
 /** Documented in the README: how long tenants may be down after a bare `wrangler deploy`. */
 const BARE_DEPLOY_BOUND_MS = 20_000;
@@ -40,7 +41,8 @@ afterAll(async () => {
   await rm(stateDir, { recursive: true, force: true });
 });
 
-const login = (slug) => hostRequest(port, `${slug}.localhost`, "/api/auth/login", { method: "POST", body: { email: `admin@${slug}.test`, password: PASSWORD } });
+const login = (slug) =>
+  hostRequest(port, `${slug}.localhost`, "/api/auth/login", { method: "POST", body: { email: `admin@${slug}.test`, password: PASSWORD } });
 
 async function createTenant(slug) {
   const res = await admin("POST", "/v1/tenants", { slug, name: slug, admin: { email: `admin@${slug}.test`, password: PASSWORD } });
@@ -61,17 +63,26 @@ async function serving(slug, timeout = 30_000) {
 }
 
 const settings = async () => (await stack.api("GET", "/workers/scripts/tenantry/settings")).result;
-const tenantBindings = async () => (await settings()).bindings.filter((b) => b.name.startsWith("TENANT_")).map((b) => b.name).sort();
+const tenantBindings = async () =>
+  (await settings()).bindings
+    .filter((b) => b.name.startsWith("TENANT_"))
+    .map((b) => b.name)
+    .sort();
 const versions = async () => (await stack.api("GET", "/workers/scripts/tenantry/versions")).result.items;
-const deployedVersionId = async () => (await stack.api("GET", "/workers/scripts/tenantry/deployments")).result.deployments[0].versions[0].version_id;
+const deployedVersionId = async () =>
+  (await stack.api("GET", "/workers/scripts/tenantry/deployments")).result.deployments[0].versions[0].version_id;
 
 /** `npm run deploy -- --target <the stack's target>`, as a child process. */
 function npmRunDeploy() {
   return new Promise((resolve, reject) => {
-    const child = spawn(path.join(ROOT, "node_modules", ".bin", "node"), [path.join(ROOT, "scripts", "deploy.mjs"), "--target", stack.targetFile, "--message", "test deploy"], {
-      cwd: ROOT,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    const child = spawn(
+      path.join(ROOT, "node_modules", ".bin", "node"),
+      [path.join(ROOT, "scripts", "deploy.mjs"), "--target", stack.targetFile, "--message", "test deploy"],
+      {
+        cwd: ROOT,
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
     let output = "";
     child.stdout.on("data", (d) => (output += d));
     child.stderr.on("data", (d) => (output += d));
@@ -132,7 +143,7 @@ describe("a bare wrangler deploy", () => {
   test("drops the tenant bindings, and tenants serve again within the bound with no operator action", async () => {
     // What a user's own wrangler.toml holds: the repository's, with their account's values.
     const project = await mkdtemp(path.join(os.tmpdir(), "tenantry-bare-"));
-    const config = parse(await readFile(path.join(ROOT, "wrangler.toml"), "utf8"));
+    const config = await readWranglerToml();
     delete config.build;
     config.main = path.join(ROOT, "build", "index.js");
     config.vars = { ...config.vars, ...stack.target.vars };
@@ -176,7 +187,10 @@ describe("wrangler secret, versions, deployments, rollback", () => {
     const oldVersion = await deployedVersionId();
     expect((await asAdmin(stack.adminToken)).status).toBe(200);
 
-    const put = await wrangler(["secret", "put", "ADMIN_TOKEN", "--name", "tenantry"], stack.cloudUrl, { input: "a-rotated-admin-token\n", cwd: os.tmpdir() });
+    const put = await wrangler(["secret", "put", "ADMIN_TOKEN", "--name", "tenantry"], stack.cloudUrl, {
+      input: "a-rotated-admin-token\n",
+      cwd: os.tmpdir(),
+    });
     expect(put.code, put.stdout + put.stderr).toBe(0);
     const rotated = await deployedVersionId();
     expect(rotated).not.toBe(oldVersion);
@@ -194,7 +208,9 @@ describe("wrangler secret, versions, deployments, rollback", () => {
 
     // The secret differs between the two versions: the API refuses (10220) until forced;
     // wrangler asks, and -y answers yes.
-    const rollback = await wrangler(["rollback", oldVersion, "--name", "tenantry", "-y", "--message", "test rollback"], stack.cloudUrl, { cwd: os.tmpdir() });
+    const rollback = await wrangler(["rollback", oldVersion, "--name", "tenantry", "-y", "--message", "test rollback"], stack.cloudUrl, {
+      cwd: os.tmpdir(),
+    });
     expect(rollback.code, rollback.stdout + rollback.stderr).toBe(0);
     expect(await deployedVersionId()).toBe(oldVersion);
     await vi.waitFor(async () => expect((await asAdmin(stack.adminToken)).status).toBe(200), { timeout: 10_000 });
@@ -212,11 +228,19 @@ describe("wrangler secret, versions, deployments, rollback", () => {
 });
 
 describe("several scripts", () => {
-  const upload = (name, source, bindings = []) => {
+  const upload = async (name, source, bindings = []) => {
     const form = new FormData();
-    form.set("metadata", new Blob([JSON.stringify({ main_module: "index.js", compatibility_date: "2025-01-01", bindings })], { type: "application/json" }));
+    form.set(
+      "metadata",
+      new Blob([JSON.stringify({ main_module: "index.js", compatibility_date: "2025-01-01", bindings })], { type: "application/json" }),
+    );
     form.set("index.js", new Blob([source], { type: "application/javascript+module" }), "index.js");
-    return fetch(`${stack.apiBase}/accounts/${stack.accountId}/workers/scripts/${name}`, { method: "PUT", headers: { authorization: `Bearer ${stack.token}` }, body: form });
+    const res = await fetch(`${stack.apiBase}/accounts/${stack.accountId}/workers/scripts/${name}`, {
+      method: "PUT",
+      headers: { authorization: `Bearer ${stack.token}` },
+      body: form,
+    });
+    return { status: res.status, body: /** @type {any} */ (await res.json()) };
   };
   const call = async (script) => {
     const res = await stack.runtime.dispatchTo(script, "http://any/");
@@ -224,27 +248,37 @@ describe("several scripts", () => {
   };
 
   test("each runs its deployed version with its own bindings; service bindings reach the other script", async () => {
-    const echo = await upload("echo", `export default { fetch: (req, env) => new Response("echo says " + env.WORD) };`, [{ type: "plain_text", name: "WORD", text: "hello" }]);
-    expect(echo.status, await echo.clone().text()).toBe(200);
-    const front = await upload("front", `export default { async fetch(req, env) {
+    const echo = await upload("echo", `export default { fetch: (req, env) => new Response("echo says " + env.WORD) };`, [
+      { type: "plain_text", name: "WORD", text: "hello" },
+    ]);
+    expect(echo.status, JSON.stringify(echo.body)).toBe(200);
+    const front = await upload(
+      "front",
+      `export default { async fetch(req, env) {
         try { return new Response("front got: " + await (await env.ECHO.fetch(req)).text()); }
         catch (e) { return new Response("echo unreachable: " + e.message, { status: 502 }); }
-      } };`, [{ type: "service", name: "ECHO", service: "echo" }]);
-    expect(front.status, await front.clone().text()).toBe(200);
-    await vi.waitFor(async () => expect(await call("front")).toEqual({ status: 200, text: "front got: echo says hello" }), { timeout: 10_000 });
+      } };`,
+      [{ type: "service", name: "ECHO", service: "echo" }],
+    );
+    expect(front.status, JSON.stringify(front.body)).toBe(200);
+    await vi.waitFor(async () => expect(await call("front")).toEqual({ status: 200, text: "front got: echo says hello" }), {
+      timeout: 10_000,
+    });
     const list = (await stack.api("GET", "/workers/scripts")).result.map((s) => s.id).sort();
     expect(list).toEqual(["echo", "front", "tenantry"]);
 
     // A service binding to a script that does not exist is refused.
-    const dangling = await upload("front", `export default { fetch: () => new Response("x") };`, [{ type: "service", name: "NOPE", service: "nope" }]);
+    const dangling = await upload("front", `export default { fetch: () => new Response("x") };`, [
+      { type: "service", name: "NOPE", service: "nope" },
+    ]);
     expect(dangling.status).toBe(400);
-    expect((await dangling.json()).errors[0].code).toBe(10021);
+    expect(dangling.body.errors[0].code).toBe(10021);
   });
 
   test("a script that throws at startup is refused (10021) and the deployed version keeps serving", async () => {
     const broken = await upload("echo", `throw new Error("boom at startup"); export default {};`);
     expect(broken.status).toBe(400);
-    const body = await broken.json();
+    const body = broken.body;
     expect(body.errors[0].code).toBe(10021);
     expect(body.errors[0].message).toMatch(/boom at startup/);
     expect(await call("echo")).toEqual({ status: 200, text: "echo says hello" });

@@ -1,4 +1,3 @@
-// @ts-check
 // Fleet operations with 50 tenants: a migration shipped while tenants are at the old version
 // reaches all of them; one that fails on some leaves those at the old version with the error
 // recorded and the rest migrated; running again after the fix completes.

@@ -1,4 +1,3 @@
-// @ts-check
 // Each tenant is served from its own database only, and a binding wired to the wrong database is
 // refused rather than served.
 

@@ -1,4 +1,3 @@
-// @ts-check
 // The admin API and the tenant lifecycle: create (resumable, idempotent), read, update,
 // suspend, delete with a verified backup, concurrency, orphans, and bindings that survive a deploy.
 

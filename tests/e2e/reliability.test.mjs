@@ -1,4 +1,3 @@
-// @ts-check
 // Randomised create/delete lifecycles with faults injected on every Cloudflare API endpoint
 // (5xx, 429 + Retry-After, timeouts, lost responses after success). After the reconciler has run:
 // no orphan database, no tenant in a non-terminal state, every active tenant bound and answering,

@@ -1,4 +1,3 @@
-// @ts-check
 // Which host answers what: the control plane on the apex and reserved subdomains, tenants on
 // their subdomain (or X-Tenant-ID on the apex), JSON errors for everything else.
 

@@ -1,4 +1,3 @@
-// @ts-check
 // Cross-tenant fuzz: 5 tenants × every tenant endpoint × (own token, another tenant's token,
 // tampered, expired, none, alg=none, header spoofing). Asserts the status of every case, that no
 // answer carries another tenant's data, and that no write landed anywhere but in the caller's

@@ -1,4 +1,3 @@
-// @ts-check
 // `npx wrangler dev` (what every Workers developer types first) runs the Worker on its own, with
 // wrangler.toml's APEX and no local cloud: it cannot serve tenants (README, "wrangler dev"). It
 // must say where to go instead: its build prints it, and the Worker answers localhost with 421 and

@@ -1,4 +1,3 @@
-// @ts-check
 // The real wrangler CLI, pointed at the local cloud with CLOUDFLARE_API_BASE_URL, manages D1
 // databases there. (`wrangler d1 migrations apply --remote` runs at every stack start.)
 
