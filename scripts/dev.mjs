@@ -75,13 +75,25 @@ let again = false;
 /** @type {NodeJS.Timeout | undefined} */
 let debounce;
 
+/** The running build (its own process group, so a stop can end cargo and worker-build with it). */
+/** @type {import("node:child_process").ChildProcess | null} */
+let buildProcess = null;
+
 function build() {
   return new Promise((resolve) => {
-    const child = spawn("bash", [path.join(ROOT, "scripts", "build-worker.sh")], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn("bash", [path.join(ROOT, "scripts", "build-worker.sh")], {
+      cwd: ROOT,
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true,
+    });
+    buildProcess = child;
     let output = "";
     child.stdout.on("data", (d) => (output += d));
     child.stderr.on("data", (d) => (output += d));
-    child.on("close", (code) => resolve({ ok: code === 0, output }));
+    child.on("close", (code) => {
+      buildProcess = null;
+      resolve({ ok: code === 0, output });
+    });
   });
 }
 
@@ -149,6 +161,14 @@ for (const signal of ["SIGINT", "SIGTERM"]) {
   process.on(signal, async () => {
     if (stopping) return;
     stopping = true;
+    // A build in progress: end its whole process group (bash, worker-build, cargo, rustc).
+    if (buildProcess?.pid) {
+      try {
+        process.kill(-buildProcess.pid, "SIGTERM");
+      } catch {
+        // already gone
+      }
+    }
     await stack.stop();
     process.exit(0);
   });
