@@ -161,7 +161,9 @@ export class LocalCloud {
     }
     if (url.pathname === "/__cloud/scheduled" && method === "POST") {
       // What Cloudflare's cron trigger does: run the Worker's scheduled handler once.
-      const outcome = await this.runtime.scheduled(url.searchParams.get("cron") ?? "*/5 * * * *");
+      const script = url.searchParams.get("script") ?? this.runtime.entry;
+      if (!this.runtime.running.has(script)) throw new ApiError(404, 10007, `no version of Worker ${script} is deployed`);
+      const outcome = await this.runtime.scheduled(url.searchParams.get("cron") ?? "*/5 * * * *", script);
       return envelope({ result: outcome });
     }
     if (url.pathname === "/__cloud/stats" && method === "GET") {

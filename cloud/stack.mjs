@@ -49,6 +49,8 @@ export function compatibilityDate() {
  *   (`runtime.directUrl("tenantry")`), for load that must not pass through Node
  * @param {() => object[]} [opts.extraWorkers] more Workers on the same workerd (see runtime.mjs)
  * @param {number} [opts.inspectorPort] open workerd's V8 inspector (see runtime.mjs)
+ * @param {boolean} [opts.cron] fire the deployed scripts' cron triggers on time (`npm run dev`;
+ *   the tests fire them by hand: `POST /__cloud/scheduled`)
  */
 export async function startStack({
   stateDir,
@@ -60,6 +62,7 @@ export async function startStack({
   directSocket = false,
   extraWorkers,
   inspectorPort,
+  cron = false,
 }) {
   await mkdir(stateDir, { recursive: true });
   const state = await new State(path.join(stateDir, "cloud.json")).load();
@@ -134,6 +137,7 @@ export async function startStack({
     return versionId;
   }
   await deployBuild();
+  const stopSchedules = cron ? cloud.workers.startSchedules() : () => {};
 
   return {
     url,
@@ -160,6 +164,7 @@ export async function startStack({
      * to restart.
      */
     async crash() {
+      stopSchedules();
       await runtime.kill();
       front.closeAllConnections?.();
       await new Promise((resolve) => front.close(resolve));
@@ -167,6 +172,7 @@ export async function startStack({
       await state.save();
     },
     async stop() {
+      stopSchedules();
       front.closeAllConnections?.();
       await new Promise((resolve) => front.close(resolve));
       await cloud.close();

@@ -18,6 +18,7 @@ import { createHash, randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import path from "node:path";
+import { Cron } from "croner";
 import { Miniflare, convertV4MiniflareOptions } from "miniflare";
 import { ApiError, malformed, parseJson, parseMultipart } from "./http.mjs";
 import { HELPER } from "./runtime.mjs";
@@ -182,6 +183,33 @@ export class Workers {
       });
     }
     return out;
+  }
+
+  /**
+   * Runs the cron triggers: at the start of every minute, each deployed script's schedules that
+   * match it fire its scheduled handler, as Cloudflare's cron triggers do. Returns a stop function.
+   */
+  startSchedules() {
+    let timer;
+    const tick = async () => {
+      const minute = new Date(Math.floor(Date.now() / 60_000) * 60_000);
+      timer = setTimeout(tick, minute.getTime() + 60_000 - Date.now());
+      for (const script of Object.values(this.state.data.scripts)) {
+        if (!this.deployedVersion(script.id)) continue;
+        for (const { cron } of script.schedules) {
+          if (!new Cron(cron, { paused: true, timezone: "UTC" }).match(minute)) continue;
+          const started = performance.now();
+          try {
+            const { outcome } = await this.runtime.scheduled(cron, script.id);
+            this.log(`cron ${cron} on ${script.id}: ${outcome} in ${Math.round(performance.now() - started)} ms`);
+          } catch (e) {
+            this.log(`cron ${cron} on ${script.id} failed: ${e.message}`);
+          }
+        }
+      }
+    };
+    timer = setTimeout(tick, 60_000 - (Date.now() % 60_000));
+    return () => clearTimeout(timer);
   }
 
   // --- services and scripts -------------------------------------------------------------------
@@ -524,8 +552,11 @@ export class Workers {
   async #putSchedules(name, { body }) {
     const script = this.#script(name);
     const input = parseJson(body);
-    if (!Array.isArray(input) || input.some((s) => typeof s?.cron !== "string" || s.cron.trim().split(/\s+/).length !== 5)) {
-      throw new ApiError(400, 10100, "schedules must be a list of { cron } with five-field cron expressions");
+    if (
+      !Array.isArray(input) ||
+      input.some((s) => typeof s?.cron !== "string" || s.cron.trim().split(/\s+/).length !== 5 || !validCron(s.cron))
+    ) {
+      throw new ApiError(400, 10100, "schedules must be a list of { cron } with valid five-field cron expressions");
     }
     const now = new Date().toISOString();
     script.schedules = input.map((s) => ({ cron: s.cron, created_on: now, modified_on: now }));
@@ -701,6 +732,15 @@ export class Workers {
 }
 
 // --- shapes ---------------------------------------------------------------------------------
+
+function validCron(pattern) {
+  try {
+    new Cron(pattern, { paused: true, timezone: "UTC" });
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 /** The bytes of a multipart part (a string or a file). */
 async function partBytes(part) {

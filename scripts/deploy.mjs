@@ -27,6 +27,7 @@ import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { parse } from "smol-toml";
+import { adminClient } from "../cloud/client.mjs";
 import { ROOT, runWrangler } from "./lib/wrangler.mjs";
 
 const TENANTS_SQL =
@@ -125,9 +126,8 @@ export async function deploy({ target = {}, message, dryRun = false, log = conso
   const url = target.url ?? process.env.TENANTRY_URL;
   const token = target.admin_token ?? process.env.TENANTRY_ADMIN_TOKEN;
   if (url && token) {
-    const res = await fetch(`${url.replace(/\/$/, "")}/v1/reconcile`, { method: "POST", headers: { authorization: `Bearer ${token}` } });
-    const text = await res.text();
-    if (!res.ok) throw new Error(`reconcile after the deploy: ${res.status} ${text}`);
+    const res = await adminClient(url.replace(/\/$/, ""), token)("POST", "/v1/reconcile");
+    if (res.status !== 200) throw new Error(`reconcile after the deploy: ${res.status} ${res.text}`);
     log(`reconcile: ${res.status}`);
   } else {
     log("TENANTRY_URL / TENANTRY_ADMIN_TOKEN not set: the cron reconciler checks the bindings within one cron period (5 minutes).");

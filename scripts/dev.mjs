@@ -19,6 +19,7 @@ try {
     stateDir: path.join(ROOT, ".tenantry", "dev"),
     port,
     cloudPort,
+    cron: true,
     log: (m) => m && console.log(`[local cloud] ${m}`),
   });
 } catch (e) {

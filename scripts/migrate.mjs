@@ -7,6 +7,7 @@
 // $TENANTRY_ADMIN_TOKEN or the local stack's admin token. Exit code 1 when a tenant failed.
 
 import { parseArgs } from "node:util";
+import { adminClient } from "../cloud/client.mjs";
 
 const { values } = parseArgs({
   options: {
@@ -16,8 +17,7 @@ const { values } = parseArgs({
     limit: { type: "string", default: "50" },
   },
 });
-const base = values.url.replace(/\/$/, "");
-const headers = { authorization: `Bearer ${values.token}`, "content-type": "application/json" };
+const admin = adminClient(values.url.replace(/\/$/, ""), values.token);
 
 /**
  * Calls the admin API; resolves with the response's JSON, throws unless 2xx.
@@ -27,10 +27,10 @@ const headers = { authorization: `Bearer ${values.token}`, "content-type": "appl
  * @returns {Promise<any>}
  */
 async function call(method, path, body) {
-  const res = await fetch(`${base}${path}`, { method, headers, body: body && JSON.stringify(body) });
-  const json = /** @type {Record<string, any>} */ (await res.json().catch(() => ({})));
-  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${JSON.stringify(json.error ?? json)}`);
-  return json;
+  const res = await admin(method, path, body);
+  if (res.status < 200 || res.status > 299)
+    throw new Error(`${method} ${path}: ${res.status} ${JSON.stringify(res.json?.error ?? res.text)}`);
+  return res.json;
 }
 
 const before = await call("GET", "/v1/migrations/status");

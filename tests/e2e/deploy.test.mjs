@@ -267,6 +267,30 @@ describe("several scripts", () => {
     const list = (await stack.api("GET", "/workers/scripts")).result.map((s) => s.id).sort();
     expect(list).toEqual(["echo", "front", "tenantry"]);
 
+    // Cron triggers: kept as sent, fired by hand here (npm run dev fires them on time).
+    const schedules = (cron) =>
+      fetch(`${stack.apiBase}/accounts/${stack.accountId}/workers/scripts/echo/schedules`, {
+        method: "PUT",
+        headers: { authorization: `Bearer ${stack.token}`, "content-type": "application/json" },
+        body: JSON.stringify(cron.map((c) => ({ cron: c }))),
+      });
+    expect((await schedules(["*/5 * * * *", "0 3 * * mon"])).status).toBe(200);
+    expect((await stack.api("GET", "/workers/scripts/echo/schedules")).result.schedules.map((s) => s.cron)).toEqual([
+      "*/5 * * * *",
+      "0 3 * * mon",
+    ]);
+    for (const bad of [["not a cron"], ["* * * *"], ["61 * * * *"]]) expect((await schedules(bad)).status).toBe(400);
+    const fired = await fetch(`${stack.cloudUrl}/__cloud/scheduled?script=echo`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${stack.token}` },
+    });
+    expect(fired.status).toBe(200);
+    const missing = await fetch(`${stack.cloudUrl}/__cloud/scheduled?script=nope`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${stack.token}` },
+    });
+    expect(missing.status).toBe(404);
+
     // A service binding to a script that does not exist is refused.
     const dangling = await upload("front", `export default { fetch: () => new Response("x") };`, [
       { type: "service", name: "NOPE", service: "nope" },

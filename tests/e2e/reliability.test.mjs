@@ -144,17 +144,15 @@ test(`${LIFECYCLES} randomised lifecycles under injected faults converge`, { tim
       neverHadDatabase++;
       continue;
     }
-    const res = await fetch(`${stack.url}/v1/tenants/${t.slug}/backup`, { headers: { authorization: `Bearer ${stack.adminToken}` } });
-    const dump = Buffer.from(await res.arrayBuffer());
+    const res = await admin("GET", `/v1/tenants/${t.slug}/backup`);
+    const dump = Buffer.from(res.text);
     if (res.status === 200 && createHash("sha256").update(dump).digest("hex") === t.backup.sha256 && dump.length === t.backup.bytes)
       verifiedBackups++;
   }
   // A sample of backups restores to the rows the tenant had (its stamp row at least).
   const sample = deleted.find((t) => t.backup);
   if (sample) {
-    const dump = await (
-      await fetch(`${stack.url}/v1/tenants/${sample.slug}/backup`, { headers: { authorization: `Bearer ${stack.adminToken}` } })
-    ).text();
+    const dump = (await admin("GET", `/v1/tenants/${sample.slug}/backup`)).text;
     const restored = (await api("POST", "/d1/database", { name: `restore-${sample.slug}` })).result;
     await sql(restored.uuid, dump);
     expect((await sql(restored.uuid, "SELECT value FROM tenant_meta WHERE key = 'slug'"))[0].results).toEqual([{ value: sample.slug }]);
