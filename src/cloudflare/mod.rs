@@ -125,10 +125,23 @@ pub enum CfError {
     Decode { endpoint: &'static str, detail: String },
 }
 
+/// 10214 / 10215: a settings or secret change refused because the Worker's latest version is not
+/// the deployed one (a `wrangler deploy` between its version upload and its deployment, a
+/// `wrangler versions upload` not yet deployed, a rollback). It passes when that version is
+/// deployed, so it is worth trying again later, not immediately.
+pub const LATEST_VERSION_NOT_DEPLOYED: [u32; 2] = [10214, 10215];
+
 impl CfError {
     /// Whether trying the same thing again later may succeed (the operation log retries these).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::RateLimited { .. } | Self::Server { .. } | Self::Transport { .. } | Self::Decode { .. })
+        match self {
+            Self::RateLimited { .. } | Self::Server { .. } | Self::Transport { .. } | Self::Decode { .. } => true,
+            Self::Api { code, .. } => LATEST_VERSION_NOT_DEPLOYED.contains(code),
+            Self::NotFound { .. }
+            | Self::AlreadyExists { .. }
+            | Self::DatabaseLimit { .. }
+            | Self::Unauthorized { .. } => false,
+        }
     }
 }
 

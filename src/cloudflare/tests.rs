@@ -146,6 +146,17 @@ fn client_errors_are_not_retried() {
 }
 
 #[test]
+fn a_settings_change_refused_while_the_latest_version_is_not_deployed_waits_for_later() {
+    // 10214: a deploy is between its version upload and its deployment. Not retried within the
+    // call (it does not pass in milliseconds), but the operation log tries again later.
+    let fake = Fake::with(vec![err(400, 10214, "latest version not deployed")]);
+    let e = block_on(client(&fake).patch_settings("tenantry", &[])).unwrap_err();
+    assert!(matches!(e, CfError::Api { code: 10214, .. }), "{e:?}");
+    assert!(e.is_transient());
+    assert_eq!(fake.sent.borrow().len(), 1);
+}
+
+#[test]
 fn a_lost_create_response_then_7502_is_reported_as_already_exists() {
     let fake = Fake::with(vec![Err(TransportError::Network("connection reset".into())), err(400, 7502, "exists")]);
     assert!(matches!(block_on(client(&fake).create_database("x")), Err(CfError::AlreadyExists { .. })));

@@ -72,6 +72,12 @@ const versions = async () => (await stack.api("GET", "/workers/scripts/tenantry/
 const deployedVersionId = async () =>
   (await stack.api("GET", "/workers/scripts/tenantry/deployments")).result.deployments[0].versions[0].version_id;
 
+/** How many settings PATCHes the local cloud has answered. */
+const settingsPatches = async () =>
+  /** @type {any} */ (
+    await (await fetch(`${stack.cloudUrl}/__cloud/stats`, { headers: { authorization: `Bearer ${stack.token}` } })).json()
+  ).result.requests["scripts.settings.patch"] ?? 0;
+
 /** `npm run deploy -- --target <the stack's target>`, as a child process. */
 function npmRunDeploy() {
   return new Promise((resolve, reject) => {
@@ -111,7 +117,7 @@ function keepAsking(slugs) {
 }
 
 describe("npm run deploy", () => {
-  test("with tenants present keeps every binding and every tenant serving; a tenant created meanwhile is served afterwards", async () => {
+  test("with tenants present keeps every binding and every tenant serving; tenants created meanwhile are served afterwards", async () => {
     const slugs = ["dep-a", "dep-b", "dep-c"];
     for (const slug of slugs) await createTenant(slug);
     for (const slug of slugs) await serving(slug);
@@ -119,13 +125,14 @@ describe("npm run deploy", () => {
 
     const stopAsking = keepAsking(slugs);
     const deploying = npmRunDeploy();
-    await sleep(500); // wrangler is starting: create a tenant while the deploy runs
-    await createTenant("dep-during");
+    await sleep(500); // wrangler is starting: create tenants while the deploy runs
+    const during = ["dep-during", "dep-during-2", "dep-during-3", "dep-during-4", "dep-during-5"];
+    await Promise.all(during.map((slug) => createTenant(slug)));
     const { code, output } = await deploying;
     const { failures, requests } = await stopAsking();
 
     expect(code, output).toBe(0);
-    expect(output).toMatch(/3 tenant bindings kept|4 tenant bindings kept/);
+    expect(output).toMatch(/[3-8] tenant bindings kept/);
     expect(requests).toBeGreaterThan(20);
     expect(failures).toEqual([]);
     // A new version from wrangler was deployed.
@@ -133,9 +140,9 @@ describe("npm run deploy", () => {
     expect(after.length).toBeGreaterThan(before.length);
     expect(after.some((v) => v.metadata.source === "wrangler" && !before.some((b) => b.id === v.id))).toBe(true);
 
-    await serving("dep-during");
+    for (const slug of during) await serving(slug);
     for (const slug of slugs) expect((await login(slug)).status).toBe(200);
-    expect(await tenantBindings()).toEqual(["TENANT_DEP_A", "TENANT_DEP_B", "TENANT_DEP_C", "TENANT_DEP_DURING"]);
+    expect(await tenantBindings()).toEqual([...slugs, ...during].map((s) => `TENANT_${s.toUpperCase().replaceAll("-", "_")}`).sort());
   }, 180_000);
 });
 
@@ -157,6 +164,11 @@ describe("a bare wrangler deploy", () => {
       expect(out.code, out.stdout + out.stderr).toBe(0);
       const dropped = Date.now();
       expect(await tenantBindings()).toEqual([]); // the deploy really dropped them
+      const patchesBefore = await settingsPatches();
+
+      // A burst: 60 requests at once to the unbound tenants start one reconcile, not 60.
+      const burst = await Promise.all(Array.from({ length: 60 }, (_, i) => login(slugs[i % slugs.length])));
+      for (const res of burst) expect([200, 503]).toContain(res.status);
 
       const back = new Map();
       await vi.waitFor(
@@ -171,7 +183,10 @@ describe("a bare wrangler deploy", () => {
         },
         { timeout: BARE_DEPLOY_BOUND_MS, interval: 200 },
       );
-      console.log(`bare wrangler deploy: tenants back after ${[...back.values()].join(", ")} ms`);
+      const patches = (await settingsPatches()) - patchesBefore;
+      console.log(`bare wrangler deploy: tenants back after ${[...back.values()].join(", ")} ms, ${patches} settings PATCH(es)`);
+      expect(patches).toBeGreaterThanOrEqual(1);
+      expect(patches).toBeLessThanOrEqual(2);
       expect(await tenantBindings()).toEqual(expect.arrayContaining(["TENANT_BARE_A", "TENANT_BARE_B", "TENANT_BARE_C"]));
     } finally {
       await rm(project, { recursive: true, force: true });
@@ -225,6 +240,36 @@ describe("wrangler secret, versions, deployments, rollback", () => {
     expect(redeploy.code, redeploy.output).toBe(0);
     expect((await login("roll-a")).status).toBe(200);
   }, 180_000);
+});
+
+describe("a deploy killed half-way", () => {
+  test("a version uploaded but never deployed: tenants keep serving, new tenants wait, the next deploy binds them", async () => {
+    await createTenant("half-a");
+    await serving("half-a");
+    // The first half of a deploy (what a deploy killed between its two calls leaves): a new
+    // version, not deployed.
+    const upload = await wrangler(["versions", "upload", "--config", path.join(stateDir, "wrangler.deploy.json")], stack.cloudUrl);
+    expect(upload.code, upload.stdout + upload.stderr).toBe(0);
+    const [latest] = await versions();
+    expect(latest.id).not.toBe(await deployedVersionId());
+
+    // Binding changes are refused now (10214): a new tenant cannot be bound and waits, visibly.
+    await createTenant("half-b");
+    await sleep(2_000);
+    const waiting = await admin("GET", "/v1/tenants/half-b");
+    expect(waiting.status, waiting.text).toBe(202); // still provisioning: it says why
+    expect(waiting.json.tenant.status).toBe("provisioning");
+    expect(waiting.text).toMatch(/10214/);
+    const early = await login("half-b");
+    expect(early.status).toBe(503);
+    expect((await login("half-a")).status).toBe(200);
+
+    // The next deploy makes the latest version the deployed one; its reconcile binds the tenant.
+    const redeploy = await npmRunDeploy();
+    expect(redeploy.code, redeploy.output).toBe(0);
+    await serving("half-b");
+    expect((await login("half-a")).status).toBe(200);
+  }, 120_000);
 });
 
 describe("several scripts", () => {
