@@ -20,6 +20,7 @@ import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { Cron } from "croner";
 import { Miniflare, convertV4MiniflareOptions } from "miniflare";
+import pLimit from "p-limit";
 import { ApiError, malformed, parseJson, parseMultipart } from "./http.mjs";
 import { HELPER } from "./runtime.mjs";
 
@@ -27,6 +28,8 @@ const SCRIPT_NAME = /^[a-z0-9_][a-z0-9_-]{0,62}$/;
 const BINDING_NAME = /^[A-Za-z_$][A-Za-z0-9_$]*$/;
 const BUCKET_NAME = /^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$/;
 const MAX_VERSIONS = 100;
+/** Startup checks at once: each is a workerd process. A burst of uploads queues here. */
+const startupChecks = pLimit(2);
 const AUTHOR = "local@tenantry.invalid";
 /** Binding types the local cloud can run, and the field holding each one's value. */
 const BINDING_VALUE = {
@@ -630,7 +633,11 @@ export class Workers {
    * version (a script that throws at startup is refused with 10021, and never replaces the
    * Worker that serves).
    */
-  async #validate(metadata, modules) {
+  #validate(metadata, modules) {
+    return startupChecks(() => this.#startOnce(metadata, modules));
+  }
+
+  async #startOnce(metadata, modules) {
     const mf = new Miniflare(
       convertV4MiniflareOptions({
         workers: [

@@ -344,6 +344,17 @@ describe("several scripts", () => {
     expect(dangling.body.errors[0].code).toBe(10021);
   });
 
+  test("20 uploads at once: every script is created once, with its own version, and serves", async () => {
+    const names = Array.from({ length: 20 }, (_, i) => `burst-${i}`);
+    const results = await Promise.all(names.map((n) => upload(n, `export default { fetch: () => new Response("${n}") };`)));
+    for (const r of results) expect(r.status, JSON.stringify(r.body)).toBe(200);
+    const listed = (await stack.api("GET", "/workers/scripts")).result.map((s) => s.id);
+    expect(listed).toEqual(expect.arrayContaining(names));
+    await vi.waitFor(async () => expect(await call("burst-7")).toEqual({ status: 200, text: "burst-7" }), { timeout: 10_000 });
+    for (const n of names) expect((await stack.api("GET", `/workers/scripts/${n}/versions`)).result.items).toHaveLength(1);
+    await Promise.all(names.map((n) => stack.api("DELETE", `/workers/scripts/${n}`)));
+  });
+
   test("a script that throws at startup is refused (10021) and the deployed version keeps serving", async () => {
     const broken = await upload("echo", `throw new Error("boom at startup"); export default {};`);
     expect(broken.status).toBe(400);
