@@ -332,7 +332,7 @@ export class Workers {
     const version = this.#newVersion(script, upload, {
       strict: url.searchParams.get("bindings_inherit") === "strict",
       source: "wrangler",
-      triggeredBy: "version_upload",
+      triggeredBy: "upload",
     });
     await this.#commit(null);
     return { result: publicVersion(version) };
@@ -378,7 +378,14 @@ export class Workers {
     const deployment = this.#deploy(script, version, {
       source: "wrangler",
       message: input.annotations?.["workers/message"],
-      triggeredBy: previous && version.number < previous.number ? "rollback" : "deployment",
+      // The triggers wrangler knows: a version newer than the one serving and never deployed is
+      // the second half of an upload; an older one, a rollback; any other, a promotion.
+      triggeredBy:
+        previous && version.number < previous.number
+          ? "rollback"
+          : script.deployments.some((d) => d.versions.some((v) => v.version_id === version.id))
+            ? "promotion"
+            : "upload",
     });
     await this.#commit(`${name} deployed version ${version.number}`);
     return { result: deployment };
@@ -436,7 +443,7 @@ export class Workers {
    * Makes `version` the one that serves.
    * @param {Script} script
    * @param {Version} version
-   * @param {{ source: string, triggeredBy: string, message?: string }} how
+   * @param {{ source: string, triggeredBy: string | null, message?: string }} how
    */
   #deploy(script, version, { source, message = undefined, triggeredBy }) {
     /** @type {Deployment} */
@@ -446,7 +453,7 @@ export class Workers {
       source,
       strategy: "percentage",
       versions: [{ version_id: version.id, percentage: 100 }],
-      annotations: { "workers/triggered_by": triggeredBy, ...(message ? { "workers/message": message } : {}) },
+      annotations: { ...(triggeredBy ? { "workers/triggered_by": triggeredBy } : {}), ...(message ? { "workers/message": message } : {}) },
       author_email: AUTHOR,
     };
     script.deployments.unshift(deployment);
@@ -479,7 +486,8 @@ export class Workers {
       compatibility_date: latest.compatibility_date,
       compatibility_flags: latest.compatibility_flags,
       source: "api",
-      annotations: { "workers/triggered_by": triggeredBy },
+      // A settings change carries no trigger (wrangler shows its source, "API"); a secret, "secret".
+      annotations: triggeredBy ? { "workers/triggered_by": triggeredBy } : {},
     });
     this.#deploy(script, version, { source: "api", triggeredBy });
     script.last_deployed_from = "api";
@@ -501,7 +509,7 @@ export class Workers {
       settings.bindings === undefined
         ? null
         : this.#resolveBindings(settings.bindings, previous?.bindings ?? [], { strict: true, self: name });
-    const version = bindings ? await this.#apiChange(script, 10214, "Settings edit", () => bindings, "settings") : previous;
+    const version = bindings ? await this.#apiChange(script, 10214, "Settings edit", () => bindings, null) : previous;
     return { result: publicSettings(script, version) };
   }
 
