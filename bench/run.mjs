@@ -276,7 +276,7 @@ async function benchmarkLifecycle() {
   }
   const createRestarts = restarts
     .slice(restartsBefore)
-    .filter((r) => r.reason.startsWith("settings of"))
+    .filter((r) => r.reason.startsWith("settings edit of"))
     .map((r) => r.ms);
   const deletes = [];
   for (const slug of slugs.slice(0, DELETES)) {
