@@ -129,11 +129,14 @@ export class LocalCloud {
       p[0] === "client" && p[1] === "v4" && p[2] === "accounts" && p.length > 4
         ? p[4] === "d1" && p[5] === "database"
           ? this.d1.route(method, p.slice(6), on)
-          : p[4] === "r2" && p[5] === "buckets"
-            ? this.r2.route(method, p.slice(6), on)
-            : p[4] === "workers"
-              ? this.workers.route(method, p.slice(5), on)
-              : null
+          : p[4] === "storage" && p[5] === "kv" && p[6] === "namespaces" && p.length === 7
+            ? // No KV namespaces exist here (`wrangler delete` lists them to clean up Workers Sites).
+              on("kv.namespaces.list", "GET", () => ({ result: [], result_info: { page: 1, per_page: 100, count: 0, total_count: 0 } }))
+            : p[4] === "r2" && p[5] === "buckets"
+              ? this.r2.route(method, p.slice(6), on)
+              : p[4] === "workers"
+                ? this.workers.route(method, p.slice(5), on)
+                : null
         : null;
     if (!found) throw new ApiError(404, 7003, `Could not route to ${pathname}, perhaps your object identifier is invalid?`);
     return found;

@@ -24,6 +24,7 @@ export const ENDPOINTS = [
   "d1.raw",
   "d1.export",
   "d1.import",
+  "kv.namespaces.list",
   "r2.buckets.create",
   "r2.buckets.delete",
   "r2.buckets.get",
@@ -48,8 +49,12 @@ export const ENDPOINTS = [
   "scripts.schedules.put",
   "scripts.subdomain.get",
   "scripts.subdomain.post",
+  "scripts.references",
   "workers.services.get",
+  "workers.services.delete",
   "workers.subdomain.get",
+  "workers.tails.by-consumer",
+  "workers.durable_objects.list",
   "workers.workers.get",
 ];
 const KINDS = ["error", "rate_limit", "delay", "timeout", "lose_response"];

@@ -99,17 +99,31 @@ export class Workers {
   route(method, p, on) {
     if (p.length === 1 && p[0] === "subdomain")
       return on("workers.subdomain.get", "GET", () => ({ result: { subdomain: this.subdomain } }));
-    if (p.length === 2 && p[0] === "services") return on("workers.services.get", "GET", () => this.#service(p[1]));
+    if (p.length === 2 && p[0] === "services") {
+      // `wrangler delete` deletes through the services route.
+      if (method === "DELETE") return on("workers.services.delete", "DELETE", (r) => this.#delete(p[1], r));
+      return on("workers.services.get", "GET", () => this.#service(p[1]));
+    }
+    // The local cloud has no tail Workers and no Durable Objects: their lists are empty.
+    if (p.length === 3 && p[0] === "tails" && p[1] === "by-consumer") return on("workers.tails.by-consumer", "GET", () => ({ result: [] }));
+    if (p.length === 2 && p[0] === "durable_objects" && p[1] === "namespaces") {
+      return on("workers.durable_objects.list", "GET", () => ({
+        result: [],
+        result_info: { page: 1, per_page: 1000, count: 0, total_count: 0 },
+      }));
+    }
     if (p.length === 2 && p[0] === "workers") return on("workers.workers.get", "GET", () => this.#worker(p[1]));
     if (p[0] !== "scripts") return null;
     if (p.length === 1) return on("scripts.list", "GET", () => this.#list());
     const name = p[1];
     if (p.length === 2) {
       if (method === "PUT") return on("scripts.upload", "PUT", (r) => this.#upload(name, r));
-      return on("scripts.delete", "DELETE", () => this.#delete(name));
+      return on("scripts.delete", "DELETE", (r) => this.#delete(name, r));
     }
     const rest = p.slice(2).join("/");
     switch (rest) {
+      case "references":
+        return on("scripts.references", "GET", () => ({ result: this.#references(name) }));
       case "settings":
         return method === "PATCH"
           ? on("scripts.settings.patch", "PATCH", (r) => this.#patchSettings(name, r))
@@ -317,8 +331,30 @@ export class Workers {
     };
   }
 
-  async #delete(name) {
+  /** What depends on script `name`: the scripts whose serving version binds it as a service. */
+  #references(name) {
+    this.#script(name);
+    const incoming = Object.values(this.state.data.scripts)
+      .filter((s) => s.id !== name && this.#deployed(s)?.bindings.some((b) => b.type === "service" && b.service === name))
+      .map((s) => ({ service: s.id, environment: "production" }));
+    return { services: { incoming, outgoing: [] }, durable_objects: [], dispatch_outbounds: [], pages_function: false };
+  }
+
+  /**
+   * Deletes a script. Refused while other scripts bind it as a service unless `force=true`, as
+   * the real API does (`wrangler delete` shows the dependents and asks before forcing).
+   */
+  async #delete(name, { url }) {
     const script = this.#script(name);
+    const dependents = this.#references(name).services.incoming.map((r) => r.service);
+    if (dependents.length && url.searchParams.get("force") !== "true") {
+      // The real error code is unconfirmed; the local cloud answers 10064.
+      throw new ApiError(
+        400,
+        10064,
+        `${name} is used by other Workers (${dependents.join(", ")}) as a service binding: delete with force=true to delete it anyway`,
+      );
+    }
     delete this.state.data.scripts[script.id];
     await this.#commit(`${name} deleted`);
     return { result: null };

@@ -9,7 +9,7 @@
 //   startup is refused and never replaces the one that serves.
 
 import { spawn } from "node:child_process";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile as readFileText, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -272,6 +272,55 @@ describe("a deploy killed half-way", () => {
   }, 120_000);
 });
 
+describe("a plain Worker project, with the wrangler commands a developer uses", () => {
+  test("deploy, secret put / list / delete, versions upload / view / deploy, triggers deploy, deployments status, delete", async () => {
+    const project = await mkdtemp(path.join(os.tmpdir(), "tenantry-hello-"));
+    await writeFile(
+      path.join(project, "wrangler.toml"),
+      'name = "hello"\nmain = "index.js"\ncompatibility_date = "2025-06-01"\n[vars]\nGREETING = "hi"\n[triggers]\ncrons = ["0 * * * *"]\n',
+    );
+    await writeFile(
+      path.join(project, "index.js"),
+      'export default { fetch: (r, env) => new Response(env.GREETING + " " + (env.TOKEN ?? "-")), scheduled() {} };\n',
+    );
+    const run = async (args, input) => {
+      const out = await wrangler(args, stack.cloudUrl, { cwd: project, input });
+      expect(out.code, `wrangler ${args.join(" ")}\n${out.stdout}${out.stderr}`).toBe(0);
+      return out.stdout;
+    };
+    const hello = async () => (await stack.runtime.dispatchTo("hello", "http://any/")).body.toString();
+    try {
+      await run(["deploy"]);
+      await vi.waitFor(async () => expect(await hello()).toBe("hi -"), { timeout: 10_000 });
+      await run(["secret", "put", "TOKEN"], "s3cret\n");
+      await vi.waitFor(async () => expect(await hello()).toBe("hi s3cret"), { timeout: 10_000 });
+      expect(JSON.parse(await run(["secret", "list"]))).toEqual([{ name: "TOKEN", type: "secret_text" }]);
+
+      // A version uploaded, then deployed: it serves only once deployed.
+      await writeFile(
+        path.join(project, "wrangler.toml"),
+        (await readFileText(path.join(project, "wrangler.toml"), "utf8")).replace('"hi"', '"hello"'),
+      );
+      const uploaded = /Worker Version ID: ([0-9a-f-]+)/.exec(await run(["versions", "upload", "--message", "v2"]))?.[1];
+      expect(uploaded).toBeTruthy();
+      expect(await hello()).toBe("hi s3cret");
+      expect(await run(["versions", "view", uploaded])).toMatch(/TOKEN/);
+      await run(["versions", "deploy", `${uploaded}@100`, "-y", "--message", "promote"]);
+      await vi.waitFor(async () => expect(await hello()).toBe("hello s3cret"), { timeout: 10_000 });
+      expect(await run(["deployments", "status"])).toContain(uploaded);
+      await run(["triggers", "deploy"]);
+      expect((await stack.api("GET", "/workers/scripts/hello/schedules")).result.schedules.map((x) => x.cron)).toEqual(["0 * * * *"]);
+
+      await run(["secret", "delete", "TOKEN"]);
+      await vi.waitFor(async () => expect(await hello()).toBe("hello -"), { timeout: 10_000 });
+      await run(["delete"]);
+      await vi.waitFor(async () => expect(stack.runtime.running.has("hello")).toBe(false), { timeout: 10_000 });
+    } finally {
+      await rm(project, { recursive: true, force: true });
+    }
+  }, 120_000);
+});
+
 describe("several scripts", () => {
   const upload = async (name, source, bindings = []) => {
     const form = new FormData();
@@ -364,9 +413,18 @@ describe("several scripts", () => {
     expect(await call("echo")).toEqual({ status: 200, text: "echo says hello" });
   });
 
-  test("a deleted script stops serving; a binding to it fails when called, and the others keep serving", async () => {
-    const del = await stack.api("DELETE", "/workers/scripts/echo");
-    expect(del.success).toBe(true);
+  test("a script other scripts bind is deleted only when forced (wrangler delete); then a binding to it fails when called, and the others keep serving", async () => {
+    // front binds echo: the API refuses a plain delete and lists front among echo's references.
+    const refused = await stack.api("DELETE", "/workers/scripts/echo", undefined, { raw: true });
+    expect(refused.status).toBe(400);
+    expect((await stack.api("GET", "/workers/scripts/echo/references")).result.services.incoming).toEqual([
+      { service: "front", environment: "production" },
+    ]);
+    expect(stack.runtime.running.has("echo")).toBe(true);
+    // `wrangler delete` shows the dependents, asks (yes in CI), and deletes with force=true.
+    const del = await wrangler(["delete", "--name", "echo"], stack.cloudUrl, { cwd: os.tmpdir() });
+    expect(del.code, del.stdout + del.stderr).toBe(0);
+    expect(del.stdout + del.stderr).toMatch(/Worker front \(production\) uses this Worker as a Service Binding/);
     await vi.waitFor(async () => expect(stack.runtime.running.has("echo")).toBe(false), { timeout: 10_000 });
     await expect(call("echo")).rejects.toThrow(/no version of Worker echo is deployed/);
     expect((await call("front")).status).toBe(502);
