@@ -1,23 +1,5 @@
-//! The platform admin API on the apex host, under `/v1/`.
-//!
-//! Authentication: `Authorization: Bearer <ADMIN_TOKEN>` (a Worker secret), compared in constant
-//! time. Every change is written to the control plane's audit log.
-//!
-//! | route | does |
-//! |---|---|
-//! | `POST /v1/tenants` | create (or resume the same create): 201 when active, 202 + operation otherwise |
-//! | `GET /v1/tenants?status=&cursor=&limit=` | list, by slug, paginated |
-//! | `GET /v1/tenants/{slug}` | one tenant (and carries an unfinished operation forward) |
-//! | `PATCH /v1/tenants/{slug}` | name, plan, suspend (`status: "suspended"`, `message`) or resume |
-//! | `DELETE /v1/tenants/{slug}` | delete (backup first): 200 when deleted, 202 + operation otherwise |
-//! | `GET /v1/tenants/{slug}/operations` | the tenant's lifecycle operations, newest first |
-//! | `GET /v1/tenants/{slug}/backup` | the backup taken when the tenant was deleted (a SQL dump) |
-//! | `POST /v1/migrations/apply` | migrate tenants that are behind: `{after?, limit?, concurrency?}`, returns `next` to continue |
-//! | `GET /v1/migrations/status` | tenants per schema version, and the failures |
-//! | `GET/POST /v1/roles`, `GET/PATCH/DELETE /v1/roles/{name}` | system roles, synced into every tenant |
-//! | `GET/PUT/DELETE /v1/maintenance` | fleet-wide maintenance `{message, until?}` |
-//! | `GET/PATCH /v1/settings` | default settings every tenant inherits (`{key: value}`, `null` removes) |
-//! | `POST /v1/reconcile` | run the scheduled reconciler now, and report |
+//! `/v1/tenants`: create, list, get, update, delete, operations, backup; the create request's
+//! validation and the JSON views of tenants and operations.
 
 use std::collections::BTreeMap;
 
@@ -25,107 +7,16 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use worker::{Env, Request, Response};
 
-use super::lifecycle::{CreateInput, Lifecycle, Progress};
-use super::store::{self, CreateStart, NewTenant, OperationRow, RoleWrite, TenantChanges, TenantRow};
+use crate::control::lifecycle::{CreateInput, Lifecycle, Progress};
+use crate::control::store::{self, CreateStart, NewTenant, OperationRow, TenantChanges, TenantRow};
 use crate::core::lifecycle::{OperationKind, Plan, TenantStatus};
 use crate::core::names::{BindingName, DatabaseName};
 use crate::core::password;
 use crate::core::slug::TenantSlug;
-use crate::http::{self, ApiError, Method};
+use crate::http::{self, ApiError};
 
-pub async fn handle(req: &Request, env: &Env, path: &str) -> Result<Response, ApiError> {
-    authenticate(req, env)?;
-    let segments: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
-    let method = Method::of(req);
-    match segments.as_slice() {
-        ["tenants"] => match method {
-            Method::Post => create(req, env).await,
-            Method::Get => list(req, env).await,
-            _ => Err(http::method_not_allowed("GET, POST")),
-        },
-        ["tenants", slug] => {
-            let slug = parse_slug(slug)?;
-            match method {
-                Method::Get => get(env, &slug).await,
-                Method::Patch => update(req, env, &slug).await,
-                Method::Delete => delete(env, &slug).await,
-                _ => Err(http::method_not_allowed("GET, PATCH, DELETE")),
-            }
-        }
-        ["tenants", slug, "operations"] => match method {
-            Method::Get => operations(env, &parse_slug(slug)?).await,
-            _ => Err(http::method_not_allowed("GET")),
-        },
-        ["tenants", slug, "backup"] => match method {
-            Method::Get => backup(env, &parse_slug(slug)?).await,
-            _ => Err(http::method_not_allowed("GET")),
-        },
-        ["migrations", "apply"] => match method {
-            Method::Post => migrations_apply(req, env).await,
-            _ => Err(http::method_not_allowed("POST")),
-        },
-        ["migrations", "status"] => match method {
-            Method::Get => http::json(200, &super::fleet::status(&env.d1(super::CONTROL_BINDING)?).await?),
-            _ => Err(http::method_not_allowed("GET")),
-        },
-        ["roles"] => match method {
-            Method::Get => http::json(200, &json!({ "roles": store::roles(&env.d1(super::CONTROL_BINDING)?).await? })),
-            Method::Post => role_write(req, env, None).await,
-            _ => Err(http::method_not_allowed("GET, POST")),
-        },
-        ["roles", name] => match method {
-            Method::Get => role_get(env, name).await,
-            Method::Patch => role_write(req, env, Some(name)).await,
-            Method::Delete => role_delete(env, name).await,
-            _ => Err(http::method_not_allowed("GET, PATCH, DELETE")),
-        },
-        ["maintenance"] => match method {
-            Method::Get => fleet_maintenance_get(env).await,
-            Method::Put => fleet_maintenance_set(req, env).await,
-            Method::Delete => fleet_maintenance_clear(env).await,
-            _ => Err(http::method_not_allowed("GET, PUT, DELETE")),
-        },
-        ["settings"] => match method {
-            Method::Get => settings_get(env).await,
-            Method::Patch => settings_patch(req, env).await,
-            _ => Err(http::method_not_allowed("GET, PATCH")),
-        },
-        ["reconcile"] => match method {
-            Method::Post => http::json(200, &Lifecycle::from_env(env)?.reconcile_all().await?),
-            _ => Err(http::method_not_allowed("POST")),
-        },
-        _ => Err(http::route_not_found()),
-    }
-}
-
-fn authenticate(req: &Request, env: &Env) -> Result<(), ApiError> {
-    let expected = env.secret("ADMIN_TOKEN").map(|s| s.to_string()).map_err(|_| {
-        ApiError::Unavailable {
-            code: "admin_not_configured",
-            message: "the admin API is not configured".into(),
-            retry_after: 60,
-        }
-        .inspect_log("secret ADMIN_TOKEN is not set")
-    })?;
-    // The tenant API's parser: the scheme in any letter case (RFC 9110 §11.1).
-    let header = req.headers().get("Authorization").ok().flatten();
-    match crate::core::token::bearer(header.as_deref()) {
-        Ok(token) if !expected.is_empty() && crate::crypto::secrets_equal(token, &expected) => Ok(()),
-        _ => Err(ApiError::Unauthorized { message: "a valid admin bearer token is required".into() }),
-    }
-}
-
-fn parse_slug(raw: &str) -> Result<TenantSlug, ApiError> {
-    // An invalid slug names no tenant.
-    TenantSlug::parse(raw).map_err(|_| not_found(raw))
-}
-
-fn not_found(slug: &str) -> ApiError {
-    ApiError::not_found(
-        "tenant_not_found",
-        format!("there is no tenant `{}`", slug.chars().take(60).collect::<String>()),
-    )
-}
+use super::fleet::{parse_maintenance, Maintenance};
+use super::not_found;
 
 /// A validated create request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -314,7 +205,7 @@ async fn standing(
 /// the read before it only chooses which write to try, and the read after it says where the
 /// tenant stands. So identical concurrent creates all join the one create that won, and only a
 /// create with another name, plan or admin email is a 409.
-async fn create(req: &Request, env: &Env) -> Result<Response, ApiError> {
+pub(super) async fn create(req: &Request, env: &Env) -> Result<Response, ApiError> {
     let body = http::read_json(req).await?;
     let request = validate_create(&body).map_err(ApiError::invalid_fields)?;
     let lc = Lifecycle::from_env(env)?;
@@ -397,7 +288,7 @@ async fn run_logged(lc: &Lifecycle<'_>, op: &OperationRow) -> Result<Progress, A
     let progress = lc.run(op).await?;
     match &progress {
         // The usual end of a create's first invocation: not worth a log line.
-        Progress::Pending(reason) if reason.starts_with(super::lifecycle::NOT_LIVE_YET) => {}
+        Progress::Pending(reason) if reason.starts_with(crate::control::lifecycle::NOT_LIVE_YET) => {}
         Progress::Pending(reason) => {
             worker::console_log!("operation {} ({}) on {} continues later: {reason}", op.id, op.kind, op.tenant_slug)
         }
@@ -406,7 +297,7 @@ async fn run_logged(lc: &Lifecycle<'_>, op: &OperationRow) -> Result<Progress, A
     Ok(progress)
 }
 
-async fn list(req: &Request, env: &Env) -> Result<Response, ApiError> {
+pub(super) async fn list(req: &Request, env: &Env) -> Result<Response, ApiError> {
     let url = req.url()?;
     let query: BTreeMap<String, String> = url.query_pairs().into_owned().collect();
     let bad =
@@ -425,15 +316,15 @@ async fn list(req: &Request, env: &Env) -> Result<Response, ApiError> {
     if cursor.len() > 64 {
         return Err(bad("cursor", "is not a cursor this API gave"));
     }
-    let db = env.d1(super::CONTROL_BINDING)?;
+    let db = env.d1(crate::control::CONTROL_BINDING)?;
     let rows = store::list_tenants(&db, status, cursor, limit + 1).await?;
     let (rows, next) = http::split_page(rows, limit, |t| t.slug.clone());
     let page: Vec<Value> = rows.iter().map(tenant_view).collect();
     http::json(200, &json!({ "tenants": page, "next_cursor": next }))
 }
 
-async fn get(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
-    let db = env.d1(super::CONTROL_BINDING)?;
+pub(super) async fn get(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
+    let db = env.d1(crate::control::CONTROL_BINDING)?;
     let tenant = store::get_tenant(&db, slug.as_str()).await?.ok_or_else(|| not_found(slug.as_str()))?;
     // Carry an unfinished operation forward: this invocation may see bindings the last did not.
     if let Some(op) = store::open_operation_of(&db, slug.as_str()).await? {
@@ -446,7 +337,7 @@ async fn get(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
     http::json(200, &json!({ "tenant": tenant_view(&tenant) }))
 }
 
-async fn update(req: &Request, env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
+pub(super) async fn update(req: &Request, env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
     let body = http::read_json(req).await?;
     let mut errors = BTreeMap::new();
     let mut name = None;
@@ -491,7 +382,7 @@ async fn update(req: &Request, env: &Env, slug: &TenantSlug) -> Result<Response,
     if !errors.is_empty() {
         return Err(ApiError::invalid_fields(errors));
     }
-    let db = env.d1(super::CONTROL_BINDING)?;
+    let db = env.d1(crate::control::CONTROL_BINDING)?;
     let changes = TenantChanges {
         name: name.as_deref(),
         plan: plan.map(Plan::as_str),
@@ -525,7 +416,7 @@ async fn update(req: &Request, env: &Env, slug: &TenantSlug) -> Result<Response,
     }
 }
 
-async fn delete(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
+pub(super) async fn delete(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
     let lc = Lifecycle::from_env(env)?;
     let s = slug.as_str();
     let tenant = store::get_tenant(&lc.db, s).await?.ok_or_else(|| not_found(s))?;
@@ -542,226 +433,12 @@ async fn delete(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
     standing(&lc, s, TenantStatus::Deleted, 200).await
 }
 
-fn role_not_found(name: &str) -> ApiError {
-    ApiError::not_found(
-        "role_not_found",
-        format!("there is no system role `{}`", name.chars().take(40).collect::<String>()),
-    )
-}
-
-async fn role_get(env: &Env, name: &str) -> Result<Response, ApiError> {
-    let roles = store::roles(&env.d1(super::CONTROL_BINDING)?).await?;
-    let role = roles.into_iter().find(|r| r.name == name).ok_or_else(|| role_not_found(name))?;
-    http::json(200, &json!({ "role": role }))
-}
-
-/// Runs one bounded sync pass right away, so small fleets are in sync when the answer comes;
-/// the cron reconciler carries larger fleets (and failures) on.
-async fn sync_now(env: &Env, db: &worker::D1Database) -> Result<Value, ApiError> {
-    let report = super::fleet::migrate_pass(env, db, "", 100, DEFAULT_CONCURRENCY).await?;
-    Ok(json!({ "tenants_synced": report.migrated.len(), "failed": report.failed, "more": report.next.is_some() }))
-}
-
-/// `POST /v1/roles` (create) or `PATCH /v1/roles/{name}` (update). The write decides: a create
-/// of a taken name and an update of a missing role change nothing (409 and 404).
-async fn role_write(req: &Request, env: &Env, path_name: Option<&str>) -> Result<Response, ApiError> {
-    let body = http::read_json(req).await?;
-    let crate::core::roles::RoleChanges { name, description, permissions } =
-        crate::core::roles::parse(&body, path_name.is_none()).map_err(ApiError::invalid_fields)?;
-    let db = env.d1(super::CONTROL_BINDING)?;
-    let request_id = crate::crypto::random_id()?;
-    let detail = Value::Object(body);
-    let (name, status) = match path_name {
-        None => {
-            let name = name.ok_or_else(|| ApiError::internal("validated name missing"))?;
-            let write = RoleWrite::Create {
-                description: description.as_deref().unwrap_or(""),
-                permissions: permissions.as_deref().unwrap_or(&[]),
-            };
-            if !store::write_role(&db, &name, write, &request_id, &detail).await? {
-                return Err(ApiError::Conflict {
-                    code: "role_exists",
-                    message: format!("system role `{name}` already exists"),
-                });
-            }
-            (name, 201)
-        }
-        Some(n) => {
-            let write = RoleWrite::Update { description: description.as_deref(), permissions: permissions.as_deref() };
-            if !store::write_role(&db, n, write, &request_id, &detail).await? {
-                return Err(role_not_found(n));
-            }
-            (n.to_owned(), 200)
-        }
-    };
-    let role = store::roles(&db).await?.into_iter().find(|r| r.name == name).ok_or_else(|| role_not_found(&name))?;
-    let sync = sync_now(env, &db).await?;
-    http::json(status, &json!({ "role": role, "sync": sync }))
-}
-
-async fn role_delete(env: &Env, name: &str) -> Result<Response, ApiError> {
-    let db = env.d1(super::CONTROL_BINDING)?;
-    let request_id = crate::crypto::random_id()?;
-    if !store::write_role(&db, name, RoleWrite::Delete, &request_id, &json!({ "name": name })).await? {
-        return Err(role_not_found(name));
-    }
-    let sync = sync_now(env, &db).await?;
-    http::json(200, &json!({ "deleted": { "role": name }, "sync": sync }))
-}
-
-/// A maintenance window: requests answer 503 with `message` until an admin lifts it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Maintenance {
-    pub message: String,
-    pub until: Option<String>,
-}
-
-fn parse_maintenance(value: &Value) -> Result<Maintenance, &'static str> {
-    const SHAPE: &str = "must be {\"message\": text of 1 to 500 characters, \"until\"?: an RFC 3339 time} or null";
-    let obj = value.as_object().ok_or(SHAPE)?;
-    if obj.keys().any(|k| k != "message" && k != "until") {
-        return Err(SHAPE);
-    }
-    let message = obj
-        .get("message")
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|m| (1..=500).contains(&m.chars().count()))
-        .ok_or(SHAPE)?;
-    let until = match obj.get("until") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(u)) if chrono::DateTime::parse_from_rfc3339(u).is_ok() => Some(u.clone()),
-        Some(_) => return Err(SHAPE),
-    };
-    Ok(Maintenance { message: message.to_owned(), until })
-}
-
-async fn fleet_maintenance_get(env: &Env) -> Result<Response, ApiError> {
-    let db = env.d1(super::CONTROL_BINDING)?;
-    let current = store::platform_value(&db, "maintenance").await?.and_then(|v| serde_json::from_str::<Value>(&v).ok());
-    http::json(200, &json!({ "maintenance": current }))
-}
-
-async fn fleet_maintenance_set(req: &Request, env: &Env) -> Result<Response, ApiError> {
-    let body = Value::Object(http::read_json(req).await?);
-    let maintenance = parse_maintenance(&body)
-        .map_err(|e| ApiError::invalid_fields([("maintenance".to_owned(), e.to_owned())].into()))?;
-    let db = env.d1(super::CONTROL_BINDING)?;
-    let value = serde_json::to_string(&maintenance).map_err(ApiError::internal)?;
-    store::set_platform_value(&db, "maintenance", Some(&value)).await?;
-    store::audit(&db, "admin", "fleet.maintenance.start", None, &crate::crypto::random_id()?, &body).await?;
-    http::json(200, &json!({ "maintenance": maintenance }))
-}
-
-async fn fleet_maintenance_clear(env: &Env) -> Result<Response, ApiError> {
-    let db = env.d1(super::CONTROL_BINDING)?;
-    store::set_platform_value(&db, "maintenance", None).await?;
-    store::audit(&db, "admin", "fleet.maintenance.end", None, &crate::crypto::random_id()?, &json!({})).await?;
-    http::json(200, &json!({ "maintenance": null }))
-}
-
-/// Setting keys: lowercase, digits, `_` and `.`, starting with a letter, at most 64.
-pub fn valid_setting_key(key: &str) -> bool {
-    (1..=64).contains(&key.len())
-        && key.starts_with(|c: char| c.is_ascii_lowercase())
-        && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
-}
-
-/// Validates a `{key: value | null}` settings patch; values are JSON of at most 4 KiB.
-pub fn validate_settings_patch(body: &Map<String, Value>) -> Result<Vec<(String, Option<String>)>, ApiError> {
-    let mut fields = BTreeMap::new();
-    let mut changes = Vec::new();
-    if body.is_empty() || body.len() > 100 {
-        fields.insert("settings".to_owned(), "send 1 to 100 keys".to_owned());
-    }
-    for (key, value) in body {
-        if !valid_setting_key(key) {
-            fields.insert(key.clone(), "is not a valid setting key (a-z, 0-9, '_', '.'; at most 64)".into());
-            continue;
-        }
-        let text = value.to_string();
-        if text.len() > 4096 {
-            fields.insert(key.clone(), "must be at most 4 KiB of JSON".into());
-            continue;
-        }
-        changes.push((key.clone(), (!value.is_null()).then_some(text)));
-    }
-    if fields.is_empty() {
-        Ok(changes)
-    } else {
-        Err(ApiError::invalid_fields(fields))
-    }
-}
-
-async fn settings_get(env: &Env) -> Result<Response, ApiError> {
-    let db = env.d1(super::CONTROL_BINDING)?;
-    let defaults = store::settings_defaults(&db).await?;
-    http::json(200, &json!({ "settings": defaults }))
-}
-
-async fn settings_patch(req: &Request, env: &Env) -> Result<Response, ApiError> {
-    let body = http::read_json(req).await?;
-    let changes = validate_settings_patch(&body)?;
-    let db = env.d1(super::CONTROL_BINDING)?;
-    store::set_settings_defaults(&db, &changes).await?;
-    store::audit(&db, "admin", "settings.update", None, &crate::crypto::random_id()?, &Value::Object(body)).await?;
-    http::json(200, &json!({ "settings": store::settings_defaults(&db).await? }))
-}
-
-/// Default tenants migrated at once; the `MIGRATION_CONCURRENCY` var overrides it.
-const DEFAULT_CONCURRENCY: usize = 8;
-
-async fn migrations_apply(req: &Request, env: &Env) -> Result<Response, ApiError> {
-    let body = http::read_json(req).await?;
-    let mut fields = BTreeMap::new();
-    let after = match body.get("after") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) if s.len() <= 64 => s.clone(),
-        Some(_) => {
-            fields.insert("after".into(), "must be the `next` of a previous answer".into());
-            String::new()
-        }
-    };
-    let number = |key: &str, default: u64, max: u64, fields: &mut BTreeMap<String, String>| match body.get(key) {
-        None | Some(Value::Null) => default,
-        Some(v) => v.as_u64().filter(|n| (1..=max).contains(n)).unwrap_or_else(|| {
-            fields.insert(key.into(), format!("must be a whole number from 1 to {max}"));
-            default
-        }),
-    };
-    let configured =
-        env.var("MIGRATION_CONCURRENCY").ok().and_then(|v| v.to_string().parse().ok()).unwrap_or(DEFAULT_CONCURRENCY);
-    let limit = number("limit", 100, 200, &mut fields) as u32;
-    let concurrency = number("concurrency", configured as u64, 32, &mut fields) as usize;
-    for key in body.keys() {
-        if !["after", "limit", "concurrency"].contains(&key.as_str()) {
-            fields.insert(key.clone(), "is not a known field".into());
-        }
-    }
-    if !fields.is_empty() {
-        return Err(ApiError::invalid_fields(fields));
-    }
-    let db = env.d1(super::CONTROL_BINDING)?;
-    let report = super::fleet::migrate_pass(env, &db, &after, limit, concurrency).await?;
-    let request_id = crate::crypto::random_id()?;
-    store::audit(
-        &db,
-        "admin",
-        "migrations.apply",
-        None,
-        &request_id,
-        &json!({ "processed": report.processed, "failed": report.failed.len() }),
-    )
-    .await?;
-    http::json(200, &report)
-}
-
-async fn backup(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
-    let db = env.d1(super::CONTROL_BINDING)?;
+pub(super) async fn backup(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
+    let db = env.d1(crate::control::CONTROL_BINDING)?;
     let tenant = store::get_tenant(&db, slug.as_str()).await?.ok_or_else(|| not_found(slug.as_str()))?;
     let none = || ApiError::not_found("backup_not_found", format!("tenant `{slug}` has no backup"));
     let key = tenant.backup_location.as_deref().and_then(|l| l.strip_prefix("r2://BACKUPS/")).ok_or_else(none)?;
-    let bucket = env.bucket(super::lifecycle::BACKUPS_BINDING).map_err(ApiError::internal)?;
+    let bucket = env.bucket(crate::control::lifecycle::BACKUPS_BINDING).map_err(ApiError::internal)?;
     let object = bucket.get(key).execute().await?.ok_or_else(none)?;
     let bytes = object.body().ok_or_else(none)?.bytes().await?;
     let mut response = Response::from_bytes(bytes)?;
@@ -774,8 +451,8 @@ async fn backup(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
     Ok(response)
 }
 
-async fn operations(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
-    let db = env.d1(super::CONTROL_BINDING)?;
+pub(super) async fn operations(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
+    let db = env.d1(crate::control::CONTROL_BINDING)?;
     store::get_tenant(&db, slug.as_str()).await?.ok_or_else(|| not_found(slug.as_str()))?;
     let ops = store::list_operations(&db, slug.as_str(), 100).await?;
     http::json(200, &json!({ "operations": ops.iter().map(operation_view).collect::<Vec<_>>() }))

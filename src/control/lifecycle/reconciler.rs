@@ -1,0 +1,125 @@
+//! The bindings reconciler and the scheduled pass (bindings, unfinished operations, strays,
+//! orphans, migrations).
+
+use super::*;
+
+impl Lifecycle<'_> {
+    /// Makes the Worker's tenant bindings exactly the control plane's `bind_wanted` tenants.
+    /// `None` when another invocation holds the bindings lease (it will include our rows: it
+    /// derives the set after taking the lease).
+    pub async fn reconcile_bindings(&self) -> Result<Option<BindingsReport>, StepError> {
+        for attempt in 0..20 {
+            if attempt > 0 {
+                self.api.sleep(Duration::from_millis(150)).await;
+            }
+            if let Some(result) = self.holding("bindings", self.reconcile_bindings_locked()).await? {
+                return result.map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    pub(super) async fn reconcile_bindings_locked(&self) -> Result<BindingsReport, StepError> {
+        let mut patches = 0;
+        loop {
+            let wanted: Vec<TenantBinding> = store::tenants_to_bind(&self.db)
+                .await?
+                .into_iter()
+                .filter_map(|t| {
+                    let slug = TenantSlug::parse(&t.slug).ok()?;
+                    Some(TenantBinding { binding: BindingName::for_tenant(&slug), database_id: t.database_id? })
+                })
+                .collect();
+            let current = self.api.get_settings(&self.script).await?.bindings;
+            let BindingDiff { missing, extra, wrong_database } = bindings::diff(&current, &wanted);
+            let converged = missing.is_empty() && extra.is_empty() && wrong_database.is_empty();
+            if converged || patches == 3 {
+                return Ok(BindingsReport { converged, patches, wanted: wanted.len(), missing, extra, wrong_database });
+            }
+            self.api.patch_settings(&self.script, &bindings::desired(&current, &wanted)).await?;
+            patches += 1;
+        }
+    }
+
+    /// Gives every tenant left mid-lifecycle without an operation one (see
+    /// `store::tenants_without_operation`): a `deleting` tenant gets its delete operation back; a
+    /// `provisioning` one, whose admin password went with the request that never recorded it,
+    /// becomes `failed` (a re-sent create resumes it, a delete tears it down). Returns the slugs.
+    pub(super) async fn adopt_strays(&self) -> Result<Vec<String>, ApiError> {
+        let mut adopted = Vec::new();
+        for tenant in store::tenants_without_operation(&self.db, 50).await? {
+            let acted = match tenant.status() {
+                TenantStatus::Deleting => {
+                    store::open_stray_delete(&self.db, &tenant.slug, &crate::crypto::random_id()?).await?
+                }
+                _ => {
+                    let why = "its create was interrupted before it was recorded; send the create again";
+                    store::fail_stray_create(&self.db, &tenant.slug, why).await?
+                }
+            };
+            if acted {
+                store::audit(
+                    &self.db,
+                    "reconciler",
+                    "tenant.adopted",
+                    Some(&tenant.slug),
+                    &self.holder,
+                    &json!({ "status": tenant.status }),
+                )
+                .await?;
+                adopted.push(tenant.slug);
+            }
+        }
+        Ok(adopted)
+    }
+
+    /// The scheduled pass: bindings, every unfinished operation (bounded), orphans.
+    pub async fn reconcile_all(&self) -> Result<Value, ApiError> {
+        let strays = self.adopt_strays().await?;
+        let bindings = self.reconcile_bindings().await.map_err(StepError::into_api)?;
+        let mut finished = 0;
+        let mut pending = Vec::new();
+        // A lease held by a runner that died (a crash, a cut invocation) lapses within LEASE_MS:
+        // operations found busy are tried once more after that, so the first pass after a crash
+        // runs them instead of leaving them to the next cron. A live holder keeps renewing its
+        // lease and is left alone.
+        let mut ops = store::unfinished_operations(&self.db, 50).await?;
+        for last_round in [false, true] {
+            let mut busy = Vec::new();
+            for op in ops {
+                let reason = match self.run(&op).await? {
+                    Progress::Finished => {
+                        finished += 1;
+                        continue;
+                    }
+                    Progress::Busy if !last_round => {
+                        busy.push(op);
+                        continue;
+                    }
+                    Progress::Busy => "busy".to_owned(),
+                    Progress::Pending(reason) | Progress::Failed(reason) => reason,
+                };
+                pending.push(json!({ "tenant": op.tenant_slug, "kind": op.kind, "reason": reason }));
+            }
+            if busy.is_empty() {
+                break;
+            }
+            self.api.sleep(Duration::from_millis(LEASE_MS as u64)).await;
+            ops = busy;
+        }
+        // Binding changes made by the operations above are checked once more.
+        let bindings_after = self.reconcile_bindings().await.map_err(StepError::into_api)?;
+        let (orphans, removed) = self.orphans().await.map_err(StepError::into_api)?;
+        // One bounded migration pass per run, continuing where the last run stopped (so tenants
+        // that keep failing at the front never starve the rest): a fleet catches up run by run.
+        let cursor = store::platform_value(&self.db, "fleet_cursor").await?.unwrap_or_default();
+        let migrations = crate::control::fleet::migrate_pass(self.env, &self.db, &cursor, 50, 8).await?;
+        store::set_platform_value(&self.db, "fleet_cursor", migrations.next.as_deref()).await?;
+        Ok(json!({
+            "bindings": bindings_after.or(bindings),
+            "operations": { "finished": finished, "unfinished": pending, "adopted": strays },
+            "orphans": { "found": orphans, "removed": removed },
+            "migrations": { "processed": migrations.processed, "failed": migrations.failed.len(), "more": migrations.next.is_some() },
+        }))
+    }
+}
