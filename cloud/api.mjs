@@ -14,6 +14,7 @@ import { D1 } from "./d1.mjs";
 import { Faults } from "./faults.mjs";
 import { ApiError, envelope, failure, malformed, parseJson } from "./http.mjs";
 import { R2 } from "./r2.mjs";
+import { NotDeployed } from "./runtime.mjs";
 import { Workers } from "./workers.mjs";
 
 // Script uploads carry the wasm: the real limit is 10 MB compressed on the paid plan.
@@ -165,8 +166,9 @@ export class LocalCloud {
     if (url.pathname === "/__cloud/scheduled" && method === "POST") {
       // What Cloudflare's cron trigger does: run the Worker's scheduled handler once.
       const script = url.searchParams.get("script") ?? this.runtime.entry;
-      if (!this.runtime.running.has(script)) throw new ApiError(404, 10007, `no version of Worker ${script} is deployed`);
-      const outcome = await this.runtime.scheduled(url.searchParams.get("cron") ?? "*/5 * * * *", script);
+      const outcome = await this.runtime.scheduled(url.searchParams.get("cron") ?? "*/5 * * * *", script).catch((e) => {
+        throw e instanceof NotDeployed ? new ApiError(404, 10007, e.message) : e;
+      });
       return envelope({ result: outcome });
     }
     if (url.pathname === "/__cloud/stats" && method === "GET") {

@@ -5,7 +5,8 @@
 
 import { ApiError, malformed, parseJson } from "./http.mjs";
 
-const BUCKET_NAME = /^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$/;
+/** R2 bucket names: 3 to 63 lowercase letters, digits and `-`, not starting or ending with `-`. */
+export const BUCKET_NAME = /^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$/;
 const notFound = () => new ApiError(404, 10006, "The specified bucket does not exist.");
 
 export class R2 {

@@ -106,6 +106,12 @@ class Gate {
 /** Thrown by `takeId` when no spare database is bound: the caller should retry shortly. */
 export class PoolEmpty extends Error {}
 
+/** Reads a Worker's response whole, inside the gate: a restart must not cut it half-sent. */
+async function readResponse(response) {
+  const body = Buffer.from(await response.arrayBuffer());
+  return { status: response.status, headers: response.headers, body };
+}
+
 /** Thrown by `dispatch` and `scheduled` when the Worker asked for is not deployed. */
 export class NotDeployed extends Error {}
 
@@ -213,23 +219,12 @@ export class Runtime {
    * version of it is deployed.
    */
   dispatch(url, init) {
-    return this.within(async () => {
-      if (!this.running.has(this.entry)) throw new NotDeployed(`no version of Worker ${this.entry} is deployed`);
-      const response = await this.mf.dispatchFetch(url, init);
-      // Read the body inside the gate: a restart must not cut a response half-sent.
-      const body = Buffer.from(await response.arrayBuffer());
-      return { status: response.status, headers: response.headers, body };
-    });
+    return this.#withDeployed(this.entry, async () => readResponse(await this.mf.dispatchFetch(url, init)));
   }
 
   /** Sends a request to Worker `script` (any deployed script, not only the entry). */
   dispatchTo(script, url, init) {
-    return this.within(async () => {
-      if (!this.running.has(script)) throw new NotDeployed(`no version of Worker ${script} is deployed`);
-      const response = await (await this.#worker(script)).fetch(url, init);
-      const body = Buffer.from(await response.arrayBuffer());
-      return { status: response.status, headers: response.headers, body };
-    });
+    return this.#withDeployed(script, async () => readResponse(await (await this.#worker(script)).fetch(url, init)));
   }
 
   /**
@@ -242,8 +237,7 @@ export class Runtime {
 
   /** Runs Worker `script`'s scheduled handler once (a cron trigger firing). */
   scheduled(cron, script = this.entry) {
-    return this.within(async () => {
-      if (!this.running.has(script)) throw new NotDeployed(`no version of Worker ${script} is deployed`);
+    return this.#withDeployed(script, async () => {
       const worker = await this.#worker(script);
       const result = await worker.scheduled({ cron, scheduledTime: new Date() });
       return { outcome: result.outcome };
@@ -264,6 +258,11 @@ export class Runtime {
       });
       return response.json();
     }, true);
+  }
+
+  /** Resolves once every restart asked for so far has happened (what was deployed serves). */
+  async settled() {
+    while (this.#pending) await this.#pending;
   }
 
   /** Asks for a restart soon; changes asked for meanwhile share it. */
@@ -319,6 +318,14 @@ export class Runtime {
       this.#bind(id);
       this.spare.push(id);
     }
+  }
+
+  /** Runs `fn` inside the gate once Worker `script` is known to run; `NotDeployed` otherwise. */
+  #withDeployed(script, fn) {
+    return this.within(async () => {
+      if (!this.running.has(script)) throw new NotDeployed(`no version of Worker ${script} is deployed`);
+      return fn();
+    });
   }
 
   /**

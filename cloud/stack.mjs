@@ -130,7 +130,7 @@ export async function startStack({
     if (!force && serving && record.fingerprint === fingerprint && record.etag === serving.etag) return null;
     const started = performance.now();
     const versionId = await deploy({ target, message, log: (m) => log(`[deploy] ${m}`) });
-    await runtime.restart("deployed"); // resolves once the deployed version serves
+    await runtime.settled(); // the deployment asked for a restart: wait until it serves
     const deployed = cloud.workers.deployedVersion(SCRIPT_NAME);
     await writeFile(recordFile, JSON.stringify({ fingerprint, etag: deployed?.etag, version: versionId }));
     log(`deployed the Worker with wrangler deploy in ${Math.round(performance.now() - started)} ms`);
@@ -311,9 +311,6 @@ export function wrangler(args, cloudUrl, { token = LOCAL_TOKEN, accountId = LOCA
       CLOUDFLARE_API_BASE_URL: `${cloudUrl}/client/v4`,
       CLOUDFLARE_API_TOKEN: token,
       CLOUDFLARE_ACCOUNT_ID: accountId,
-      CI: "true",
-      NO_COLOR: "1",
-      FORCE_COLOR: "0",
     },
   });
 }

@@ -22,11 +22,11 @@ import { Cron } from "croner";
 import { Miniflare, convertV4MiniflareOptions } from "miniflare";
 import pLimit from "p-limit";
 import { ApiError, malformed, parseJson, parseMultipart } from "./http.mjs";
+import { BUCKET_NAME } from "./r2.mjs";
 import { HELPER } from "./runtime.mjs";
 
 const SCRIPT_NAME = /^[a-z0-9_][a-z0-9_-]{0,62}$/;
 const BINDING_NAME = /^[A-Za-z_$][A-Za-z0-9_$]*$/;
-const BUCKET_NAME = /^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$/;
 const MAX_VERSIONS = 100;
 /** Startup checks at once: each is a workerd process. A burst of uploads queues here. */
 const startupChecks = pLimit(2);

@@ -75,7 +75,7 @@ export async function deploy({ target = {}, message, dryRun = false, log = conso
   const config = await readWranglerToml();
   const control = (config.d1_databases ?? []).find((d) => d.binding === "CONTROL_DB");
   if (!control) throw new Error("wrangler.toml has no CONTROL_DB database");
-  const env = { CI: "true", NO_COLOR: "1", FORCE_COLOR: "0", ...(target.env ?? {}) };
+  const env = target.env ?? {};
 
   // Run outside the project so wrangler looks the control database up by name through the API
   // (the same on Cloudflare and on the local cloud) instead of trusting a config file.

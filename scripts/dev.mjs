@@ -66,9 +66,10 @@ Ctrl-C to stop. State is kept in .tenantry/dev/. A change under src/, migrations
 files rebuilds the Worker and reloads it (tenants and data stay).
 `);
 
-// Edit-reload: a change to what the Worker is built from rebuilds it, then workerd restarts on
-// the new build (drained, like a binding change; D1 data persists). A failed build prints the
-// compiler's output and puts the last good build back, so the old Worker keeps serving.
+// Edit-reload: a change to what the Worker is built from rebuilds it, then deploys it with
+// `wrangler deploy` (a new version; workerd restarts on it, drained; D1 data persists). A failed build prints the
+// compiler's output; the deployed version keeps serving, and the last good build is put back in
+// build/ so that what a later deploy (a restart, `npm run deploy:local`) uploads is one that built.
 const BUILD = path.join(ROOT, "build");
 const LAST_GOOD = path.join(ROOT, ".tenantry", "last-good-build");
 let building = null;

@@ -24,7 +24,8 @@ export function runWrangler(args, { env = {}, cwd = ROOT, inherit = false, input
   return new Promise((resolve, reject) => {
     const child = spawn(existsSync(node) ? node : process.execPath, [bin, ...args], {
       cwd,
-      env: { ...process.env, WRANGLER_SEND_METRICS: "false", ...env },
+      // Non-interactive (prompts take their defaults) and plain text: our callers read the output.
+      env: { ...process.env, WRANGLER_SEND_METRICS: "false", CI: "true", NO_COLOR: "1", FORCE_COLOR: "0", ...env },
       stdio: [input === undefined ? "ignore" : "pipe", "pipe", "pipe"],
     });
     if (input !== undefined) child.stdin.end(input);

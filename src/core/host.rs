@@ -36,17 +36,22 @@ pub enum HostError {
     Conflict,
 }
 
-/// Resolves `host` (the URL's host, without port) and the optional `X-Tenant-ID` header.
+/// A host name as compared: lower case, without the root's trailing dot.
+fn normalize(host: &str) -> String {
+    let host = host.to_ascii_lowercase();
+    host.strip_suffix('.').map(str::to_owned).unwrap_or(host)
+}
+
 /// Whether `host` names this machine (`localhost`, `*.localhost`, the loopback addresses).
 pub fn is_loopback(host: &str) -> bool {
-    let host = host.to_ascii_lowercase();
-    let host = host.strip_suffix('.').unwrap_or(&host);
+    let host = normalize(host);
     host == "localhost" || host.ends_with(".localhost") || host == "127.0.0.1" || host == "[::1]" || host == "::1"
 }
 
+/// Resolves `host` (the URL's host, without port) and the optional `X-Tenant-ID` header.
 pub fn resolve(host: &str, tenant_header: Option<&str>, apex: &Apex) -> Result<Route, HostError> {
-    let host = host.to_ascii_lowercase();
-    let host = host.strip_suffix('.').unwrap_or(&host);
+    let host = normalize(host);
+    let host = host.as_str();
     let subdomain = if host == apex.as_str() {
         None
     } else {
