@@ -14,7 +14,10 @@ pub mod cloudflare;
 pub mod control;
 pub mod core;
 pub mod crypto;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod fake;
 pub mod http;
+pub mod store;
 pub mod tenant;
 
 use worker::{event, Context, Env, Request, Response, Result, ScheduleContext, ScheduledEvent};
