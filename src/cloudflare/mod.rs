@@ -186,6 +186,15 @@ pub struct QueryResult {
     pub results: Vec<serde_json::Map<String, Value>>,
     #[serde(default)]
     pub success: bool,
+    #[serde(default)]
+    pub meta: Option<QueryMeta>,
+}
+
+/// What a statement did (`meta` of a `/query` result).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub struct QueryMeta {
+    #[serde(default)]
+    pub changes: u64,
 }
 
 /// A step of the export polling protocol.
@@ -256,6 +265,17 @@ pub mod endpoints {
             } else {
                 json!({ "sql": sql, "params": params })
             }),
+        }
+    }
+    /// Several statements with their parameters, run by D1 as one batch.
+    pub fn query_batch(id: &str, statements: &[(String, Vec<Value>)]) -> Endpoint {
+        let batch: Vec<Value> =
+            statements.iter().map(|(sql, params)| json!({ "sql": sql, "params": params })).collect();
+        Endpoint {
+            name: "d1.query",
+            method: Method::Post,
+            path: format!("/d1/database/{}/query", enc(id)),
+            body: Body::Json(json!({ "batch": batch })),
         }
     }
     pub fn export(id: &str, bookmark: Option<&str>) -> Endpoint {
@@ -398,6 +418,14 @@ impl<T: Transport> Client<T> {
 
     pub async fn query(&self, id: &str, sql: &str, params: &[Value]) -> Result<Vec<QueryResult>, CfError> {
         Ok(self.call(&endpoints::query(id, sql, params)).await?.0)
+    }
+
+    pub async fn query_batch(
+        &self,
+        id: &str,
+        statements: &[(String, Vec<Value>)],
+    ) -> Result<Vec<QueryResult>, CfError> {
+        Ok(self.call(&endpoints::query_batch(id, statements)).await?.0)
     }
 
     pub async fn export(&self, id: &str, bookmark: Option<&str>) -> Result<ExportPoll, CfError> {

@@ -1,5 +1,9 @@
-//! The control plane's HTTP surface on the apex host: `GET /healthz` (is the control-plane D1
-//! reachable and migrated?) and the admin API under `/v1/` (see `admin`).
+//! The control plane on the apex host: `GET /healthz` (is the control-plane D1 reachable and
+//! migrated?), the admin API under `/v1/` (`admin`), the tenant lifecycle (`lifecycle`) and the
+//! fleet passes (`fleet`).
+//!
+//! Layer: below the router, beside the tenant API (neither uses the other). It may use the
+//! storage layer (`store`, `edge`), the Cloudflare client, the `http` toolkit and the core.
 
 use serde::Serialize;
 use worker::{Env, Request, Response};
@@ -10,10 +14,8 @@ use crate::http::{self, ApiError, Method};
 pub mod admin;
 pub mod fleet;
 pub mod lifecycle;
-pub mod store;
 
-/// The binding of the control-plane database.
-pub const CONTROL_BINDING: &str = "CONTROL_DB";
+use lifecycle::Lifecycle;
 
 pub async fn handle(req: &Request, env: &Env) -> Result<Response, ApiError> {
     match (Method::of(req), req.path().as_str()) {
@@ -21,6 +23,34 @@ pub async fn handle(req: &Request, env: &Env) -> Result<Response, ApiError> {
         (_, "/healthz") => Err(http::method_not_allowed("GET")),
         (_, path) if path.starts_with("/v1/") => admin::handle(req, env, path).await,
         _ => Err(http::route_not_found()),
+    }
+}
+
+/// The cron trigger: converge bindings, carry unfinished lifecycle operations on, scan for
+/// orphans, migrate a slice of the fleet.
+pub async fn scheduled(env: &Env) {
+    match Lifecycle::from_env(env) {
+        Ok(lifecycle) => match lifecycle.reconcile_all().await {
+            Ok(report) => crate::log::info(&format!("reconciler: {report}")),
+            Err(e) => crate::log::error(&format!("reconciler failed: {e}")),
+        },
+        Err(e) => crate::log::error(&format!("reconciler not configured: {e:?}")),
+    }
+}
+
+/// Converges the Worker's tenant bindings on the control plane's, after a request found its
+/// tenant's binding missing (see `tenant::heal`); logs the outcome.
+pub async fn heal_bindings(env: Env) {
+    let Ok(lifecycle) = Lifecycle::from_env(&env) else {
+        return; // from_env logged what is missing
+    };
+    match lifecycle.reconcile_bindings().await {
+        Ok(Some(report)) => crate::log::info(&format!(
+            "bindings healed after a request found one missing: {}",
+            serde_json::json!(report)
+        )),
+        Ok(None) => crate::log::info("bindings heal: another invocation holds the bindings lease"),
+        Err(e) => crate::log::error(&format!("bindings heal failed: {e}")),
     }
 }
 
@@ -41,10 +71,14 @@ struct ControlPlaneHealth {
 }
 
 async fn health(env: &Env) -> Result<Response, ApiError> {
-    let applied = match applied_migrations(env).await {
+    let applied = match crate::edge::control(env) {
+        Ok(store) => crate::store::migrate::applied(store.sql()).await.map_err(|e| e.message),
+        Err(e) => Err(format!("{e:?}")),
+    };
+    let applied = match applied {
         Ok(applied) => applied,
         Err(detail) => {
-            worker::console_error!("healthz: control plane unreachable: {detail}");
+            crate::log::error(&format!("healthz: control plane unreachable: {detail}"));
             let body = Health {
                 status: "unavailable",
                 control_plane: ControlPlaneHealth {
@@ -68,29 +102,4 @@ async fn health(env: &Env) -> Result<Response, ApiError> {
         control_plane: ControlPlaneHealth { reachable: true, migrated, applied, pending, unknown },
     };
     http::json(if migrated { 200 } else { 503 }, &body)
-}
-
-#[derive(serde::Deserialize)]
-struct Name {
-    name: String,
-}
-
-/// The control plane's migration ledger; an empty list when the ledger table does not exist yet.
-async fn applied_migrations(env: &Env) -> Result<Vec<String>, String> {
-    let db = env.d1(CONTROL_BINDING).map_err(|e| e.to_string())?;
-    let ledger =
-        format!("SELECT name FROM sqlite_master WHERE type = 'table' AND name = '{}'", migrations::LEDGER_TABLE);
-    let exists =
-        db.prepare(&ledger).all().await.map_err(|e| e.to_string())?.results::<Name>().map_err(|e| e.to_string())?;
-    if exists.is_empty() {
-        return Ok(vec![]);
-    }
-    let rows = db
-        .prepare(format!("SELECT name FROM {} ORDER BY id", migrations::LEDGER_TABLE))
-        .all()
-        .await
-        .map_err(|e| e.to_string())?
-        .results::<Name>()
-        .map_err(|e| e.to_string())?;
-    Ok(rows.into_iter().map(|r| r.name).collect())
 }

@@ -1,7 +1,16 @@
-//! The Worker's configuration, parsed and validated once from plain strings (vars in
-//! `wrangler.toml`); the edge reads them from `Env` and hands them here.
+//! The Worker's configuration: the one root every part reads, parsed and validated once from
+//! plain strings (vars in `wrangler.toml`, secrets); the edge reads them from `Env` once per
+//! isolate (`crate::edge::config`) and hands them here.
+//!
+//! The host and the database prefix are needed by every request: without them nothing is served
+//! (an error). The rest is needed by one part each, so a missing piece disables only that part,
+//! which then answers 503 saying so: provisioning (`cloudflare`), the admin API (`admin_token`),
+//! sign-in (`signing_keys`).
+
+use std::fmt;
 
 use super::names::{DatabasePrefix, NameError};
+use super::token::{KeyRing, MasterKey};
 
 /// The apex domain tenants are subdomains of (`example.com`, locally `localhost`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,17 +44,107 @@ impl Apex {
     }
 }
 
-/// Everything the request path needs to know about this deployment.
+/// A secret value: `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// How to reach the Cloudflare API, for provisioning.
+#[derive(Debug, Clone)]
+pub struct CloudflareConfig {
+    pub account_id: String,
+    pub api_base: String,
+    pub api_token: Secret,
+    /// The Worker script whose bindings tenants get (`WORKER_SCRIPT_NAME`, default `tenantry`).
+    pub script: String,
+}
+
+/// Tenants migrated at once by a fleet pass unless `MIGRATION_CONCURRENCY` says otherwise.
+pub const DEFAULT_MIGRATION_CONCURRENCY: usize = 8;
+
+/// Everything this deployment is configured with.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub apex: Apex,
     pub db_prefix: DatabasePrefix,
+    /// `Err` names what is missing.
+    pub cloudflare: Result<CloudflareConfig, String>,
+    /// `ADMIN_TOKEN`; `None` (or empty) disables the admin API.
+    pub admin_token: Option<Secret>,
+    /// `JWT_SIGNING_KEY` and optionally `JWT_SIGNING_KEY_PREVIOUS`; `Err` says what is wrong.
+    pub signing_keys: Result<KeyRing, String>,
+    /// `ORPHAN_POLICY=remove`: the reconciler deletes databases with our prefix no tenant owns.
+    pub remove_orphans: bool,
+    pub migration_concurrency: usize,
 }
 
 impl Config {
-    /// `apex` from the `APEX` var, `db_prefix` from `D1_NAME_PREFIX`.
+    /// `apex` from the `APEX` var, `db_prefix` from `D1_NAME_PREFIX`; nothing else configured.
     pub fn parse(apex: &str, db_prefix: &str) -> Result<Self, ConfigError> {
-        Ok(Self { apex: Apex::parse(apex)?, db_prefix: DatabasePrefix::parse(db_prefix)? })
+        Self::from_lookup(
+            |name| match name {
+                "APEX" => Some(apex.to_owned()),
+                "D1_NAME_PREFIX" => Some(db_prefix.to_owned()),
+                _ => None,
+            },
+            |_| None,
+        )
+    }
+
+    /// From the deployment's vars and secrets (`None`: not set; an empty value counts as unset).
+    pub fn from_lookup(
+        var: impl Fn(&str) -> Option<String>,
+        secret: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let var = |name: &str| var(name).filter(|v| !v.is_empty());
+        let secret = |name: &str| secret(name).filter(|v| !v.is_empty());
+        let apex = Apex::parse(&var("APEX").unwrap_or_default())?;
+        let db_prefix = DatabasePrefix::parse(&var("D1_NAME_PREFIX").unwrap_or_default())?;
+        let cloudflare = match (secret("CLOUDFLARE_API_TOKEN"), var("CLOUDFLARE_ACCOUNT_ID")) {
+            (None, _) => Err("secret CLOUDFLARE_API_TOKEN is not set".to_owned()),
+            (_, None) => Err("var CLOUDFLARE_ACCOUNT_ID is not set".to_owned()),
+            (Some(token), Some(account_id)) => Ok(CloudflareConfig {
+                account_id,
+                api_base: var("CLOUDFLARE_API_BASE_URL")
+                    .unwrap_or_else(|| "https://api.cloudflare.com/client/v4".into()),
+                api_token: Secret(token),
+                script: var("WORKER_SCRIPT_NAME").unwrap_or_else(|| "tenantry".into()),
+            }),
+        };
+        let signing_keys = match secret("JWT_SIGNING_KEY") {
+            None => Err("secret JWT_SIGNING_KEY is not set".to_owned()),
+            Some(current) => {
+                MasterKey::parse(&current).map_err(|e| format!("JWT_SIGNING_KEY: {e}")).and_then(|current| {
+                    let previous = secret("JWT_SIGNING_KEY_PREVIOUS")
+                        .map(|p| MasterKey::parse(&p).map_err(|e| format!("JWT_SIGNING_KEY_PREVIOUS: {e}")))
+                        .transpose()?;
+                    Ok(KeyRing { current, previous })
+                })
+            }
+        };
+        Ok(Self {
+            apex,
+            db_prefix,
+            cloudflare,
+            admin_token: secret("ADMIN_TOKEN").map(Secret),
+            signing_keys,
+            remove_orphans: var("ORPHAN_POLICY").as_deref() == Some("remove"),
+            migration_concurrency: var("MIGRATION_CONCURRENCY")
+                .and_then(|v| v.parse().ok())
+                .filter(|n| (1..=32).contains(n))
+                .unwrap_or(DEFAULT_MIGRATION_CONCURRENCY),
+        })
     }
 }
 
@@ -79,5 +178,33 @@ mod tests {
         assert_eq!(cfg.apex.as_str(), "example.com");
         assert_eq!(cfg.db_prefix.as_str(), "tenantry-");
         assert!(matches!(Config::parse("example.com", "Bad"), Err(ConfigError::Prefix(_))));
+        assert!(matches!(Config::parse("", "tenantry-"), Err(ConfigError::Apex(_))));
+    }
+
+    #[test]
+    fn each_missing_piece_disables_only_its_part() {
+        let vars = |name: &str| {
+            match name {
+                "APEX" => Some("example.com"),
+                "D1_NAME_PREFIX" => Some("tenantry-"),
+                "CLOUDFLARE_ACCOUNT_ID" => Some("acct"),
+                "ORPHAN_POLICY" => Some("remove"),
+                "MIGRATION_CONCURRENCY" => Some("99"),
+                _ => None,
+            }
+            .map(str::to_owned)
+        };
+        let cfg = Config::from_lookup(vars, |name| (name == "ADMIN_TOKEN").then(|| "t0ken".to_owned())).unwrap();
+        assert_eq!(cfg.cloudflare.unwrap_err(), "secret CLOUDFLARE_API_TOKEN is not set");
+        assert_eq!(cfg.signing_keys.unwrap_err(), "secret JWT_SIGNING_KEY is not set");
+        assert_eq!(cfg.admin_token.as_ref().map(Secret::expose), Some("t0ken"));
+        assert_eq!(format!("{:?}", cfg.admin_token), "Some(Secret(***))");
+        assert!(cfg.remove_orphans);
+        assert_eq!(cfg.migration_concurrency, DEFAULT_MIGRATION_CONCURRENCY, "out of range falls back");
+
+        let secrets = |name: &str| (name == "CLOUDFLARE_API_TOKEN").then(|| "cf".to_owned());
+        let cf = Config::from_lookup(vars, secrets).unwrap().cloudflare.unwrap();
+        assert_eq!((cf.account_id.as_str(), cf.script.as_str()), ("acct", "tenantry"));
+        assert_eq!(cf.api_base, "https://api.cloudflare.com/client/v4");
     }
 }

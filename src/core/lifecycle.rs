@@ -159,6 +159,48 @@ pub enum Step {
     DropDatabase,
 }
 
+impl Step {
+    /// The step's name as stored (`operations.steps`, `next_step`) and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Database => "database",
+            Self::Migrations => "migrations",
+            Self::Seed => "seed",
+            Self::Bind => "bind",
+            Self::Verify => "verify",
+            Self::Backup => "backup",
+            Self::Unbind => "unbind",
+            Self::DropDatabase => "drop_database",
+        }
+    }
+}
+
+/// Where an operation of the operations log stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl OperationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Still to be run (by a re-send, a `GET`, or the reconciler).
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Pending | Self::Running)
+    }
+}
+
 impl OperationKind {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -261,6 +303,29 @@ mod tests {
         assert_eq!(create.next_step(create.steps()), None);
         assert_eq!(OperationKind::Delete.next_step(&[Step::Backup]), Some(Step::Unbind));
         assert_eq!(OperationKind::Delete.next_step(OperationKind::Delete.steps()), None);
+    }
+
+    #[test]
+    fn step_and_state_names_are_their_serde_names() {
+        let all = [
+            Step::Database,
+            Step::Migrations,
+            Step::Seed,
+            Step::Bind,
+            Step::Verify,
+            Step::Backup,
+            Step::Unbind,
+            Step::DropDatabase,
+        ];
+        for step in all {
+            assert_eq!(serde_json::to_value(step).unwrap(), step.as_str());
+        }
+        for state in
+            [OperationState::Pending, OperationState::Running, OperationState::Succeeded, OperationState::Failed]
+        {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+            assert_eq!(state.is_open(), matches!(state, OperationState::Pending | OperationState::Running));
+        }
     }
 
     #[test]

@@ -18,3 +18,4 @@ pub mod roles;
 pub mod slug;
 pub mod sql;
 pub mod token;
+pub mod validate;

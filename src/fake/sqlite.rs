@@ -149,7 +149,7 @@ mod tests {
         let failed = db
             .batch(vec![sql!("INSERT INTO t (name, n) VALUES ('b', 2)"), sql!("INSERT INTO t (name) VALUES ('a')")])
             .await;
-        assert!(failed.unwrap_err().0.contains("UNIQUE"));
+        assert!(failed.unwrap_err().message.contains("UNIQUE"));
         #[derive(serde::Deserialize, Debug, PartialEq)]
         struct Row {
             name: String,

@@ -62,7 +62,7 @@ impl ApiError {
 
     /// Logs `detail` (server side only) and returns the error unchanged.
     pub fn inspect_log(self, detail: &str) -> Self {
-        worker::console_error!("{}: {detail}", self.code());
+        crate::log::error(&format!("{}: {detail}", self.code()));
         self
     }
 
@@ -136,6 +136,13 @@ impl From<HostError> for ApiError {
             HostError::Conflict => "tenant_conflict",
         };
         Self::BadRequest { code, message: e.to_string() }
+    }
+}
+
+impl From<crate::store::sql::SqlError> for ApiError {
+    /// The control plane's (or a tenant database's) trouble is ours: 500, logged with detail.
+    fn from(e: crate::store::sql::SqlError) -> Self {
+        Self::internal(e)
     }
 }
 

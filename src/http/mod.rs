@@ -1,76 +1,15 @@
-//! The HTTP edge: turns a Workers request into a route, runs it, and turns the outcome into a
-//! JSON response. [`handle`] is the whole request path; `lib.rs` only calls it.
+//! The HTTP toolkit every handler uses: the one error type ([`ApiError`]), JSON responses, body
+//! and paging parameters, the method. It dispatches nothing (the router does) and may use only
+//! the core and the storage layer's error type.
 
 pub mod error;
 mod method;
 
 use serde::Serialize;
-use worker::{Context, Env, Request, Response};
+use worker::{Request, Response};
 
 pub use error::ApiError;
 pub use method::Method;
-
-use crate::core::config::Config;
-use crate::core::host::{self, Route};
-
-/// Serves one request. Never fails: every error becomes a JSON error response. Every response
-/// carries `X-Request-Id` (also recorded in audit logs).
-pub async fn handle(req: Request, env: &Env, ctx: &Context) -> Response {
-    let request_id = crate::crypto::random_id().unwrap_or_else(|_| "unavailable".into());
-    let outcome = match route(&req, env).await {
-        Ok(route) => match route {
-            Route::ControlPlane => crate::control::handle(&req, env).await,
-            Route::Tenant(slug) => crate::tenant::handle(&req, env, ctx, slug, &request_id).await,
-        },
-        Err(e) => Err(e),
-    };
-    let mut response = outcome.unwrap_or_else(|e| error_response(&e));
-    let _ = response.headers_mut().set("X-Request-Id", &request_id);
-    response
-}
-
-/// Decides where the request goes, from the URL's host (in Miniflare and on Cloudflare the URL
-/// keeps the host the client asked for) and `X-Tenant-ID`.
-async fn route(req: &Request, env: &Env) -> Result<Route, ApiError> {
-    let config = config(env)?;
-    let url = req.url().map_err(|_| ApiError::not_found("unknown_host", "this host is not served here"))?;
-    let tenant_header = req.headers().get("X-Tenant-ID").map_err(|_| ApiError::BadRequest {
-        code: "invalid_tenant_header",
-        message: "the X-Tenant-ID header is not valid text".into(),
-    })?;
-    let host = url.host_str().unwrap_or("");
-    host::resolve(host, tenant_header.as_deref(), &config.apex).map_err(|e| match e {
-        // `wrangler dev` on its own serves on localhost with wrangler.toml's APEX: say where to go
-        // instead of a bare 404.
-        host::HostError::UnknownHost if host::is_loopback(host) && !host::is_loopback(config.apex.as_str()) => {
-            ApiError::Misdirected {
-                code: "not_configured_for_localhost",
-                message: format!(
-                    "this Worker serves *.{apex} (its APEX var), not {host}. Started with `wrangler dev` on its own? \
-                     That runs the Worker without the control plane, tenants or the local cloud. Run `npm run dev` \
-                     instead and open http://acme.localhost:8787/api/auth/login (README, \"wrangler dev\").",
-                    apex = config.apex.as_str()
-                ),
-            }
-        }
-        e => e.into(),
-    })
-}
-
-thread_local! {
-    /// The parsed configuration, read once per isolate.
-    static CONFIG: std::cell::OnceCell<Config> = const { std::cell::OnceCell::new() };
-}
-
-/// The deployment's configuration from its vars; a bad value is our fault, not the client's.
-pub fn config(env: &Env) -> Result<Config, ApiError> {
-    crate::core::cache::once_per_isolate(&CONFIG, || {
-        let var = |name: &str| {
-            env.var(name).map(|v| v.to_string()).map_err(|_| ApiError::internal(format!("var {name} is not set")))
-        };
-        Config::parse(&var("APEX")?, &var("D1_NAME_PREFIX")?).map_err(ApiError::internal)
-    })
-}
 
 /// A JSON response with `status`.
 pub fn json<T: Serialize>(status: u16, body: &T) -> Result<Response, ApiError> {
@@ -80,7 +19,7 @@ pub fn json<T: Serialize>(status: u16, body: &T) -> Result<Response, ApiError> {
 /// The response for `err`; internal errors are logged here with their detail.
 pub fn error_response(err: &ApiError) -> Response {
     if let ApiError::Internal { detail } = err {
-        worker::console_error!("internal error: {detail}");
+        crate::log::error(&format!("internal error: {detail}"));
     }
     let mut response = match Response::from_json(&err.body()) {
         Ok(r) => r.with_status(err.status()),

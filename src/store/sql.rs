@@ -152,19 +152,28 @@ impl Outcome {
 }
 
 fn decode<T: DeserializeOwned>(row: &Map<String, Value>) -> Result<T, SqlError> {
-    T::deserialize(Value::Object(row.clone())).map_err(|e| SqlError(format!("unexpected row shape: {e}")))
+    T::deserialize(Value::Object(row.clone())).map_err(|e| SqlError::new(format!("unexpected row shape: {e}")))
 }
 
 /// A statement or batch that failed; SQLite's (or D1's) message, on one line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct SqlError(pub String);
+#[error("{message}")]
+pub struct SqlError {
+    pub message: String,
+    /// The database could not be reached (not that it refused the statement): trying again
+    /// later may succeed.
+    pub unreachable: bool,
+}
 
 impl SqlError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self { message: message.into(), unreachable: false }
+    }
+
     /// The first non-empty line of `text`, without D1's prefixes.
     pub fn from_message(text: &str) -> Self {
         let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-        Self(line.trim_start_matches("Error: ").trim_start_matches("D1_ERROR: ").to_owned())
+        Self::new(line.trim_start_matches("Error: ").trim_start_matches("D1_ERROR: "))
     }
 }
 
@@ -177,7 +186,7 @@ pub trait Sql {
     /// Runs one statement.
     async fn run(&self, statement: Statement) -> Result<Outcome, SqlError> {
         let mut out = self.batch(vec![statement]).await?;
-        out.pop().ok_or_else(|| SqlError("the database returned no result".into()))
+        out.pop().ok_or_else(|| SqlError::new("the database returned no result"))
     }
 
     /// Runs one statement and reads its rows as `T`.
@@ -231,6 +240,6 @@ mod tests {
     #[test]
     fn errors_keep_the_first_line_without_prefixes() {
         let e = SqlError::from_message("\nD1_ERROR: UNIQUE constraint failed: t.name\n    at stack");
-        assert_eq!(e.0, "UNIQUE constraint failed: t.name");
+        assert_eq!(e.message, "UNIQUE constraint failed: t.name");
     }
 }

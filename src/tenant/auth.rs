@@ -23,11 +23,12 @@ use wasm_bindgen::JsValue;
 use worker::{Env, Request, Response};
 
 use super::context::{audit_statement, AuthUser, TenantContext};
-use super::registry::{self, TenantRecord};
 use super::TenantDb;
 use crate::core::cache::TtlCache;
-use crate::core::token::{bearer, AuthError, KeyRing, MasterKey, Role, TenantClaims, TokenCache};
+use crate::core::token::{bearer, AuthError, KeyRing, Role, TenantClaims, TokenCache};
 use crate::http::{self, ApiError};
+use crate::store::control::TenantRecord;
+use crate::store::directory as registry;
 
 pub const MAX_FAILURES: i64 = 10;
 pub const WINDOW_MS: i64 = 15 * 60 * 1000;
@@ -59,34 +60,16 @@ fn now_ms() -> i64 {
     js_sys::Date::now() as i64
 }
 
-thread_local! {
-    /// The key ring, read once per isolate.
-    static RING: std::cell::OnceCell<KeyRing> = const { std::cell::OnceCell::new() };
-}
-
+/// The key ring from the configuration root; without one, sign-in answers 503.
 fn key_ring(env: &Env) -> Result<KeyRing, ApiError> {
-    crate::core::cache::once_per_isolate(&RING, || read_key_ring(env))
-}
-
-fn read_key_ring(env: &Env) -> Result<KeyRing, ApiError> {
-    let not_configured = |what: &str| {
+    crate::edge::config(env)?.signing_keys.map_err(|what| {
         ApiError::Unavailable {
             code: "auth_not_configured",
             message: "sign-in is not configured on this deployment".into(),
             retry_after: 60,
         }
-        .inspect_log(what)
-    };
-    let current =
-        env.secret("JWT_SIGNING_KEY").map_err(|_| not_configured("secret JWT_SIGNING_KEY is not set"))?.to_string();
-    let current = MasterKey::parse(&current).map_err(|e| not_configured(&format!("JWT_SIGNING_KEY: {e}")))?;
-    let previous = match env.secret("JWT_SIGNING_KEY_PREVIOUS") {
-        Ok(v) if !v.to_string().is_empty() => Some(
-            MasterKey::parse(&v.to_string()).map_err(|e| not_configured(&format!("JWT_SIGNING_KEY_PREVIOUS: {e}")))?,
-        ),
-        _ => None,
-    };
-    Ok(KeyRing { current, previous })
+        .inspect_log(&what)
+    })
 }
 
 fn auth_error(e: AuthError) -> ApiError {

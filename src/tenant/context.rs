@@ -5,13 +5,13 @@ use serde::{Deserialize, Serialize};
 use wasm_bindgen::JsValue;
 use worker::{D1Database, D1PreparedStatement, D1Result, Request, Response};
 
-use super::registry::TenantRecord;
 use super::TenantDb;
 use crate::core::lifecycle::Plan;
 use crate::core::plans::{self, Resource};
 use crate::core::slug::TenantSlug;
 use crate::core::token::Role;
 use crate::http::{self, ApiError};
+use crate::store::control::TenantRecord;
 
 /// The authenticated user, as the tenant database has them now (not as the token said).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,8 +41,7 @@ impl Platform {
 
     /// The control plane's default settings, `{key: value}` (one control-plane query).
     pub async fn settings_defaults(&self) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
-        let control = self.0.d1(crate::control::CONTROL_BINDING)?;
-        Ok(crate::control::store::settings_defaults(&control).await?)
+        Ok(crate::edge::control(&self.0)?.settings_defaults().await?)
     }
 }
 
@@ -72,11 +71,11 @@ impl TenantContext {
     }
 
     pub fn plan(&self) -> Plan {
-        self.record.plan.parse().unwrap_or(Plan::Free)
+        self.record.plan
     }
 
     pub fn schema(&self) -> &[String] {
-        &self.tenant.applied
+        self.tenant.schema()
     }
 
     /// Forgets user `id` from this isolate's user cache: call after changing or deleting them.

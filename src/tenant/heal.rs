@@ -1,18 +1,15 @@
 //! Self-healing of tenant bindings. A deploy that sends only wrangler.toml's bindings (a bare
 //! `wrangler deploy`) drops every tenant binding; the cron reconciler would restore them within
-//! one cron period. Instead, the first request that finds its tenant's binding missing starts a
-//! bindings reconcile in the background (`ctx.wait_until`), so tenants are back within seconds of
-//! their first request.
+//! one cron period. Instead, the first request that finds its tenant's binding missing says so
+//! here ([`wanted`]), and the router, which sits above both the tenant API and the control plane,
+//! starts a bindings reconcile in the background (`ctx.wait_until`) when [`due`] says so: tenants
+//! are back within seconds of their first request.
 //!
 //! Bounded: at most one reconcile per isolate every [`MIN_INTERVAL_MS`], and the reconcile itself
 //! holds the control plane's `bindings` lease, so a burst across many isolates patches the
 //! settings once.
 
 use std::cell::Cell;
-
-use worker::Env;
-
-use crate::control::lifecycle::Lifecycle;
 
 /// The shortest time between two reconciles started by one isolate.
 pub const MIN_INTERVAL_MS: f64 = 10_000.0;
@@ -41,21 +38,6 @@ pub fn due(now_ms: f64) -> bool {
         last.set(now_ms);
         true
     })
-}
-
-/// Converges the Worker's tenant bindings on the control plane's; logs the outcome.
-pub async fn bindings(env: Env) {
-    let lifecycle = match Lifecycle::from_env(&env) {
-        Ok(lifecycle) => lifecycle,
-        Err(_) => return, // from_env logged what is missing
-    };
-    match lifecycle.reconcile_bindings().await {
-        Ok(Some(report)) => {
-            worker::console_log!("bindings healed after a request found one missing: {}", serde_json::json!(report))
-        }
-        Ok(None) => worker::console_log!("bindings heal: another invocation holds the bindings lease"),
-        Err(e) => worker::console_error!("bindings heal failed: {e:?}"),
-    }
 }
 
 #[cfg(test)]

@@ -1,34 +1,41 @@
 //! The tenant API on `{slug}.{APEX}` (or the apex with `X-Tenant-ID`), served from that tenant's
 //! own D1 database only.
 //!
-//! The request path: look the tenant up (cached, see `registry`) and let its status decide; open
-//! its database by binding name ([`TenantDb`], checked to be stamped with this slug and at this
-//! Worker's schema); authenticate the bearer token against the routed tenant; build the
-//! [`TenantContext`]; run the handler. Handlers get the database only through the context.
+//! The request path, all in [`handle`] and [`open`]: look the tenant up (the directory, cached)
+//! and let its status decide; open its database by binding name (`TenantDb`, checked to be
+//! stamped with this slug and at this Worker's schema, unless this isolate verified it recently);
+//! authenticate the bearer token against the routed tenant; build the [`TenantContext`]; run the
+//! handler. Handlers get the database only through the context.
 //!
 //! Adding a route is one line in [`route`] and a handler `async fn(&TenantContext, &Request)`.
+//!
+//! Layer: below the router, beside the control plane (neither uses the other). It may use the
+//! storage layer (`store`, `edge`), the `http` toolkit and the core.
 
 mod auth;
 mod context;
-mod heal;
-pub mod migrate;
+pub mod heal;
 mod projects;
-pub mod registry;
 mod roles;
 mod settings;
 mod users;
 
 use serde::Deserialize;
-use wasm_bindgen::JsValue;
 use worker::{Context, D1Database, Env, Request, Response};
 
 pub use context::TenantContext;
 
 use crate::core::lifecycle::TenantStatus;
-use crate::core::migrations::{self, LedgerState};
 use crate::core::names::BindingName;
 use crate::core::slug::TenantSlug;
+use crate::edge;
 use crate::http::{self, ApiError, Method};
+use crate::store::control::TenantRecord;
+use crate::store::directory::{self, Lookup};
+use crate::store::tenant_db::{NotReady, TenantDb as Checked};
+
+/// A tenant's database through its binding.
+pub type TenantDb = Checked<D1Database>;
 
 /// Seconds a client should wait before retrying when the tenant is not ready.
 const RETRY_AFTER_SECONDS: u32 = 5;
@@ -52,23 +59,24 @@ pub async fn handle(
         return Err(http::route_not_found());
     }
     // The control plane being unreachable is our problem, and a passing one: 503, not 500.
-    let lookup = registry::lookup(env, &slug).await.map_err(|e| {
+    let unavailable = |detail: String| {
         ApiError::Unavailable {
             code: "control_plane_unavailable",
             message: "the service is temporarily unavailable; retry shortly".into(),
             retry_after: RETRY_AFTER_SECONDS,
         }
-        .inspect_log(&format!("tenant lookup for {slug} failed: {e:?}"))
-    })?;
+        .inspect_log(&detail)
+    };
+    let control = edge::control(env)?;
+    let lookup = directory::lookup(&control, &slug, js_sys::Date::now())
+        .await
+        .map_err(|e| unavailable(format!("tenant lookup for {slug} failed: {e}")))?;
     let queries = lookup.control_plane_queries;
     let refresh = lookup.refresh_due;
     if refresh {
-        ctx.wait_until(registry::refresh(env.clone(), slug.clone()));
+        ctx.wait_until(directory::refresh(control, slug.clone(), js_sys::Date::now));
     }
     let outcome = serve(req, env, slug, request_id, lookup, &segments).await;
-    if heal::due(js_sys::Date::now()) {
-        ctx.wait_until(heal::bindings(env.clone()));
-    }
     let mut response = outcome.unwrap_or_else(|e| http::error_response(&e));
     let _ = response.headers_mut().set(CONTROL_QUERIES_HEADER, &queries.to_string());
     if refresh {
@@ -82,49 +90,41 @@ async fn serve(
     env: &Env,
     slug: TenantSlug,
     request_id: &str,
-    lookup: registry::Lookup,
+    lookup: Lookup,
     segments: &[&str],
 ) -> Result<Response, ApiError> {
     let record = lookup.record.ok_or_else(|| not_found(&slug))?;
-    if matches!(record.status.parse::<TenantStatus>(), Ok(TenantStatus::Active | TenantStatus::Suspended)) {
+    if matches!(record.status, TenantStatus::Active | TenantStatus::Suspended) {
         if let Some(maintenance) = maintenance(&record) {
             return Err(maintenance);
         }
     }
-    match record.status.parse::<TenantStatus>() {
-        Ok(TenantStatus::Active) => {}
-        Ok(TenantStatus::Provisioning) => {
+    match record.status {
+        TenantStatus::Active => {}
+        TenantStatus::Provisioning => {
             return Err(ApiError::Unavailable {
                 code: "tenant_provisioning",
                 message: "this tenant is still being set up; retry shortly".into(),
                 retry_after: RETRY_AFTER_SECONDS,
             })
         }
-        Ok(TenantStatus::Suspended) => {
+        TenantStatus::Suspended => {
             let why = record.status_message.as_deref().unwrap_or("contact the platform operator");
             return Err(ApiError::Forbidden {
                 code: "tenant_suspended",
                 message: format!("this tenant is suspended: {why}"),
             });
         }
-        Ok(TenantStatus::Failed) => {
+        TenantStatus::Failed => {
             return Err(ApiError::Unavailable {
                 code: "tenant_unavailable",
                 message: "this tenant could not be set up; the platform operator has been told".into(),
                 retry_after: 60,
             })
         }
-        Ok(TenantStatus::Deleting | TenantStatus::Deleted) | Err(_) => return Err(not_found(&slug)),
+        TenantStatus::Deleting | TenantStatus::Deleted => return Err(not_found(&slug)),
     }
-    let tenant = if lookup.verified_database.is_some() && lookup.verified_database == record.database_id {
-        TenantDb::bound(env, slug)?
-    } else {
-        let tenant = TenantDb::open(env, slug).await?;
-        if let Some(id) = &record.database_id {
-            registry::mark_verified(tenant.slug(), &record, id);
-        }
-        tenant
-    };
+    let tenant = open(env, slug, &record, lookup.verified).await?;
 
     // The one unauthenticated tenant route.
     if segments == ["api", "auth", "login"] {
@@ -170,7 +170,7 @@ async fn route(ctx: &TenantContext, req: &Request, segments: &[&str]) -> Result<
 }
 
 /// The 503 for a tenant (or the whole fleet) in maintenance, if it is.
-fn maintenance(record: &registry::TenantRecord) -> Option<ApiError> {
+fn maintenance(record: &TenantRecord) -> Option<ApiError> {
     #[derive(Deserialize)]
     struct Fleet {
         message: String,
@@ -198,111 +198,34 @@ fn not_found(slug: &TenantSlug) -> ApiError {
     ApiError::not_found("tenant_not_found", format!("there is no tenant `{slug}`"))
 }
 
-/// A tenant's database, checked to belong to that tenant and to be at this Worker's schema.
-pub struct TenantDb {
-    slug: TenantSlug,
-    db: D1Database,
-    applied: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct Value {
-    value: String,
-}
-
-#[derive(Deserialize)]
-struct Name {
-    name: String,
-}
-
-impl TenantDb {
-    /// The binding, trusted because this isolate verified it recently (see `registry`).
-    fn bound(env: &Env, slug: TenantSlug) -> Result<Self, ApiError> {
-        let db = binding(env, &slug)?;
-        Ok(Self { slug, db, applied: migrations::TENANT.iter().map(|m| m.name.to_owned()).collect() })
+/// The tenant's database: trusted when this isolate verified it recently, else opened and
+/// checked (stamp and schema, migrating on demand), and remembered as verified.
+async fn open(env: &Env, slug: TenantSlug, record: &TenantRecord, verified: bool) -> Result<TenantDb, ApiError> {
+    let db = binding(env, &slug)?;
+    if verified {
+        return Ok(TenantDb::trusted(db, slug));
     }
-
-    /// Opens and verifies: the binding exists, the database is stamped with `slug`, and its
-    /// ledger holds exactly this Worker's tenant migrations.
-    pub async fn open(env: &Env, slug: TenantSlug) -> Result<Self, ApiError> {
-        let db = binding(env, &slug)?;
-        let not_ready = |detail: String| {
-            worker::console_error!("tenant {slug}: database not ready: {detail}");
-            ApiError::Unavailable {
+    match TenantDb::open(db, slug.clone(), &edge::control(env)?).await {
+        Ok(tenant) => {
+            directory::mark_verified(&slug, record, js_sys::Date::now());
+            Ok(tenant)
+        }
+        Err(NotReady::Migrating(e)) => {
+            crate::log::error(&format!("tenant {slug}: on-demand migration failed: {e}"));
+            Err(ApiError::Unavailable {
+                code: "tenant_migrating",
+                message: "this tenant's database is being brought up to date; retry shortly".into(),
+                retry_after: RETRY_AFTER_SECONDS,
+            })
+        }
+        Err(e) => {
+            crate::log::error(&format!("tenant {slug}: database not ready: {e}"));
+            Err(ApiError::Unavailable {
                 code: "tenant_unavailable",
                 message: "this tenant's database is not ready; retry shortly".into(),
                 retry_after: RETRY_AFTER_SECONDS,
-            }
-        };
-        // One round trip: the stamp and the ledger.
-        let results = db
-            .batch(vec![
-                db.prepare("SELECT value FROM tenant_meta WHERE key = 'slug'"),
-                db.prepare(format!("SELECT name FROM {} ORDER BY id", migrations::LEDGER_TABLE)),
-            ])
-            .await
-            .map_err(|e| not_ready(e.to_string()))?;
-        let [stamp, ledger] = results.as_slice() else {
-            return Err(not_ready(format!("batch returned {} results", results.len())));
-        };
-        let stamp = stamp.results::<Value>().map_err(|e| not_ready(e.to_string()))?;
-        let applied: Vec<String> =
-            ledger.results::<Name>().map_err(|e| not_ready(e.to_string()))?.into_iter().map(|r| r.name).collect();
-
-        if stamp.first().map(|s| s.value.as_str()) != Some(slug.as_str()) {
-            let found = stamp.first().map_or("<none>", |s| s.value.as_str());
-            return Err(not_ready(format!(
-                "SECURITY: the binding holds a database stamped {found:?}; refusing to serve"
-            )));
+            })
         }
-        match migrations::compare(migrations::TENANT, &applied) {
-            LedgerState::Current => Ok(Self { slug, db, applied }),
-            // Behind this Worker's code: migrate on demand, through the binding (never the REST API),
-            // each migration atomic. If that fails the tenant is not served with the wrong schema.
-            LedgerState::Behind { pending } => match migrate::apply_pending(&db).await {
-                Ok(version) => {
-                    record_migrated(env, &slug, version).await;
-                    Ok(Self { slug, db, applied: migrations::TENANT.iter().map(|m| m.name.to_owned()).collect() })
-                }
-                Err(e) => {
-                    worker::console_error!("tenant {slug}: on-demand migration of {pending:?} failed: {e}");
-                    Err(ApiError::Unavailable {
-                        code: "tenant_migrating",
-                        message: "this tenant's database is being brought up to date; retry shortly".into(),
-                        retry_after: RETRY_AFTER_SECONDS,
-                    })
-                }
-            },
-            LedgerState::Diverged { unknown } => {
-                Err(not_ready(format!("ledger has migrations this Worker does not know: {unknown:?}")))
-            }
-        }
-    }
-
-    pub fn slug(&self) -> &TenantSlug {
-        &self.slug
-    }
-
-    fn db(&self) -> &D1Database {
-        &self.db
-    }
-}
-
-/// Records in the control plane that `slug` was migrated on demand to `version`, so the fleet's
-/// status (and the next `/v1/migrations/apply`) see it at once. The tenant is served either way:
-/// a failure here is logged, and the next fleet run records the version.
-async fn record_migrated(env: &Env, slug: &TenantSlug, version: usize) {
-    let recorded = async {
-        env.d1(crate::control::CONTROL_BINDING)?
-            .prepare(
-                "UPDATE tenants SET schema_version = MAX(schema_version, ?2), migration_error = NULL WHERE slug = ?1",
-            )
-            .bind(&[JsValue::from_str(slug.as_str()), JsValue::from(version as f64)])?
-            .run()
-            .await
-    };
-    if let Err(e) = recorded.await {
-        worker::console_error!("tenant {slug}: migrated on demand to {version}, but recording it failed: {e}");
     }
 }
 
@@ -311,7 +234,7 @@ async fn record_migrated(env: &Env, slug: &TenantSlug, version: usize) {
 /// a bindings reconcile is started right away (see [`heal`]).
 fn binding(env: &Env, slug: &TenantSlug) -> Result<D1Database, ApiError> {
     let name = BindingName::for_tenant(slug);
-    env.d1(name.as_str()).map_err(|_| {
+    edge::tenant_binding(env, &name).ok_or_else(|| {
         heal::wanted();
         ApiError::Unavailable {
             code: "tenant_unavailable",

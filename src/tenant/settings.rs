@@ -8,7 +8,7 @@ use wasm_bindgen::JsValue;
 use worker::{Request, Response};
 
 use super::TenantContext;
-use crate::control::admin::validate_settings_patch;
+use crate::core::validate;
 use crate::http::{self, ApiError};
 
 #[derive(Deserialize)]
@@ -39,7 +39,7 @@ pub async fn get(ctx: &TenantContext) -> Result<Response, ApiError> {
 pub async fn update(ctx: &TenantContext, req: &Request) -> Result<Response, ApiError> {
     ctx.require_admin()?;
     let body = http::read_json(req).await?;
-    let changes = validate_settings_patch(&body)?;
+    let changes = validate::settings_patch(&body).map_err(ApiError::invalid_fields)?;
     let db = ctx.db();
     let mut batch = Vec::new();
     for (key, value) in &changes {

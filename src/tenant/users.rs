@@ -12,10 +12,10 @@ use worker::{Request, Response};
 
 use super::context::returned;
 use super::TenantContext;
-use crate::control::admin::valid_email;
 use crate::core::password;
 use crate::core::plans::{self, Resource};
 use crate::core::token::Role;
+use crate::core::validate::valid_email;
 use crate::http::{self, ApiError};
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -2,10 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use worker::{Env, Request, Response};
 
-use crate::control::store;
+use crate::core::validate;
+use crate::edge;
 use crate::http::{self, ApiError};
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -35,8 +36,8 @@ pub(super) fn parse_maintenance(value: &Value) -> Result<Maintenance, &'static s
 }
 
 pub(super) async fn fleet_maintenance_get(env: &Env) -> Result<Response, ApiError> {
-    let db = env.d1(crate::control::CONTROL_BINDING)?;
-    let current = store::platform_value(&db, "maintenance").await?.and_then(|v| serde_json::from_str::<Value>(&v).ok());
+    let db = edge::control(env)?;
+    let current = db.platform_value("maintenance").await?.and_then(|v| serde_json::from_str::<Value>(&v).ok());
     http::json(200, &json!({ "maintenance": current }))
 }
 
@@ -44,70 +45,33 @@ pub(super) async fn fleet_maintenance_set(req: &Request, env: &Env) -> Result<Re
     let body = Value::Object(http::read_json(req).await?);
     let maintenance = parse_maintenance(&body)
         .map_err(|e| ApiError::invalid_fields([("maintenance".to_owned(), e.to_owned())].into()))?;
-    let db = env.d1(crate::control::CONTROL_BINDING)?;
+    let db = edge::control(env)?;
     let value = serde_json::to_string(&maintenance).map_err(ApiError::internal)?;
-    store::set_platform_value(&db, "maintenance", Some(&value)).await?;
-    store::audit(&db, "admin", "fleet.maintenance.start", None, &crate::crypto::random_id()?, &body).await?;
+    db.set_platform_value("maintenance", Some(&value)).await?;
+    db.audit("admin", "fleet.maintenance.start", None, &crate::crypto::random_id()?, &body).await?;
     http::json(200, &json!({ "maintenance": maintenance }))
 }
 
 pub(super) async fn fleet_maintenance_clear(env: &Env) -> Result<Response, ApiError> {
-    let db = env.d1(crate::control::CONTROL_BINDING)?;
-    store::set_platform_value(&db, "maintenance", None).await?;
-    store::audit(&db, "admin", "fleet.maintenance.end", None, &crate::crypto::random_id()?, &json!({})).await?;
+    let db = edge::control(env)?;
+    db.set_platform_value("maintenance", None).await?;
+    db.audit("admin", "fleet.maintenance.end", None, &crate::crypto::random_id()?, &json!({})).await?;
     http::json(200, &json!({ "maintenance": null }))
 }
 
-/// Setting keys: lowercase, digits, `_` and `.`, starting with a letter, at most 64.
-pub fn valid_setting_key(key: &str) -> bool {
-    (1..=64).contains(&key.len())
-        && key.starts_with(|c: char| c.is_ascii_lowercase())
-        && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
-}
-
-/// Validates a `{key: value | null}` settings patch; values are JSON of at most 4 KiB.
-pub fn validate_settings_patch(body: &Map<String, Value>) -> Result<Vec<(String, Option<String>)>, ApiError> {
-    let mut fields = BTreeMap::new();
-    let mut changes = Vec::new();
-    if body.is_empty() || body.len() > 100 {
-        fields.insert("settings".to_owned(), "send 1 to 100 keys".to_owned());
-    }
-    for (key, value) in body {
-        if !valid_setting_key(key) {
-            fields.insert(key.clone(), "is not a valid setting key (a-z, 0-9, '_', '.'; at most 64)".into());
-            continue;
-        }
-        let text = value.to_string();
-        if text.len() > 4096 {
-            fields.insert(key.clone(), "must be at most 4 KiB of JSON".into());
-            continue;
-        }
-        changes.push((key.clone(), (!value.is_null()).then_some(text)));
-    }
-    if fields.is_empty() {
-        Ok(changes)
-    } else {
-        Err(ApiError::invalid_fields(fields))
-    }
-}
-
 pub(super) async fn settings_get(env: &Env) -> Result<Response, ApiError> {
-    let db = env.d1(crate::control::CONTROL_BINDING)?;
-    let defaults = store::settings_defaults(&db).await?;
+    let defaults = edge::control(env)?.settings_defaults().await?;
     http::json(200, &json!({ "settings": defaults }))
 }
 
 pub(super) async fn settings_patch(req: &Request, env: &Env) -> Result<Response, ApiError> {
     let body = http::read_json(req).await?;
-    let changes = validate_settings_patch(&body)?;
-    let db = env.d1(crate::control::CONTROL_BINDING)?;
-    store::set_settings_defaults(&db, &changes).await?;
-    store::audit(&db, "admin", "settings.update", None, &crate::crypto::random_id()?, &Value::Object(body)).await?;
-    http::json(200, &json!({ "settings": store::settings_defaults(&db).await? }))
+    let changes = validate::settings_patch(&body).map_err(ApiError::invalid_fields)?;
+    let db = edge::control(env)?;
+    db.set_settings_defaults(&changes).await?;
+    db.audit("admin", "settings.update", None, &crate::crypto::random_id()?, &Value::Object(body)).await?;
+    http::json(200, &json!({ "settings": db.settings_defaults().await? }))
 }
-
-/// Default tenants migrated at once; the `MIGRATION_CONCURRENCY` var overrides it.
-pub(super) const DEFAULT_CONCURRENCY: usize = 8;
 
 pub(super) async fn migrations_apply(req: &Request, env: &Env) -> Result<Response, ApiError> {
     let body = http::read_json(req).await?;
@@ -127,8 +91,7 @@ pub(super) async fn migrations_apply(req: &Request, env: &Env) -> Result<Respons
             default
         }),
     };
-    let configured =
-        env.var("MIGRATION_CONCURRENCY").ok().and_then(|v| v.to_string().parse().ok()).unwrap_or(DEFAULT_CONCURRENCY);
+    let configured = edge::config(env)?.migration_concurrency;
     let limit = number("limit", 100, 200, &mut fields) as u32;
     let concurrency = number("concurrency", configured as u64, 32, &mut fields) as usize;
     for key in body.keys() {
@@ -139,11 +102,11 @@ pub(super) async fn migrations_apply(req: &Request, env: &Env) -> Result<Respons
     if !fields.is_empty() {
         return Err(ApiError::invalid_fields(fields));
     }
-    let db = env.d1(crate::control::CONTROL_BINDING)?;
-    let report = crate::control::fleet::migrate_pass(env, &db, &after, limit, concurrency).await?;
+    let db = edge::control(env)?;
+    let report =
+        crate::control::fleet::migrate_pass(&db, &edge::EnvBindings(env.clone()), &after, limit, concurrency).await?;
     let request_id = crate::crypto::random_id()?;
-    store::audit(
-        &db,
+    db.audit(
         "admin",
         "migrations.apply",
         None,

@@ -21,7 +21,7 @@
 //!
 //! One file per resource: `tenants` (the registry and the lifecycle's entry points), `roles`,
 //! `fleet` (migrations, maintenance, default settings). This file is the router and the admin
-//! token check. It may use the control store, the lifecycle, `http` and `core`.
+//! token check. It may use the lifecycle and the fleet passes, the storage layer, `http` and `core`.
 
 mod fleet;
 mod roles;
@@ -30,12 +30,12 @@ mod tenants;
 use serde_json::json;
 use worker::{Env, Request, Response};
 
-pub use fleet::{valid_setting_key, validate_settings_patch, Maintenance};
-pub use tenants::{operation_view, tenant_view, valid_email, validate_create, CreateRequest};
+pub use fleet::Maintenance;
+pub use tenants::{operation_view, tenant_view, validate_create, CreateRequest};
 
 use super::lifecycle::Lifecycle;
-use super::store;
 use crate::core::slug::TenantSlug;
+use crate::edge;
 use crate::http::{self, ApiError, Method};
 use fleet::{
     fleet_maintenance_clear, fleet_maintenance_get, fleet_maintenance_set, migrations_apply, settings_get,
@@ -76,11 +76,11 @@ pub async fn handle(req: &Request, env: &Env, path: &str) -> Result<Response, Ap
             _ => Err(http::method_not_allowed("POST")),
         },
         ["migrations", "status"] => match method {
-            Method::Get => http::json(200, &super::fleet::status(&env.d1(super::CONTROL_BINDING)?).await?),
+            Method::Get => http::json(200, &super::fleet::status(&edge::control(env)?).await?),
             _ => Err(http::method_not_allowed("GET")),
         },
         ["roles"] => match method {
-            Method::Get => http::json(200, &json!({ "roles": store::roles(&env.d1(super::CONTROL_BINDING)?).await? })),
+            Method::Get => http::json(200, &json!({ "roles": edge::control(env)?.roles().await? })),
             Method::Post => role_write(req, env, None).await,
             _ => Err(http::method_not_allowed("GET, POST")),
         },
@@ -110,7 +110,7 @@ pub async fn handle(req: &Request, env: &Env, path: &str) -> Result<Response, Ap
 }
 
 fn authenticate(req: &Request, env: &Env) -> Result<(), ApiError> {
-    let expected = env.secret("ADMIN_TOKEN").map(|s| s.to_string()).map_err(|_| {
+    let expected = edge::config(env)?.admin_token.ok_or_else(|| {
         ApiError::Unavailable {
             code: "admin_not_configured",
             message: "the admin API is not configured".into(),
@@ -121,7 +121,7 @@ fn authenticate(req: &Request, env: &Env) -> Result<(), ApiError> {
     // The tenant API's parser: the scheme in any letter case (RFC 9110 §11.1).
     let header = req.headers().get("Authorization").ok().flatten();
     match crate::core::token::bearer(header.as_deref()) {
-        Ok(token) if !expected.is_empty() && crate::crypto::secrets_equal(token, &expected) => Ok(()),
+        Ok(token) if crate::crypto::secrets_equal(token, expected.expose()) => Ok(()),
         _ => Err(ApiError::Unauthorized { message: "a valid admin bearer token is required".into() }),
     }
 }

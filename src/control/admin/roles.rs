@@ -3,10 +3,9 @@
 use serde_json::{json, Value};
 use worker::{Env, Request, Response};
 
-use crate::control::store::{self, RoleWrite};
+use crate::edge;
 use crate::http::{self, ApiError};
-
-use super::fleet::DEFAULT_CONCURRENCY;
+use crate::store::control::{ControlStore, RoleWrite};
 
 fn role_not_found(name: &str) -> ApiError {
     ApiError::not_found(
@@ -16,15 +15,16 @@ fn role_not_found(name: &str) -> ApiError {
 }
 
 pub(super) async fn role_get(env: &Env, name: &str) -> Result<Response, ApiError> {
-    let roles = store::roles(&env.d1(crate::control::CONTROL_BINDING)?).await?;
+    let roles = edge::control(env)?.roles().await?;
     let role = roles.into_iter().find(|r| r.name == name).ok_or_else(|| role_not_found(name))?;
     http::json(200, &json!({ "role": role }))
 }
 
 /// Runs one bounded sync pass right away, so small fleets are in sync when the answer comes;
 /// the cron reconciler carries larger fleets (and failures) on.
-async fn sync_now(env: &Env, db: &worker::D1Database) -> Result<Value, ApiError> {
-    let report = crate::control::fleet::migrate_pass(env, db, "", 100, DEFAULT_CONCURRENCY).await?;
+async fn sync_now(env: &Env, db: &ControlStore<worker::D1Database>) -> Result<Value, ApiError> {
+    let concurrency = edge::config(env)?.migration_concurrency;
+    let report = crate::control::fleet::migrate_pass(db, &edge::EnvBindings(env.clone()), "", 100, concurrency).await?;
     Ok(json!({ "tenants_synced": report.migrated.len(), "failed": report.failed, "more": report.next.is_some() }))
 }
 
@@ -34,7 +34,7 @@ pub(super) async fn role_write(req: &Request, env: &Env, path_name: Option<&str>
     let body = http::read_json(req).await?;
     let crate::core::roles::RoleChanges { name, description, permissions } =
         crate::core::roles::parse(&body, path_name.is_none()).map_err(ApiError::invalid_fields)?;
-    let db = env.d1(crate::control::CONTROL_BINDING)?;
+    let db = edge::control(env)?;
     let request_id = crate::crypto::random_id()?;
     let detail = Value::Object(body);
     let (name, status) = match path_name {
@@ -44,7 +44,7 @@ pub(super) async fn role_write(req: &Request, env: &Env, path_name: Option<&str>
                 description: description.as_deref().unwrap_or(""),
                 permissions: permissions.as_deref().unwrap_or(&[]),
             };
-            if !store::write_role(&db, &name, write, &request_id, &detail).await? {
+            if !db.write_role(&name, write, &request_id, &detail).await? {
                 return Err(ApiError::Conflict {
                     code: "role_exists",
                     message: format!("system role `{name}` already exists"),
@@ -54,21 +54,21 @@ pub(super) async fn role_write(req: &Request, env: &Env, path_name: Option<&str>
         }
         Some(n) => {
             let write = RoleWrite::Update { description: description.as_deref(), permissions: permissions.as_deref() };
-            if !store::write_role(&db, n, write, &request_id, &detail).await? {
+            if !db.write_role(n, write, &request_id, &detail).await? {
                 return Err(role_not_found(n));
             }
             (n.to_owned(), 200)
         }
     };
-    let role = store::roles(&db).await?.into_iter().find(|r| r.name == name).ok_or_else(|| role_not_found(&name))?;
+    let role = db.roles().await?.into_iter().find(|r| r.name == name).ok_or_else(|| role_not_found(&name))?;
     let sync = sync_now(env, &db).await?;
     http::json(status, &json!({ "role": role, "sync": sync }))
 }
 
 pub(super) async fn role_delete(env: &Env, name: &str) -> Result<Response, ApiError> {
-    let db = env.d1(crate::control::CONTROL_BINDING)?;
+    let db = edge::control(env)?;
     let request_id = crate::crypto::random_id()?;
-    if !store::write_role(&db, name, RoleWrite::Delete, &request_id, &json!({ "name": name })).await? {
+    if !db.write_role(name, RoleWrite::Delete, &request_id, &json!({ "name": name })).await? {
         return Err(role_not_found(name));
     }
     let sync = sync_now(env, &db).await?;

@@ -1,4 +1,6 @@
-//! The tenant lifecycle: the create and delete sagas, the bindings reconciler and the orphan scan.
+//! The tenant lifecycle: the create and delete sagas, the bindings reconciler and the orphan scan,
+//! generic over the [`Platform`] they run on (the Worker's, or the in-memory one of native tests
+//! and the fleet simulation).
 //!
 //! A saga is a row of `operations`; [`Lifecycle::run`] takes its lease, runs its steps from the
 //! first one not done, and records each step as it completes. A step that cannot finish now (a
@@ -12,35 +14,39 @@
 //! be gone when its lease has not been renewed for [`LEASE_MS`]: a crashed invocation stops
 //! renewing, so the next runner takes over seconds after a crash, not a minute. A runner that
 //! stalls past its lease (its renewal failed) stops at once, and every write it makes to its
-//! operation is fenced by the lease (`store::Fence`), so it cannot overwrite its successor.
+//! operation is fenced by the lease (`Fence`), so it cannot overwrite its successor.
 //!
-//! Files: this one holds the configuration, the lease helper and the types; `runner` runs a
-//! saga's steps, `steps` holds each step, `reconciler` the bindings reconciler and the scheduled
-//! pass, `orphans` the orphan scan.
+//! Files: this one holds the configuration, the lease helper and the types; `error` the sagas'
+//! error; `runner` runs a saga's steps, `steps` holds each step, `reconciler` the bindings
+//! reconciler and the scheduled pass, `orphans` the orphan scan. The lifecycle may use the storage
+//! layer, the Cloudflare client and the core; the admin API maps its errors to HTTP.
 
+mod error;
 mod orphans;
 mod reconciler;
 mod runner;
 mod steps;
+mod worker;
 
 use std::time::Duration;
 
 use futures_util::future::{self, Either};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use worker::{D1Database, Env};
 
-use super::store::{self, Fence, OperationRow, TenantRow};
-use crate::cloudflare::fetch::FetchTransport;
-use crate::cloudflare::{ApiToken, CfError, Client};
+pub use error::LifecycleError;
+
+use crate::cloudflare::{CfError, Client};
 use crate::core::bindings::{self, BindingDiff, TenantBinding};
 use crate::core::lifecycle::{OperationKind, Step, TenantStatus};
-use crate::core::migrations::{self, LedgerState};
 use crate::core::names::{BindingName, DatabaseName, DatabasePrefix};
-use crate::core::retry::RetryPolicy;
 use crate::core::slug::TenantSlug;
-use crate::http::ApiError;
-use crate::tenant::TenantDb;
+use crate::log;
+use crate::store::control::{ControlStore, Fence, OperationRow, TenantRow};
+use crate::store::ports::{Backups, Bindings, Clock, Platform};
+use crate::store::rest::RestDatabase;
+use crate::store::sql::Sql;
+use crate::store::tenant_db;
 
 /// How long a lease outlives its holder's last renewal.
 pub const LEASE_MS: f64 = 6_000.0;
@@ -48,11 +54,6 @@ pub const LEASE_MS: f64 = 6_000.0;
 pub const HEARTBEAT_MS: u64 = 1_500;
 /// Export polls within one invocation before leaving the rest to the next.
 const EXPORT_POLLS: u32 = 20;
-/// Why a create's verify step waits: its binding is not visible to the invocation that added it.
-pub const NOT_LIVE_YET: &str = "binding not live in this Worker version yet";
-
-/// The R2 binding backups go to.
-pub const BACKUPS_BINDING: &str = "BACKUPS";
 
 /// The input a create operation carries until the admin is seeded.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -63,11 +64,34 @@ pub struct CreateInput {
     pub admin_password_hash: Option<String>,
 }
 
+/// Why an operation is waiting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wait {
+    /// A create's verify step: its binding is not visible to the invocation that added it (the
+    /// usual end of a create's first invocation; the next touch finishes it).
+    BindingNotLive,
+    /// Anything else, said in words (also recorded on the operation).
+    Reason(String),
+}
+
+impl std::fmt::Display for Wait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::BindingNotLive => f.write_str("binding not live in this Worker version yet"),
+            Self::Reason(reason) => f.write_str(reason),
+        }
+    }
+}
+
 /// What a step did.
 pub(super) enum StepOutcome {
     Done,
-    /// Not finished; run again later. The reason is recorded.
-    Later(String),
+    /// Not finished; run again later.
+    Later(Wait),
+}
+
+fn later(reason: impl Into<String>) -> StepOutcome {
+    StepOutcome::Later(Wait::Reason(reason.into()))
 }
 
 /// How far an operation got in this invocation.
@@ -75,7 +99,7 @@ pub(super) enum StepOutcome {
 pub enum Progress {
     Finished,
     /// Open, to be continued (by a re-send, a GET, or the reconciler).
-    Pending(String),
+    Pending(Wait),
     /// Closed for good; the tenant holds the error.
     Failed(String),
     /// Someone else is running it right now.
@@ -93,78 +117,50 @@ pub struct BindingsReport {
     pub wrong_database: Vec<String>,
 }
 
-/// Everything the lifecycle needs, built once per invocation from `Env`.
-pub struct Lifecycle<'a> {
-    pub env: &'a Env,
-    pub db: D1Database,
-    pub api: Client<FetchTransport>,
+/// What the lifecycle is configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The Worker script whose bindings tenants get.
     pub script: String,
     pub prefix: DatabasePrefix,
-    /// Who holds leases taken by this invocation.
+    /// Who holds the leases this lifecycle takes (unique per invocation).
     pub holder: String,
     pub remove_orphans: bool,
+    pub migration_concurrency: usize,
 }
 
-fn var(env: &Env, name: &str) -> Option<String> {
-    env.var(name).ok().map(|v| v.to_string()).filter(|v| !v.is_empty())
+/// Everything the lifecycle needs, built once per invocation.
+pub struct Lifecycle<P: Platform> {
+    pub store: ControlStore<P::Control>,
+    pub api: Client<P::Transport>,
+    pub backups: P::Backups,
+    pub bindings: P::Bindings,
+    pub clock: P::Clock,
+    pub settings: Settings,
 }
 
-fn now_ms() -> f64 {
-    js_sys::Date::now()
-}
+type Result<T, E = LifecycleError> = std::result::Result<T, E>;
 
-impl<'a> Lifecycle<'a> {
-    /// Reads the configuration; a missing piece is a deployment error (503, logged).
-    pub fn from_env(env: &'a Env) -> Result<Self, ApiError> {
-        let missing = |what: &str| {
-            ApiError::Unavailable {
-                code: "lifecycle_not_configured",
-                message: "tenant provisioning is not configured on this deployment".into(),
-                retry_after: 60,
-            }
-            .inspect_log(&format!("lifecycle: {what} is not set"))
-        };
-        let token = env
-            .secret("CLOUDFLARE_API_TOKEN")
-            .map(|s| s.to_string())
-            .map_err(|_| missing("secret CLOUDFLARE_API_TOKEN"))?;
-        let account = var(env, "CLOUDFLARE_ACCOUNT_ID").ok_or_else(|| missing("var CLOUDFLARE_ACCOUNT_ID"))?;
-        let base = var(env, "CLOUDFLARE_API_BASE_URL").unwrap_or_else(|| "https://api.cloudflare.com/client/v4".into());
-        let config = crate::http::config(env)?;
-        let transport = FetchTransport { timeout: Duration::from_secs(10) };
-        Ok(Self {
-            env,
-            db: env.d1(crate::control::CONTROL_BINDING).map_err(ApiError::internal)?,
-            api: Client::new(transport, &base, &account, ApiToken::new(token), RetryPolicy::default()),
-            script: var(env, "WORKER_SCRIPT_NAME").unwrap_or_else(|| "tenantry".into()),
-            prefix: config.db_prefix,
-            holder: crate::crypto::random_id()?,
-            remove_orphans: var(env, "ORPHAN_POLICY").as_deref() == Some("remove"),
-        })
-    }
-
+impl<P: Platform> Lifecycle<P> {
     /// Runs `work` while holding lease `name`, renewing it every [`HEARTBEAT_MS`]. `None` when
     /// the lease is held by someone else, or when it was lost midway (then `work` is dropped
     /// where it stood: every step is idempotent, and the successor runs it again).
-    pub(super) async fn holding<T>(
-        &self,
-        name: &str,
-        work: impl std::future::Future<Output = T>,
-    ) -> Result<Option<T>, ApiError> {
-        if !store::acquire_lease(&self.db, name, &self.holder, now_ms(), LEASE_MS).await? {
+    pub(super) async fn holding<T>(&self, name: &str, work: impl std::future::Future<Output = T>) -> Result<Option<T>> {
+        let holder = self.settings.holder.as_str();
+        if !self.store.acquire_lease(name, holder, self.clock.now_ms(), LEASE_MS).await? {
             return Ok(None);
         }
         let heartbeat = async {
             loop {
-                self.api.sleep(Duration::from_millis(HEARTBEAT_MS)).await;
-                match store::renew_lease(&self.db, name, &self.holder, now_ms(), LEASE_MS).await {
+                self.clock.sleep(Duration::from_millis(HEARTBEAT_MS)).await;
+                match self.store.renew_lease(name, holder, self.clock.now_ms(), LEASE_MS).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        worker::console_warn!("lease {name}: lost by {} (it stalled past {LEASE_MS} ms)", self.holder);
+                        log::warn(&format!("lease {name}: lost by {holder} (it stalled past {LEASE_MS} ms)"));
                         return;
                     }
                     // A failed renewal is retried at the next beat; the lease lasts several beats.
-                    Err(e) => worker::console_warn!("lease {name}: renewal failed: {e}"),
+                    Err(e) => log::warn(&format!("lease {name}: renewal failed: {e}")),
                 }
             }
         };
@@ -172,55 +168,16 @@ impl<'a> Lifecycle<'a> {
             Either::Left((out, _)) => Some(out),
             Either::Right(((), _)) => None,
         };
-        store::release_lease(&self.db, name, &self.holder).await?;
+        self.store.release_lease(name, holder).await?;
         Ok(outcome)
     }
-}
 
-fn database_id(tenant: &TenantRow) -> Result<&str, StepError> {
-    tenant.database_id.as_deref().ok_or_else(|| StepError::Permanent("tenant has no database id yet".into()))
-}
-
-/// Why a step failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StepError {
-    #[error("{0}")]
-    Cloudflare(#[from] CfError),
-    #[error("{0}")]
-    Api(#[from] ApiError),
-    #[error("{0}")]
-    Permanent(String),
-}
-
-impl StepError {
-    pub(super) fn is_transient(&self) -> bool {
-        match self {
-            Self::Cloudflare(e) => e.is_transient(),
-            // Control-plane D1 or R2 trouble: worth trying again later.
-            Self::Api(_) => true,
-            Self::Permanent(_) => false,
-        }
-    }
-
-    pub(super) fn from_worker(e: worker::Error) -> Self {
-        Self::Api(ApiError::internal(e))
-    }
-
-    pub fn into_api(self) -> ApiError {
-        match self {
-            Self::Api(e) => e,
-            other => ApiError::Unavailable {
-                code: "cloudflare_api_unavailable",
-                message: "the Cloudflare API could not be reached; retry shortly".into(),
-                retry_after: 10,
-            }
-            .inspect_log(&other.to_string()),
-        }
+    /// A new unique id (for operations the reconciler opens).
+    fn new_id(&self, what: &str) -> String {
+        format!("{}-{what}-{}", self.settings.holder, self.clock.now_ms() as u64)
     }
 }
 
-impl From<worker::Error> for StepError {
-    fn from(e: worker::Error) -> Self {
-        Self::from_worker(e)
-    }
+fn database_id(tenant: &TenantRow) -> Result<&str> {
+    tenant.database_id.as_deref().ok_or_else(|| LifecycleError::Permanent("tenant has no database id yet".into()))
 }

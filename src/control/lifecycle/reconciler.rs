@@ -3,14 +3,14 @@
 
 use super::*;
 
-impl Lifecycle<'_> {
+impl<P: Platform> Lifecycle<P> {
     /// Makes the Worker's tenant bindings exactly the control plane's `bind_wanted` tenants.
     /// `None` when another invocation holds the bindings lease (it will include our rows: it
     /// derives the set after taking the lease).
-    pub async fn reconcile_bindings(&self) -> Result<Option<BindingsReport>, StepError> {
+    pub async fn reconcile_bindings(&self) -> Result<Option<BindingsReport>> {
         for attempt in 0..20 {
             if attempt > 0 {
-                self.api.sleep(Duration::from_millis(150)).await;
+                self.clock.sleep(Duration::from_millis(150)).await;
             }
             if let Some(result) = self.holding("bindings", self.reconcile_bindings_locked()).await? {
                 return result.map(Some);
@@ -19,71 +19,70 @@ impl Lifecycle<'_> {
         Ok(None)
     }
 
-    pub(super) async fn reconcile_bindings_locked(&self) -> Result<BindingsReport, StepError> {
+    async fn reconcile_bindings_locked(&self) -> Result<BindingsReport> {
         let mut patches = 0;
         loop {
-            let wanted: Vec<TenantBinding> = store::tenants_to_bind(&self.db)
+            let wanted: Vec<TenantBinding> = self
+                .store
+                .wanted_bindings()
                 .await?
                 .into_iter()
                 .filter_map(|t| {
                     let slug = TenantSlug::parse(&t.slug).ok()?;
-                    Some(TenantBinding { binding: BindingName::for_tenant(&slug), database_id: t.database_id? })
+                    Some(TenantBinding { binding: BindingName::for_tenant(&slug), database_id: t.database_id })
                 })
                 .collect();
-            let current = self.api.get_settings(&self.script).await?.bindings;
+            let current = self.api.get_settings(&self.settings.script).await?.bindings;
             let BindingDiff { missing, extra, wrong_database } = bindings::diff(&current, &wanted);
             let converged = missing.is_empty() && extra.is_empty() && wrong_database.is_empty();
             if converged || patches == 3 {
                 return Ok(BindingsReport { converged, patches, wanted: wanted.len(), missing, extra, wrong_database });
             }
-            self.api.patch_settings(&self.script, &bindings::desired(&current, &wanted)).await?;
+            self.api.patch_settings(&self.settings.script, &bindings::desired(&current, &wanted)).await?;
             patches += 1;
         }
     }
 
     /// Gives every tenant left mid-lifecycle without an operation one (see
-    /// `store::tenants_without_operation`): a `deleting` tenant gets its delete operation back; a
-    /// `provisioning` one, whose admin password went with the request that never recorded it,
-    /// becomes `failed` (a re-sent create resumes it, a delete tears it down). Returns the slugs.
-    pub(super) async fn adopt_strays(&self) -> Result<Vec<String>, ApiError> {
+    /// `ControlStore::tenants_without_operation`): a `deleting` tenant gets its delete operation
+    /// back; a `provisioning` one, whose admin password went with the request that never
+    /// recorded it, becomes `failed` (a re-sent create resumes it, a delete tears it down).
+    /// Returns the slugs.
+    pub(super) async fn adopt_strays(&self) -> Result<Vec<String>> {
         let mut adopted = Vec::new();
-        for tenant in store::tenants_without_operation(&self.db, 50).await? {
-            let acted = match tenant.status() {
+        for tenant in self.store.tenants_without_operation(50).await? {
+            let acted = match tenant.status {
                 TenantStatus::Deleting => {
-                    store::open_stray_delete(&self.db, &tenant.slug, &crate::crypto::random_id()?).await?
+                    let id = self.new_id(&format!("delete-{}", tenant.slug));
+                    self.store.open_stray_delete(&tenant.slug, &id).await?
                 }
                 _ => {
                     let why = "its create was interrupted before it was recorded; send the create again";
-                    store::fail_stray_create(&self.db, &tenant.slug, why).await?
+                    self.store.fail_stray_create(&tenant.slug, why).await?
                 }
             };
             if acted {
-                store::audit(
-                    &self.db,
-                    "reconciler",
-                    "tenant.adopted",
-                    Some(&tenant.slug),
-                    &self.holder,
-                    &json!({ "status": tenant.status }),
-                )
-                .await?;
+                let detail = json!({ "status": tenant.status });
+                let holder = &self.settings.holder;
+                self.store.audit("reconciler", "tenant.adopted", Some(&tenant.slug), holder, &detail).await?;
                 adopted.push(tenant.slug);
             }
         }
         Ok(adopted)
     }
 
-    /// The scheduled pass: bindings, every unfinished operation (bounded), orphans.
-    pub async fn reconcile_all(&self) -> Result<Value, ApiError> {
+    /// The scheduled pass: bindings, every unfinished operation (bounded), orphans, one bounded
+    /// migration pass.
+    pub async fn reconcile_all(&self) -> Result<Value> {
         let strays = self.adopt_strays().await?;
-        let bindings = self.reconcile_bindings().await.map_err(StepError::into_api)?;
+        let bindings = self.reconcile_bindings().await?;
         let mut finished = 0;
         let mut pending = Vec::new();
         // A lease held by a runner that died (a crash, a cut invocation) lapses within LEASE_MS:
         // operations found busy are tried once more after that, so the first pass after a crash
         // runs them instead of leaving them to the next cron. A live holder keeps renewing its
         // lease and is left alone.
-        let mut ops = store::unfinished_operations(&self.db, 50).await?;
+        let mut ops = self.store.unfinished_operations(50).await?;
         for last_round in [false, true] {
             let mut busy = Vec::new();
             for op in ops {
@@ -97,24 +96,32 @@ impl Lifecycle<'_> {
                         continue;
                     }
                     Progress::Busy => "busy".to_owned(),
-                    Progress::Pending(reason) | Progress::Failed(reason) => reason,
+                    Progress::Pending(wait) => wait.to_string(),
+                    Progress::Failed(reason) => reason,
                 };
                 pending.push(json!({ "tenant": op.tenant_slug, "kind": op.kind, "reason": reason }));
             }
             if busy.is_empty() {
                 break;
             }
-            self.api.sleep(Duration::from_millis(LEASE_MS as u64)).await;
+            self.clock.sleep(Duration::from_millis(LEASE_MS as u64)).await;
             ops = busy;
         }
         // Binding changes made by the operations above are checked once more.
-        let bindings_after = self.reconcile_bindings().await.map_err(StepError::into_api)?;
-        let (orphans, removed) = self.orphans().await.map_err(StepError::into_api)?;
+        let bindings_after = self.reconcile_bindings().await?;
+        let (orphans, removed) = self.orphans().await?;
         // One bounded migration pass per run, continuing where the last run stopped (so tenants
         // that keep failing at the front never starve the rest): a fleet catches up run by run.
-        let cursor = store::platform_value(&self.db, "fleet_cursor").await?.unwrap_or_default();
-        let migrations = crate::control::fleet::migrate_pass(self.env, &self.db, &cursor, 50, 8).await?;
-        store::set_platform_value(&self.db, "fleet_cursor", migrations.next.as_deref()).await?;
+        let cursor = self.store.platform_value("fleet_cursor").await?.unwrap_or_default();
+        let migrations = crate::control::fleet::migrate_pass(
+            &self.store,
+            &self.bindings,
+            &cursor,
+            50,
+            self.settings.migration_concurrency,
+        )
+        .await?;
+        self.store.set_platform_value("fleet_cursor", migrations.next.as_deref()).await?;
         Ok(json!({
             "bindings": bindings_after.or(bindings),
             "operations": { "finished": finished, "unfinished": pending, "adopted": strays },

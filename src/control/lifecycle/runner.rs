@@ -3,73 +3,71 @@
 
 use super::*;
 
-impl Lifecycle<'_> {
+impl<P: Platform> Lifecycle<P> {
     /// Runs `op` from its first step not done, as far as it can go in this invocation.
     ///
     /// The lease is per tenant, not per operation: a delete never runs while a create of the same
     /// tenant is mid-step (it would miss a database that step is about to record).
-    pub async fn run(&self, op: &OperationRow) -> Result<Progress, ApiError> {
+    pub async fn run(&self, op: &OperationRow) -> Result<Progress> {
         let lease = format!("tenant:{}", op.tenant_slug);
-        let fence = Fence { lease: &lease, holder: &self.holder };
+        let fence = Fence { lease: &lease, holder: &self.settings.holder };
         match self.holding(&lease, self.run_steps(op, &fence)).await? {
             Some(outcome) => outcome,
             None => Ok(Progress::Busy),
         }
     }
 
-    pub(super) async fn run_steps(&self, op: &OperationRow, fence: &Fence<'_>) -> Result<Progress, ApiError> {
-        let kind =
-            op.kind().ok_or_else(|| ApiError::internal(format!("operation {} has unknown kind {}", op.id, op.kind)))?;
+    async fn run_steps(&self, op: &OperationRow, fence: &Fence<'_>) -> Result<Progress> {
+        let kind = op.kind;
         // Re-read: another runner may have moved it on since the caller loaded it.
-        let Some(op) = store::get_operation(&self.db, &op.id).await? else {
+        let Some(op) = self.store.operation(&op.id).await? else {
             return Ok(Progress::Failed("gone".into()));
         };
-        if !matches!(op.state.as_str(), "pending" | "running") {
-            return Ok(if op.state == "succeeded" {
-                Progress::Finished
-            } else {
-                Progress::Failed(op.last_error.unwrap_or_default())
+        if !op.state.is_open() {
+            return Ok(match op.state {
+                crate::core::lifecycle::OperationState::Succeeded => Progress::Finished,
+                _ => Progress::Failed(op.last_error.unwrap_or_default()),
             });
         }
         // A fenced write that did not land: the lease was lost or the operation closed meanwhile
         // (a delete superseded it). Either way this runner stops; whoever changed it carries on.
         let lost = || Ok(Progress::Busy);
-        let mut done = op.done_steps();
+        let mut done = op.steps.clone();
         while let Some(step) = kind.next_step(&done) {
-            let Some(tenant) = store::get_tenant(&self.db, &op.tenant_slug).await? else {
-                store::abandon_operation(&self.db, &op.id, fence, "tenant row vanished").await?;
+            let Some(tenant) = self.store.tenant(&op.tenant_slug).await? else {
+                self.store.abandon_operation(&op.id, fence, "tenant row vanished").await?;
                 return Ok(Progress::Failed("tenant row vanished".into()));
             };
             // A create is abandoned as soon as the tenant is no longer provisioning (deleted meanwhile).
-            if kind == OperationKind::Create && tenant.status() != TenantStatus::Provisioning {
+            if kind == OperationKind::Create && tenant.status != TenantStatus::Provisioning {
                 let why = format!("tenant is {}, not provisioning", tenant.status);
-                store::abandon_operation(&self.db, &op.id, fence, &why).await?;
+                self.store.abandon_operation(&op.id, fence, &why).await?;
                 return Ok(Progress::Failed(why));
             }
             match self.step(&op, &tenant, step).await {
                 Ok(StepOutcome::Done) => {
                     done.push(step);
-                    if !store::record_step(&self.db, &op.id, fence, &done, kind.next_step(&done)).await? {
+                    if !self.store.record_step(&op.id, fence, &done, kind.next_step(&done)).await? {
                         return lost();
                     }
                 }
-                Ok(StepOutcome::Later(reason)) => {
-                    if !store::record_failure(&self.db, &op.id, fence, &reason).await? {
+                Ok(StepOutcome::Later(wait)) => {
+                    if !self.store.record_failure(&op.id, fence, &wait.to_string()).await? {
                         return lost();
                     }
-                    return Ok(Progress::Pending(reason));
+                    return Ok(Progress::Pending(wait));
                 }
                 Err(e) if e.is_transient() => {
-                    let reason = format!("{} step: {e}", store::step_name(step));
-                    if !store::record_failure(&self.db, &op.id, fence, &reason).await? {
+                    let reason = format!("{} step: {e}", step.as_str());
+                    if !self.store.record_failure(&op.id, fence, &reason).await? {
                         return lost();
                     }
-                    store::set_error(&self.db, &op.tenant_slug, Some(&reason)).await?;
-                    return Ok(Progress::Pending(reason));
+                    self.store.set_error(&op.tenant_slug, Some(&reason)).await?;
+                    return Ok(Progress::Pending(Wait::Reason(reason)));
                 }
                 Err(e) => {
-                    let reason = format!("{} step: {e}", store::step_name(step));
-                    return self.fail(&op, kind, fence, &reason).await;
+                    let reason = format!("{} step: {e}", step.as_str());
+                    return self.fail(&op, fence, &reason).await;
                 }
             }
         }
@@ -78,67 +76,57 @@ impl Lifecycle<'_> {
             OperationKind::Create => (TenantStatus::Provisioning, TenantStatus::Active),
             OperationKind::Delete => (TenantStatus::Deleting, TenantStatus::Deleted),
         };
-        if store::complete_operation(&self.db, &op.id, fence, slug, from, to).await? {
+        if self.store.complete_operation(&op.id, fence, slug, from, to).await? {
             return Ok(Progress::Finished);
         }
         // Not completed: the tenant left `from` meanwhile (a delete of a create), or the lease was
         // lost. The next run re-reads and abandons or finishes it.
-        Ok(Progress::Pending(format!("tenant {slug} changed while its {} finished", kind.as_str())))
+        Ok(Progress::Pending(Wait::Reason(format!("tenant {slug} changed while its {} finished", kind.as_str()))))
     }
 
     /// A permanent failure: a create marks the tenant `failed` (a re-send resumes, a delete
     /// tears down); a delete stays `deleting` with the error, for an operator to look at.
-    pub(super) async fn fail(
-        &self,
-        op: &OperationRow,
-        kind: OperationKind,
-        fence: &Fence<'_>,
-        reason: &str,
-    ) -> Result<Progress, ApiError> {
-        worker::console_error!("operation {} ({}) on {} failed: {reason}", op.id, op.kind, op.tenant_slug);
-        match kind {
+    async fn fail(&self, op: &OperationRow, fence: &Fence<'_>, reason: &str) -> Result<Progress> {
+        log::error(&format!("operation {} ({}) on {} failed: {reason}", op.id, op.kind.as_str(), op.tenant_slug));
+        match op.kind {
             OperationKind::Create => {
-                if !store::fail_create(&self.db, &op.id, fence, &op.tenant_slug, reason).await? {
+                if !self.store.fail_create(&op.id, fence, &op.tenant_slug, reason).await? {
                     return Ok(Progress::Busy);
                 }
                 Ok(Progress::Failed(reason.to_owned()))
             }
             OperationKind::Delete => {
-                store::set_error(&self.db, &op.tenant_slug, Some(reason)).await?;
-                if !store::record_failure(&self.db, &op.id, fence, reason).await? {
+                self.store.set_error(&op.tenant_slug, Some(reason)).await?;
+                if !self.store.record_failure(&op.id, fence, reason).await? {
                     return Ok(Progress::Busy);
                 }
-                Ok(Progress::Pending(reason.to_owned()))
+                Ok(Progress::Pending(Wait::Reason(reason.to_owned())))
             }
         }
     }
 
-    pub(super) async fn step(
-        &self,
-        op: &OperationRow,
-        tenant: &TenantRow,
-        step: Step,
-    ) -> Result<StepOutcome, StepError> {
+    async fn step(&self, op: &OperationRow, tenant: &TenantRow, step: Step) -> Result<StepOutcome> {
         match step {
             Step::Database => self.find_or_create_database(tenant).await,
             Step::Migrations => self.migrate(tenant).await,
             Step::Seed => self.seed(op, tenant).await,
             Step::Bind => {
-                if !store::set_bind_wanted_if(&self.db, &tenant.slug, true, TenantStatus::Provisioning).await? {
-                    return Err(StepError::Permanent("tenant left provisioning".into()));
+                if !self.store.set_bind_wanted_if(&tenant.slug, true, TenantStatus::Provisioning).await? {
+                    return Err(LifecycleError::Permanent("tenant left provisioning".into()));
                 }
                 self.bindings_step().await
             }
             Step::Verify => self.verify(tenant).await,
             Step::Backup => self.backup(tenant).await,
             Step::Unbind => {
-                if !store::set_bind_wanted_if(&self.db, &tenant.slug, false, TenantStatus::Deleting).await? {
-                    return Err(StepError::Permanent("tenant left deleting".into()));
+                if !self.store.set_bind_wanted_if(&tenant.slug, false, TenantStatus::Deleting).await? {
+                    return Err(LifecycleError::Permanent("tenant left deleting".into()));
                 }
                 self.bindings_step().await
             }
             Step::DropDatabase => {
                 if let Some(id) = self.resolve_database(tenant).await? {
+                    // Already gone (a lost answer to our own delete) counts as done.
                     self.api.delete_database(&id).await?;
                 }
                 Ok(StepOutcome::Done)

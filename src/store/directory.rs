@@ -1,4 +1,4 @@
-//! The tenant lookup on the request path: the control plane's row for a slug, through an
+//! The tenant directory: the control plane's row for a slug on the request path, through an
 //! isolate-local cache (short TTL, bounded size), so a hot request makes no control-plane query.
 //!
 //! The cache is keyed by [`TenantSlug`] and holds only that tenant's row, plus which database id
@@ -15,13 +15,10 @@
 use std::cell::RefCell;
 use std::collections::HashSet;
 
-use serde::Deserialize;
-use wasm_bindgen::JsValue;
-use worker::Env;
-
+use super::control::{ControlStore, TenantRecord};
+use super::sql::{Sql, SqlError};
 use crate::core::cache::TtlCache;
 use crate::core::slug::TenantSlug;
-use crate::http::ApiError;
 
 /// How long a looked-up tenant is trusted.
 pub const TTL_MS: f64 = 5_000.0;
@@ -29,20 +26,6 @@ pub const TTL_MS: f64 = 5_000.0;
 pub const REFRESH_AFTER_MS: f64 = 4_000.0;
 /// Tenants kept per isolate.
 pub const CAPACITY: usize = 10_000;
-
-/// What the request path needs of a tenant's control-plane row.
-#[derive(Debug, Clone, Deserialize)]
-pub struct TenantRecord {
-    pub slug: String,
-    pub status: String,
-    pub plan: String,
-    pub status_message: Option<String>,
-    pub database_id: Option<String>,
-    pub maintenance_message: Option<String>,
-    pub maintenance_until: Option<String>,
-    /// The fleet-wide maintenance (JSON `{message, until}`), read in the same query.
-    pub fleet_maintenance: Option<String>,
-}
 
 #[derive(Clone)]
 struct Entry {
@@ -59,41 +42,38 @@ thread_local! {
 /// A lookup's result, and whether it cost a control-plane query.
 pub struct Lookup {
     pub record: Option<TenantRecord>,
-    pub verified_database: Option<String>,
+    /// This isolate verified the database the row names (stamp and schema) recently: the
+    /// binding can be trusted without checking again.
+    pub verified: bool,
     /// Queries on this request's path: 1 when the cache could not answer, else 0.
     pub control_plane_queries: u32,
     /// The row is aging and this request should start its background refresh ([`refresh`]).
     pub refresh_due: bool,
 }
 
-fn now() -> f64 {
-    js_sys::Date::now()
+fn verified(entry: &Entry) -> bool {
+    entry.verified_database.is_some()
+        && entry.verified_database.as_ref() == entry.record.as_ref().and_then(|r| r.database_id.as_ref())
 }
 
-/// The tenant's row (None: no such tenant), from the cache when fresh.
-pub async fn lookup(env: &Env, slug: &TenantSlug) -> Result<Lookup, ApiError> {
-    if let Some((entry, age)) = CACHE.with(|c| c.borrow_mut().get_aged(slug, now())) {
+/// The tenant's row (None: no such tenant), from the cache when fresh. `now` is the wall clock
+/// in milliseconds.
+pub async fn lookup<S: Sql>(store: &ControlStore<S>, slug: &TenantSlug, now: f64) -> Result<Lookup, SqlError> {
+    if let Some((entry, age)) = CACHE.with(|c| c.borrow_mut().get_aged(slug, now)) {
         // Only the first request to notice starts the refresh.
         let refresh_due = age >= REFRESH_AFTER_MS && REFRESHING.with(|r| r.borrow_mut().insert(slug.clone()));
-        return Ok(Lookup {
-            record: entry.record,
-            verified_database: entry.verified_database,
-            control_plane_queries: 0,
-            refresh_due,
-        });
+        return Ok(Lookup { verified: verified(&entry), record: entry.record, control_plane_queries: 0, refresh_due });
     }
-    let record = fetch(env, slug).await?;
-    CACHE.with(|c| {
-        c.borrow_mut().insert(slug.clone(), Entry { record: record.clone(), verified_database: None }, now())
-    });
-    Ok(Lookup { record, verified_database: None, control_plane_queries: 1, refresh_due: false })
+    let record = store.tenant_record(slug.as_str()).await?;
+    CACHE.with(|c| c.borrow_mut().insert(slug.clone(), Entry { record: record.clone(), verified_database: None }, now));
+    Ok(Lookup { record, verified: false, control_plane_queries: 1, refresh_due: false })
 }
 
 /// The background half of refresh-ahead: reads the row again and renews the entry. The database
 /// verification carries over when the row still names the verified database (bindings, and so
 /// what was verified, only change with a new Worker version, which starts new isolates).
-pub async fn refresh(env: Env, slug: TenantSlug) {
-    let outcome = fetch(&env, &slug).await;
+pub async fn refresh<S: Sql>(store: ControlStore<S>, slug: TenantSlug, now: impl Fn() -> f64) {
+    let outcome = store.tenant_record(slug.as_str()).await;
     // Not in the set any more: the admin API forgot the tenant meanwhile, so what was read may
     // predate its change; the next request looks it up afresh.
     if !REFRESHING.with(|r| r.borrow_mut().remove(&slug)) {
@@ -109,39 +89,25 @@ pub async fn refresh(env: Env, slug: TenantSlug) {
             cache.insert(slug, Entry { record, verified_database: verified }, now());
         }),
         // The entry expires on its own; the next request looks the tenant up on its path.
-        Err(e) => worker::console_warn!("background refresh of tenant {slug} failed: {e:?}"),
+        Err(e) => crate::log::warn(&format!("background refresh of tenant {slug} failed: {e}")),
     }
-}
-
-async fn fetch(env: &Env, slug: &TenantSlug) -> Result<Option<TenantRecord>, ApiError> {
-    let db = env.d1(crate::control::CONTROL_BINDING)?;
-    let record: Option<TenantRecord> = db
-        .prepare(
-            "SELECT slug, status, plan, status_message, database_id, maintenance_message, maintenance_until, \
-             (SELECT value FROM platform WHERE key = 'maintenance') AS fleet_maintenance FROM tenants WHERE slug = ?1",
-        )
-        .bind(&[JsValue::from_str(slug.as_str())])?
-        .first(None)
-        .await?;
-    Ok(record)
 }
 
 /// Remembers that `database_id` was verified for `slug`. Called right after the lookup that
 /// inserted the entry, so this barely moves its expiry; an expired entry is not revived.
-pub fn mark_verified(slug: &TenantSlug, record: &TenantRecord, database_id: &str) {
+pub fn mark_verified(slug: &TenantSlug, record: &TenantRecord, now: f64) {
+    let Some(database_id) = record.database_id.clone() else { return };
     CACHE.with(|c| {
-        let entry = Entry { record: Some(record.clone()), verified_database: Some(database_id.to_owned()) };
+        let entry = Entry { record: Some(record.clone()), verified_database: Some(database_id) };
         let mut cache = c.borrow_mut();
-        if cache.get(slug, now()).is_some() {
-            cache.insert(slug.clone(), entry, now());
+        if cache.get(slug, now).is_some() {
+            cache.insert(slug.clone(), entry, now);
         }
     });
 }
 
 /// Drops `slug` from this isolate's cache (after the admin API changed it).
-pub fn forget(slug: &str) {
-    if let Ok(slug) = TenantSlug::parse(slug) {
-        CACHE.with(|c| c.borrow_mut().remove(&slug));
-        REFRESHING.with(|r| r.borrow_mut().remove(&slug));
-    }
+pub fn forget(slug: &TenantSlug) {
+    CACHE.with(|c| c.borrow_mut().remove(slug));
+    REFRESHING.with(|r| r.borrow_mut().remove(slug));
 }

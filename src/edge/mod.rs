@@ -1,0 +1,128 @@
+//! The Worker's side of the storage layer: what `Env` provides, read in one place.
+//!
+//! - [`config`]: the one configuration root, read from vars and secrets once per isolate.
+//! - [`control`]: the control store over the `CONTROL_DB` binding.
+//! - [`WorkerPlatform`]: the lifecycle's platform in the Worker: D1, `fetch` to the Cloudflare
+//!   API, R2 for backups, `env.d1` for tenant bindings, `Date.now` and `setTimeout`.
+//!
+//! It may use the storage layer, the Cloudflare client, the `http` toolkit (for its errors) and
+//! the core; nothing above.
+
+use std::time::Duration;
+
+use worker::{Bucket, D1Database, Env};
+
+use crate::cloudflare::fetch::FetchTransport;
+use crate::core::config::Config;
+use crate::core::names::BindingName;
+use crate::http::ApiError;
+use crate::store::control::ControlStore;
+use crate::store::ports::{BackupError, Backups, Bindings, Clock, Platform};
+
+/// The binding of the control-plane database.
+pub const CONTROL_BINDING: &str = "CONTROL_DB";
+/// The R2 binding backups go to.
+pub const BACKUPS_BINDING: &str = "BACKUPS";
+
+thread_local! {
+    /// The parsed configuration, read once per isolate (vars and secrets only change with a new
+    /// Worker version, which starts new isolates).
+    static CONFIG: std::cell::OnceCell<Config> = const { std::cell::OnceCell::new() };
+}
+
+/// The deployment's configuration; a bad `APEX` or `D1_NAME_PREFIX` is our fault, not the
+/// client's (500, logged).
+pub fn config(env: &Env) -> Result<Config, ApiError> {
+    crate::core::cache::once_per_isolate(&CONFIG, || {
+        let var = |name: &str| env.var(name).ok().map(|v| v.to_string());
+        let secret = |name: &str| env.secret(name).ok().map(|v| v.to_string());
+        Config::from_lookup(var, secret).map_err(ApiError::internal)
+    })
+}
+
+/// The control store over the `CONTROL_DB` binding.
+pub fn control(env: &Env) -> Result<ControlStore<D1Database>, ApiError> {
+    Ok(ControlStore::new(env.d1(CONTROL_BINDING).map_err(ApiError::internal)?))
+}
+
+/// A tenant's database by its binding, if this Worker version has it.
+pub fn tenant_binding(env: &Env, binding: &BindingName) -> Option<D1Database> {
+    env.d1(binding.as_str()).ok()
+}
+
+/// The lifecycle's platform in the Worker.
+pub struct WorkerPlatform;
+
+impl Platform for WorkerPlatform {
+    type Control = D1Database;
+    type Transport = FetchTransport;
+    type Backups = R2Backups;
+    type Bindings = EnvBindings;
+    type Clock = JsClock;
+}
+
+/// Tenant bindings as this invocation's `Env` has them.
+pub struct EnvBindings(pub Env);
+
+impl Bindings for EnvBindings {
+    type Db = D1Database;
+    fn database(&self, binding: &BindingName) -> Option<D1Database> {
+        tenant_binding(&self.0, binding)
+    }
+}
+
+/// `Date.now()` and `setTimeout`.
+pub struct JsClock;
+
+impl Clock for JsClock {
+    fn now_ms(&self) -> f64 {
+        js_sys::Date::now()
+    }
+    async fn sleep(&self, duration: Duration) {
+        worker::Delay::from(duration).await
+    }
+}
+
+/// Backups in the `BACKUPS` R2 bucket; a missing binding fails each call (transient: a deploy
+/// that adds the bucket fixes it).
+pub struct R2Backups(pub Option<Bucket>);
+
+impl R2Backups {
+    pub fn from_env(env: &Env) -> Self {
+        Self(env.bucket(BACKUPS_BINDING).ok())
+    }
+
+    fn bucket_or_err(&self) -> Result<&Bucket, BackupError> {
+        self.0.as_ref().ok_or_else(|| BackupError(format!("no {BACKUPS_BINDING} bucket is bound")))
+    }
+}
+
+fn r2(e: worker::Error) -> BackupError {
+    BackupError(e.to_string())
+}
+
+impl Backups for R2Backups {
+    fn bucket(&self) -> &str {
+        BACKUPS_BINDING
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, BackupError> {
+        Ok(self.bucket_or_err()?.head(key).await.map_err(r2)?.is_some())
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>, metadata: &[(&str, &str)]) -> Result<(), BackupError> {
+        let meta: std::collections::HashMap<String, String> =
+            metadata.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        self.bucket_or_err()?.put(key, bytes).custom_metadata(meta).execute().await.map_err(r2).map(drop)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackupError> {
+        let Some(object) = self.bucket_or_err()?.get(key).execute().await.map_err(r2)? else {
+            return Ok(None);
+        };
+        match object.body() {
+            Some(body) => Ok(Some(body.bytes().await.map_err(r2)?)),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! The one migration runner, over any [`Sql`]: a tenant database through its binding (on-demand
+//! and fleet migrations), a new tenant database over the REST API (the create saga), an in-memory
+//! SQLite in native tests. The ledger lives in the database itself (wrangler's `d1_migrations`).
+//!
+//! Each pending migration and its ledger row run as one batch, one transaction, so a database is
+//! always at a whole migration. Two runners racing on one database are safe: the ledger's
+//! `UNIQUE(name)` rolls the loser's batch back, and it re-reads the ledger.
+
+use serde::Deserialize;
+
+use super::sql::{Sql, SqlError, Statement};
+use crate::core::migrations::{self, LedgerState, Migration, LEDGER_DDL, LEDGER_TABLE};
+use crate::core::sql::split_statements;
+
+/// A migration that could not be applied; the database stays at `version`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{migration}: {message}")]
+pub struct MigrateError {
+    pub version: usize,
+    pub migration: String,
+    pub message: String,
+    /// The database could not be reached: trying again later may succeed.
+    pub unreachable: bool,
+}
+
+impl From<MigrateError> for SqlError {
+    fn from(e: MigrateError) -> Self {
+        SqlError { message: e.to_string(), unreachable: e.unreachable }
+    }
+}
+
+/// The ledger: names of the applied migrations in order; empty when there is no ledger table.
+pub async fn applied<S: Sql>(db: &S) -> Result<Vec<String>, SqlError> {
+    #[derive(Deserialize)]
+    struct Name {
+        name: String,
+    }
+    let exists =
+        Statement::new(format!("SELECT name FROM sqlite_master WHERE type = 'table' AND name = '{LEDGER_TABLE}'"));
+    let ledger = Statement::new(format!("SELECT name FROM {LEDGER_TABLE} ORDER BY id"));
+    if db.all::<Name>(exists).await?.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(db.all::<Name>(ledger).await?.into_iter().map(|r| r.name).collect())
+}
+
+/// The statements that apply `migration` with its ledger row. The row is written literally (a
+/// migration's name is a file name `build.rs` checked), so the batch has no parameters and can go
+/// to the REST API as one multi-statement query, which D1 runs as one transaction.
+fn with_ledger_row(migration: &Migration) -> Vec<Statement> {
+    let mut batch: Vec<Statement> = split_statements(migration.sql).into_iter().map(Statement::new).collect();
+    batch.push(Statement::new(format!(
+        "INSERT INTO {LEDGER_TABLE} (name) VALUES ('{}')",
+        migration.name.replace('\'', "''")
+    )));
+    batch
+}
+
+/// Brings `db` to `set` (e.g. [`migrations::TENANT`]); returns the version it is at (the number
+/// of migrations applied).
+pub async fn apply_pending<S: Sql>(db: &S, set: &[Migration]) -> Result<usize, MigrateError> {
+    let fail = |version: usize, migration: &str, e: SqlError| MigrateError {
+        version,
+        migration: migration.to_owned(),
+        message: e.message,
+        unreachable: e.unreachable,
+    };
+    db.run(Statement::new(LEDGER_DDL)).await.map_err(|e| fail(0, LEDGER_TABLE, e))?;
+    loop {
+        let done = applied(db).await.map_err(|e| fail(0, LEDGER_TABLE, e))?;
+        let pending = match migrations::compare(set, &done) {
+            LedgerState::Current => return Ok(done.len()),
+            LedgerState::Behind { pending } => pending,
+            LedgerState::Diverged { unknown } => {
+                let e = SqlError::new("the ledger has migrations this Worker does not know");
+                return Err(fail(done.len(), &unknown.join(","), e));
+            }
+        };
+        let migration = set.iter().find(|m| m.name == pending[0]).expect("pending names come from the set");
+        if let Err(e) = db.batch(with_ledger_row(migration)).await {
+            // Someone else applied it meanwhile (or a lost answer hid our success)? Then carry
+            // on; else this migration fails here.
+            let now = applied(db).await.map_err(|e| fail(done.len(), LEDGER_TABLE, e))?;
+            if !now.iter().any(|n| n == migration.name) {
+                return Err(fail(done.len(), migration.name, e));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::MemorySql;
+
+    const SET: &[Migration] = &[
+        Migration { name: "0001_a.sql", sql: "CREATE TABLE a (x INTEGER);" },
+        Migration { name: "0002_b.sql", sql: "CREATE TABLE b (y INTEGER);\nINSERT INTO a (x) VALUES (1);" },
+    ];
+
+    #[tokio::test]
+    async fn applies_in_order_once_and_reports_the_version() {
+        let db = MemorySql::new();
+        assert_eq!(applied(&db).await.unwrap(), Vec::<String>::new(), "no ledger yet reads as empty");
+        assert_eq!(apply_pending(&db, &SET[..1]).await.unwrap(), 1);
+        assert_eq!(apply_pending(&db, SET).await.unwrap(), 2);
+        assert_eq!(apply_pending(&db, SET).await.unwrap(), 2, "nothing left to apply");
+        assert_eq!(applied(&db).await.unwrap(), vec!["0001_a.sql", "0002_b.sql"]);
+        let rows: Vec<serde_json::Value> = db.all(Statement::new("SELECT x FROM a")).await.unwrap();
+        assert_eq!(rows.len(), 1, "the data statement ran once");
+    }
+
+    #[tokio::test]
+    async fn a_failing_migration_leaves_the_database_at_the_last_whole_one() {
+        let db = MemorySql::new();
+        let bad =
+            [SET[0], Migration { name: "0002_bad.sql", sql: "CREATE TABLE c (z);\nINSERT INTO nowhere VALUES (1);" }];
+        let err = apply_pending(&db, &bad).await.unwrap_err();
+        assert_eq!((err.version, err.migration.as_str()), (1, "0002_bad.sql"));
+        assert!(err.message.contains("nowhere"), "{err}");
+        // Table c was rolled back with its migration.
+        assert_eq!(applied(&db).await.unwrap(), vec!["0001_a.sql"]);
+        assert!(db.run(Statement::new("SELECT * FROM c")).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_ledger_from_newer_code_is_refused() {
+        let db = MemorySql::new();
+        apply_pending(&db, SET).await.unwrap();
+        let err = apply_pending(&db, &SET[..1]).await.unwrap_err();
+        assert_eq!(err.migration, "0002_b.sql");
+    }
+
+    #[test]
+    fn the_control_and_tenant_sets_apply_to_a_fresh_database() {
+        futures::executor::block_on(async {
+            for set in [migrations::CONTROL, migrations::TENANT] {
+                let db = MemorySql::new();
+                assert_eq!(apply_pending(&db, set).await.unwrap(), set.len());
+            }
+        });
+    }
+}

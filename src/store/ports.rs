@@ -1,0 +1,55 @@
+//! What the control plane needs from the world besides its own tables, as small traits: backup
+//! storage, which tenant databases this invocation can reach by binding, and the clock. With
+//! [`Sql`] (the control store) and `cloudflare::Transport` (the Cloudflare API) they make a
+//! [`Platform`], which the lifecycle is generic over.
+//!
+//! Implementations: the Worker's in `crate::edge` (R2, `env.d1`, `Date.now` and `setTimeout`), the
+//! in-memory ones in `crate::fake` (native tests and the fleet simulation).
+
+use std::time::Duration;
+
+use super::sql::Sql;
+use crate::cloudflare::Transport;
+use crate::core::names::BindingName;
+
+/// A backup store failed (R2 trouble: worth trying again later).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("backup storage: {0}")]
+pub struct BackupError(pub String);
+
+/// Where tenant backups go (an R2 bucket in the Worker).
+#[allow(async_fn_in_trait)]
+pub trait Backups {
+    /// The binding the objects live under, for their `r2://{bucket}/{key}` locations.
+    fn bucket(&self) -> &str;
+    async fn exists(&self, key: &str) -> Result<bool, BackupError>;
+    async fn put(&self, key: &str, bytes: Vec<u8>, metadata: &[(&str, &str)]) -> Result<(), BackupError>;
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackupError>;
+}
+
+/// The tenant databases this invocation can reach by binding. A binding added by a settings
+/// change is visible only to invocations of the Worker version that change made, never to the
+/// invocation that made it.
+pub trait Bindings {
+    type Db: Sql;
+    fn database(&self, binding: &BindingName) -> Option<Self::Db>;
+}
+
+/// Wall-clock time and waiting.
+#[allow(async_fn_in_trait)]
+pub trait Clock {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> f64;
+    async fn sleep(&self, duration: Duration);
+}
+
+/// Everything the control plane's lifecycle runs on.
+pub trait Platform {
+    /// The control-plane database.
+    type Control: Sql;
+    /// The network to the Cloudflare API.
+    type Transport: Transport;
+    type Backups: Backups;
+    type Bindings: Bindings;
+    type Clock: Clock;
+}
