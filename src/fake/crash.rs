@@ -25,8 +25,11 @@ impl Crash {
         self.inner.crashed.set(false);
     }
 
+    /// No crash to come; the next invocations are a new process (a crashed run must have been
+    /// dropped first).
     pub fn disarm(&self) {
         self.inner.at.set(None);
+        self.inner.crashed.set(false);
     }
 
     /// Effects counted so far.
@@ -55,8 +58,9 @@ impl Crash {
 
     /// Resolves once the crash happened (race it against the run, and drop the run).
     pub async fn wait(&self) {
+        // A virtual millisecond at a time: a busy loop would keep paused time from advancing.
         while !self.inner.crashed.get() {
-            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
 }

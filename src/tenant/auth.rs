@@ -10,7 +10,7 @@
 //! emails take the same path: a reservation, and a check against a decoy hash.
 //!
 //! The token's user is read from the tenant database, then trusted by this isolate for
-//! [`USER_TTL_MS`] (the same window as the tenant lookup), so a hot request reads no user row: a
+//! `context::users::TTL_MS` (the same window as the tenant lookup), so a hot request reads no user row: a
 //! deleted user or a role change takes effect within that window everywhere, and at once in the
 //! isolate that made the change. The cache is keyed by the tenant's database id and the user id, so
 //! an entry can only ever answer for that exact database.
@@ -22,9 +22,8 @@ use serde_json::json;
 use wasm_bindgen::JsValue;
 use worker::{Env, Request, Response};
 
-use super::context::{audit_statement, AuthUser, TenantContext};
+use super::context::{audit_statement, users, AuthUser, TenantContext};
 use super::TenantDb;
-use crate::core::cache::TtlCache;
 use crate::core::token::{bearer, AuthError, KeyRing, Role, TenantClaims, TokenCache};
 use crate::http::{self, ApiError};
 use crate::store::control::TenantRecord;
@@ -35,25 +34,11 @@ pub const WINDOW_MS: i64 = 15 * 60 * 1000;
 /// Checked when the email is unknown, so a miss costs the same time as a wrong password.
 const DECOY_HASH: &str = "$pbkdf2-sha256$i=100000$dGVuYW50cnktZGVjb3k$yG3Qw1i8n6m2W7Xq7m3i8Q0f2uJ3m0t6s1Yc2A5Ld9Q";
 
-/// How long a user read from a tenant database is trusted by this isolate.
-pub const USER_TTL_MS: f64 = registry::TTL_MS;
-
-thread_local! {
-    /// (tenant database id, user id) -> the user as that database had them.
-    static USERS: RefCell<TtlCache<(String, i64), AuthUser>> =
-        RefCell::new(TtlCache::new(registry::CAPACITY, USER_TTL_MS));
-}
-
 /// How long this isolate trusts a token it verified (never past the token's expiry).
 const TOKEN_CACHE_TTL_MS: f64 = 60_000.0;
 
 thread_local! {
     static TOKENS: RefCell<TokenCache> = RefCell::new(TokenCache::new(registry::CAPACITY, TOKEN_CACHE_TTL_MS));
-}
-
-/// Forgets a user this isolate may have cached (after changing or deleting them).
-pub fn forget_user(database_id: &str, user_id: i64) {
-    USERS.with(|c| c.borrow_mut().remove(&(database_id.to_owned(), user_id)));
 }
 
 fn now_ms() -> i64 {
@@ -97,11 +82,11 @@ pub async fn authenticate(
         });
     }
     // The database decides who the user is (not the token): a deleted user's token stops working,
-    // a demoted admin loses admin rights, within USER_TTL_MS. The token's `db` is the tenant's
+    // a demoted admin loses admin rights, within `users::TTL_MS`. The token's `db` is the tenant's
     // database (checked above), so it keys the cache.
     let key = (claims.db, claims.sub);
     let now = now_ms() as f64;
-    let cached = USERS.with(|c| c.borrow_mut().get(&key, now));
+    let cached = users::get(&key, now);
     let user = match cached {
         Some(user) => user,
         None => {
@@ -113,7 +98,7 @@ pub async fn authenticate(
                 .await?;
             let user =
                 user.ok_or_else(|| ApiError::Unauthorized { message: "the token's user no longer exists".into() })?;
-            USERS.with(|c| c.borrow_mut().insert(key, user.clone(), now));
+            users::insert(key, user.clone(), now);
             user
         }
     };

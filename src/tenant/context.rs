@@ -81,7 +81,7 @@ impl TenantContext {
     /// Forgets user `id` from this isolate's user cache: call after changing or deleting them.
     pub fn forget_user(&self, id: i64) {
         if let Some(db) = &self.record.database_id {
-            super::auth::forget_user(db, id);
+            users::forget(db, id);
         }
     }
 
@@ -299,4 +299,37 @@ pub async fn audit_log(ctx: &TenantContext, req: &Request) -> Result<Response, A
         })
         .collect();
     http::json(200, &serde_json::json!({ "entries": entries, "next_cursor": next }))
+}
+
+/// This isolate's cache of authenticated users, keyed by (tenant database id, user id), so an
+/// entry can only ever answer for that exact database.
+pub(super) mod users {
+    use std::cell::RefCell;
+
+    use super::AuthUser;
+    use crate::core::cache::TtlCache;
+    use crate::store::directory;
+
+    /// How long a user read from a tenant database is trusted by this isolate (the tenant
+    /// lookup's window).
+    pub const TTL_MS: f64 = directory::TTL_MS;
+
+    type Key = (String, i64);
+
+    thread_local! {
+        static USERS: RefCell<TtlCache<Key, AuthUser>> = RefCell::new(TtlCache::new(directory::CAPACITY, TTL_MS));
+    }
+
+    pub fn get(key: &Key, now: f64) -> Option<AuthUser> {
+        USERS.with(|c| c.borrow_mut().get(key, now))
+    }
+
+    pub fn insert(key: Key, user: AuthUser, now: f64) {
+        USERS.with(|c| c.borrow_mut().insert(key, user, now));
+    }
+
+    /// Forgets a user (after changing or deleting them).
+    pub fn forget(database_id: &str, user_id: i64) {
+        USERS.with(|c| c.borrow_mut().remove(&(database_id.to_owned(), user_id)));
+    }
 }

@@ -1,0 +1,134 @@
+//! In-memory backups, bindings and clock, and a control store that can crash after a write.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::{Crash, FakeCloudflare, MemorySql};
+use crate::core::names::BindingName;
+use crate::store::ports::{BackupError, Backups, Bindings, Clock};
+use crate::store::sql::{Outcome, Sql, SqlError, Statement};
+
+/// An [`Sql`] whose writes are effects of a [`Crash`]: a batch that changed a row may be the last
+/// thing the process did.
+#[derive(Clone)]
+pub struct Crashing<S> {
+    pub inner: S,
+    pub crash: Crash,
+}
+
+impl<S: Sql> Sql for Crashing<S> {
+    async fn batch(&self, statements: Vec<Statement>) -> Result<Vec<Outcome>, SqlError> {
+        let out = self.inner.batch(statements).await?;
+        if out.iter().any(Outcome::changed) {
+            self.crash.after_effect().await;
+        }
+        Ok(out)
+    }
+}
+
+/// An object: its bytes and custom metadata.
+type Object = (Vec<u8>, HashMap<String, String>);
+
+/// Objects in memory, as an R2 bucket holds them.
+#[derive(Clone, Default)]
+pub struct MemoryBackups {
+    objects: Rc<RefCell<BTreeMap<String, Object>>>,
+    crash: Crash,
+}
+
+impl MemoryBackups {
+    pub fn new(crash: Crash) -> Self {
+        Self { objects: Rc::default(), crash }
+    }
+
+    /// The keys stored, in order.
+    pub fn keys(&self) -> Vec<String> {
+        self.objects.borrow().keys().cloned().collect()
+    }
+
+    /// An object's custom metadata.
+    pub fn metadata(&self, key: &str) -> Option<HashMap<String, String>> {
+        self.objects.borrow().get(key).map(|(_, meta)| meta.clone())
+    }
+}
+
+impl Backups for MemoryBackups {
+    fn bucket(&self) -> &str {
+        "BACKUPS"
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, BackupError> {
+        Ok(self.objects.borrow().contains_key(key))
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>, metadata: &[(&str, &str)]) -> Result<(), BackupError> {
+        let meta = metadata.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        self.objects.borrow_mut().insert(key.to_owned(), (bytes, meta));
+        self.crash.after_effect().await;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackupError> {
+        Ok(self.objects.borrow().get(key).map(|(bytes, _)| bytes.clone()))
+    }
+}
+
+/// The tenant bindings one invocation sees: those of the Worker version that was current when it
+/// started. A settings change made since (even by this invocation) is not among them.
+#[derive(Clone, Default)]
+pub struct FakeBindings {
+    databases: HashMap<String, MemorySql>,
+}
+
+impl FakeBindings {
+    /// The bindings `cloud`'s script has now.
+    pub fn snapshot(cloud: &FakeCloudflare) -> Self {
+        let databases =
+            cloud.tenant_bindings().into_iter().filter_map(|(name, id)| Some((name, cloud.database(&id)?))).collect();
+        Self { databases }
+    }
+}
+
+impl Bindings for FakeBindings {
+    type Db = MemorySql;
+    fn database(&self, binding: &BindingName) -> Option<MemorySql> {
+        self.databases.get(binding.as_str()).cloned()
+    }
+}
+
+/// Tokio's clock, which tests pause and advance (`#[tokio::test(start_paused = true)]`), read as
+/// wall-clock milliseconds from a fixed start.
+#[derive(Clone)]
+pub struct VirtualClock {
+    origin: tokio::time::Instant,
+    start_ms: f64,
+}
+
+impl VirtualClock {
+    /// 2026-11-23T00:00:00Z at the moment of the call.
+    pub fn new() -> Self {
+        Self { origin: tokio::time::Instant::now(), start_ms: 1_795_392_000_000.0 }
+    }
+
+    /// Milliseconds since the clock was made.
+    pub fn elapsed_ms(&self) -> f64 {
+        self.origin.elapsed().as_secs_f64() * 1000.0
+    }
+}
+
+impl Default for VirtualClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for VirtualClock {
+    fn now_ms(&self) -> f64 {
+        self.start_ms + self.elapsed_ms()
+    }
+    async fn sleep(&self, duration: Duration) {
+        tokio::time::sleep(duration).await
+    }
+}

@@ -1,0 +1,304 @@
+//! A whole control plane in memory: the control database, the Cloudflare account, the backup
+//! bucket, a clock, and a crash switch. Each [`World::invocation`] is a new Worker invocation: a
+//! lifecycle with its own lease holder, seeing the tenant bindings the script has at that moment.
+//! [`World::violations`] checks the invariants a converged fleet must hold.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Crash, Crashing, FakeBindings, FakeCloudflare, MemoryBackups, MemorySql, VirtualClock};
+use crate::cloudflare::{ApiToken, Client};
+use crate::control::lifecycle::{CreateInput, Lifecycle, Settings};
+use crate::core::lifecycle::{OperationKind, Plan, TenantStatus};
+use crate::core::migrations;
+use crate::core::names::{BindingName, DatabaseName, DatabasePrefix};
+use crate::core::retry::RetryPolicy;
+use crate::core::slug::TenantSlug;
+use crate::sql;
+use crate::store::control::{ControlStore, CreateStart, NewTenant, OperationRow};
+use crate::store::ports::Platform;
+use crate::store::sql::Sql;
+use crate::store::{migrate, tenant_db};
+
+/// The in-memory platform.
+pub struct FakePlatform;
+
+impl Platform for FakePlatform {
+    type Control = Crashing<MemorySql>;
+    type Transport = FakeCloudflare;
+    type Backups = MemoryBackups;
+    type Bindings = FakeBindings;
+    type Clock = VirtualClock;
+}
+
+pub const SCRIPT: &str = "tenantry";
+pub const PREFIX: &str = "tenantry-";
+
+pub struct World {
+    pub control: MemorySql,
+    pub cloud: FakeCloudflare,
+    pub backups: MemoryBackups,
+    pub clock: VirtualClock,
+    pub crash: Crash,
+    /// `ORPHAN_POLICY=remove` for the invocations made from now on.
+    pub remove_orphans: Cell<bool>,
+    invocations: Cell<u64>,
+    ids: Cell<u64>,
+}
+
+impl World {
+    /// A migrated control plane and an account whose script has only its own bindings.
+    pub async fn new(seed: u64) -> Self {
+        let crash = Crash::default();
+        let control = MemorySql::new();
+        migrate::apply_pending(&control, migrations::CONTROL).await.expect("the control migrations apply");
+        let own = vec![
+            json!({ "type": "d1", "name": "CONTROL_DB", "id": "control-plane" }),
+            json!({ "type": "plain_text", "name": "APEX", "text": "example.com" }),
+            json!({ "type": "r2_bucket", "name": "BACKUPS", "bucket_name": "tenantry-backups" }),
+        ];
+        let cloud = FakeCloudflare::new(SCRIPT, own).with_seed(seed).with_crash(crash.clone());
+        Self {
+            control,
+            cloud,
+            backups: MemoryBackups::new(crash.clone()),
+            clock: VirtualClock::new(),
+            crash,
+            remove_orphans: Cell::new(false),
+            invocations: Cell::new(0),
+            ids: Cell::new(0),
+        }
+    }
+
+    /// The control store, without crashes (for the test's own reads and writes).
+    pub fn store(&self) -> ControlStore<MemorySql> {
+        ControlStore::new(self.control.clone())
+    }
+
+    /// A new invocation of the Worker.
+    pub fn invocation(&self) -> Lifecycle<FakePlatform> {
+        let n = self.invocations.get() + 1;
+        self.invocations.set(n);
+        let api = Client::new(
+            self.cloud.clone(),
+            "https://api.cloudflare.invalid/client/v4",
+            "account",
+            ApiToken::new("token"),
+            RetryPolicy::default(),
+        );
+        Lifecycle {
+            store: ControlStore::new(Crashing { inner: self.control.clone(), crash: self.crash.clone() }),
+            api,
+            backups: self.backups.clone(),
+            bindings: FakeBindings::snapshot(&self.cloud),
+            clock: self.clock.clone(),
+            settings: Settings {
+                script: SCRIPT.into(),
+                prefix: DatabasePrefix::parse(PREFIX).expect("a valid prefix"),
+                holder: format!("invocation-{n}"),
+                remove_orphans: self.remove_orphans.get(),
+                migration_concurrency: 8,
+            },
+        }
+    }
+
+    fn next_id(&self, what: &str) -> String {
+        let n = self.ids.get() + 1;
+        self.ids.set(n);
+        format!("{what}-{n}")
+    }
+
+    /// What `POST /v1/tenants` writes before running the saga: the provisioning row and its
+    /// create operation, in one batch. Returns the operation.
+    pub async fn request_create(&self, slug: &str) -> OperationRow {
+        let parsed = TenantSlug::parse(slug).expect("a valid slug");
+        let prefix = DatabasePrefix::parse(PREFIX).expect("a valid prefix");
+        let database = DatabaseName::for_tenant(&prefix, &parsed);
+        let binding = BindingName::for_tenant(&parsed);
+        let fingerprint = format!("fp-{slug}");
+        let new = NewTenant {
+            slug,
+            display_name: slug,
+            plan: Plan::Free,
+            database_name: database.as_str(),
+            binding_name: binding.as_str(),
+            fingerprint: &fingerprint,
+        };
+        let input = CreateInput { admin_email: format!("admin@{slug}.test"), admin_password_hash: Some("hash".into()) };
+        let input = serde_json::to_string(&input).expect("serializable");
+        let store = self.store();
+        let op_id = self.next_id("create");
+        store
+            .start_create(CreateStart::Insert(&new), slug, &fingerprint, &op_id, &input, &json!({}))
+            .await
+            .expect("the control store answers");
+        store.open_operation_of(slug).await.expect("the control store answers").expect("the create is open")
+    }
+
+    /// What `DELETE /v1/tenants/{slug}` writes before running the saga. Returns the open delete.
+    pub async fn request_delete(&self, slug: &str) -> Option<OperationRow> {
+        let store = self.store();
+        let op_id = self.next_id("delete");
+        store.start_delete(slug, &op_id, &op_id).await.expect("the control store answers");
+        store
+            .open_operation_of(slug)
+            .await
+            .expect("the control store answers")
+            .filter(|op| op.kind == OperationKind::Delete)
+    }
+
+    /// Runs the scheduled reconciler in fresh invocations until nothing is left open (or
+    /// `max_passes`); returns the passes it took.
+    pub async fn converge(&self, max_passes: u32) -> u32 {
+        for pass in 1..=max_passes {
+            let lc = self.invocation();
+            // A pass that fails (an injected fault on the control plane's path) is just retried.
+            let _ = lc.reconcile_all().await;
+            if self.settled().await {
+                return pass;
+            }
+            // The next cron tick.
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        }
+        max_passes
+    }
+
+    /// No open operation, no tenant mid-lifecycle, and the binding set exactly the wanted one.
+    pub async fn settled(&self) -> bool {
+        let store = self.store();
+        let open = store.unfinished_operations(1).await.expect("the control store answers");
+        let mid: Vec<Count> = self
+            .control
+            .all(sql!("SELECT count(*) AS n FROM tenants WHERE status IN ('provisioning', 'deleting')"))
+            .await
+            .expect("the control store answers");
+        open.is_empty() && mid.first().is_none_or(|c| c.n == 0) && self.binding_drift().await.is_empty()
+    }
+
+    async fn binding_drift(&self) -> Vec<String> {
+        let wanted: BTreeMap<String, String> = self
+            .store()
+            .wanted_bindings()
+            .await
+            .expect("the control store answers")
+            .into_iter()
+            .filter_map(|w| {
+                Some((BindingName::for_tenant(&TenantSlug::parse(&w.slug).ok()?).to_string(), w.database_id))
+            })
+            .collect();
+        let bound: BTreeMap<String, String> = self.cloud.tenant_bindings().into_iter().collect();
+        let mut drift = Vec::new();
+        for (name, id) in &wanted {
+            match bound.get(name) {
+                None => drift.push(format!("{name} is wanted but not bound")),
+                Some(b) if b != id => drift.push(format!("{name} is bound to {b}, not {id}")),
+                Some(_) => {}
+            }
+        }
+        for name in bound.keys().filter(|n| !wanted.contains_key(*n)) {
+            drift.push(format!("{name} is bound but not wanted"));
+        }
+        drift
+    }
+
+    /// Every invariant a converged fleet must hold, as the list of what is broken (empty: all
+    /// hold). `expect_active` tenants must be active; every other tenant the test touched must be
+    /// deleted or failed.
+    pub async fn violations(&self) -> Vec<String> {
+        let mut broken = Vec::new();
+        let store = self.store();
+        let tenants = store.list_tenants(None, "", 1_000_000).await.expect("the control store answers");
+        let databases: BTreeSet<String> = self.cloud.database_names().into_iter().collect();
+        let bound: BTreeMap<String, String> = self.cloud.tenant_bindings().into_iter().collect();
+        let mut owned = BTreeSet::new();
+        for t in &tenants {
+            let slug = TenantSlug::parse(&t.slug).expect("stored slugs are valid");
+            let binding = BindingName::for_tenant(&slug).to_string();
+            match t.status {
+                TenantStatus::Active | TenantStatus::Suspended => {
+                    owned.insert(t.database_name.clone());
+                    let Some(id) = &t.database_id else {
+                        broken.push(format!("{}: active without a database id", t.slug));
+                        continue;
+                    };
+                    if bound.get(&binding) != Some(id) {
+                        broken.push(format!("{}: active but {binding} is {:?}", t.slug, bound.get(&binding)));
+                    }
+                    match self.cloud.database(id) {
+                        None => broken.push(format!("{}: active but its database {id} does not exist", t.slug)),
+                        Some(db) => {
+                            let stamp = tenant_db::stamp(&db).await.ok().flatten();
+                            if stamp.as_deref() != Some(t.slug.as_str()) {
+                                broken.push(format!("{}: its database is stamped {stamp:?}", t.slug));
+                            }
+                            let applied = migrate::applied(&db).await.unwrap_or_default();
+                            if applied.len() != migrations::TENANT.len() {
+                                broken.push(format!("{}: its database is at {} migrations", t.slug, applied.len()));
+                            }
+                            let admins: Vec<Count> = db
+                                .all(sql!("SELECT count(*) AS n FROM users WHERE role = 'admin'"))
+                                .await
+                                .unwrap_or_default();
+                            if admins.first().is_none_or(|c| c.n != 1) {
+                                broken.push(format!("{}: has no admin", t.slug));
+                            }
+                        }
+                    }
+                    if t.schema_version != migrations::TENANT.len() as i64 {
+                        broken.push(format!("{}: schema_version {}", t.slug, t.schema_version));
+                    }
+                }
+                TenantStatus::Deleted => {
+                    if databases.contains(&t.database_name) {
+                        broken.push(format!("{}: deleted but its database still exists", t.slug));
+                    }
+                    if bound.contains_key(&binding) {
+                        broken.push(format!("{}: deleted but still bound", t.slug));
+                    }
+                    if let Some(location) = &t.backup_location {
+                        let key = location.trim_start_matches("r2://BACKUPS/");
+                        if !self.backups.keys().iter().any(|k| k == key) {
+                            broken.push(format!("{}: its backup {location} is not in the bucket", t.slug));
+                        }
+                    }
+                }
+                TenantStatus::Failed => {
+                    owned.insert(t.database_name.clone());
+                }
+                TenantStatus::Provisioning | TenantStatus::Deleting => {
+                    owned.insert(t.database_name.clone());
+                    broken.push(format!("{}: still {}", t.slug, t.status));
+                }
+            }
+        }
+        let control = DatabaseName::control_plane(&DatabasePrefix::parse(PREFIX).expect("a valid prefix"));
+        for name in databases.iter().filter(|n| n.starts_with(PREFIX) && *n != control.as_str()) {
+            if !owned.contains(name) {
+                broken.push(format!("orphan database {name}"));
+            }
+        }
+        for name in bound.keys() {
+            let known = tenants.iter().any(|t| {
+                !matches!(t.status, TenantStatus::Deleted)
+                    && BindingName::for_tenant(&TenantSlug::parse(&t.slug).expect("valid")).as_str() == name
+            });
+            if !known {
+                broken.push(format!("binding {name} belongs to no tenant"));
+            }
+        }
+        broken.extend(self.binding_drift().await);
+        let open = store.unfinished_operations(10).await.expect("the control store answers");
+        for op in open {
+            broken.push(format!("operation {} ({}) on {} is still open", op.id, op.kind.as_str(), op.tenant_slug));
+        }
+        broken
+    }
+}
+
+#[derive(Deserialize)]
+struct Count {
+    n: i64,
+}
