@@ -78,8 +78,10 @@ pub fn diff(current: &[Value], tenants: &[TenantBinding]) -> BindingDiff {
             Some(_) => {}
         }
     }
+    // A set, not a scan per binding: a script holds thousands of tenant bindings.
+    let wanted: std::collections::HashSet<&str> = tenants.iter().map(|t| t.binding.as_str()).collect();
     for name in bound.keys() {
-        if !tenants.iter().any(|t| t.binding.as_str() == *name) {
+        if !wanted.contains(*name) {
             out.extra.push((*name).to_owned());
         }
     }

@@ -83,6 +83,14 @@ impl Db {
 struct Script {
     bindings: Vec<Value>,
     version: u64,
+    /// Per tenant binding, each change: (the version that made it, the database it then binds).
+    history: HashMap<String, Vec<(u64, Option<String>)>>,
+}
+
+impl Script {
+    fn new(bindings: Vec<Value>) -> Self {
+        Self { bindings, version: 0, history: HashMap::new() }
+    }
 }
 
 struct Export {
@@ -560,8 +568,18 @@ impl State {
             return (Err(binding_error(message)), false);
         }
         let s = self.scripts.get_mut(script).expect("checked above");
-        s.bindings = resolved;
+        let before: HashMap<String, String> = d1_bindings(&s.bindings).into_iter().collect();
+        let after: HashMap<String, String> = d1_bindings(&resolved).into_iter().collect();
         s.version += 1;
+        for (name, id) in &after {
+            if before.get(name) != Some(id) {
+                s.history.entry(name.clone()).or_default().push((s.version, Some(id.clone())));
+            }
+        }
+        for name in before.keys().filter(|n| !after.contains_key(*n)) {
+            s.history.entry(name.clone()).or_default().push((s.version, None));
+        }
+        s.bindings = resolved;
         (self.settings_get(script), true)
     }
 
@@ -633,7 +651,7 @@ impl FakeCloudflare {
             }
         }
         let mut scripts = BTreeMap::new();
-        scripts.insert(script_name.to_owned(), Script { bindings: own_bindings, version: 0 });
+        scripts.insert(script_name.to_owned(), Script::new(own_bindings));
         let state = State {
             primary: script_name.to_owned(),
             scripts,
@@ -689,7 +707,7 @@ impl FakeCloudflare {
                 s.external_ids.insert(id.to_owned());
             }
         }
-        s.scripts.insert(script_name.to_owned(), Script { bindings: own_bindings, version: 0 });
+        s.scripts.insert(script_name.to_owned(), Script::new(own_bindings));
     }
 
     // --- inspection ---------------------------------------------------------------------------
@@ -727,6 +745,17 @@ impl FakeCloudflare {
 
     pub fn tenant_bindings_of(&self, script: &str) -> Vec<(String, String)> {
         self.inner.borrow().scripts.get(script).map(|s| d1_bindings(&s.bindings)).unwrap_or_default()
+    }
+
+    /// The database tenant binding `binding` of the main script named at settings version
+    /// `version`, if any: what an invocation of that version reaches by `env.d1(binding)`.
+    pub fn bound_at(&self, binding: &str, version: u64) -> Option<MemorySql> {
+        let id = {
+            let s = self.inner.borrow();
+            let changes = s.scripts[&s.primary].history.get(binding)?;
+            changes.iter().rev().find(|(v, _)| *v <= version)?.1.clone()?
+        };
+        self.database(&id)
     }
 
     /// The main script's whole binding set, as stored (secrets included).

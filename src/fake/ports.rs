@@ -77,24 +77,23 @@ impl Backups for MemoryBackups {
 
 /// The tenant bindings one invocation sees: those of the Worker version that was current when it
 /// started. A settings change made since (even by this invocation) is not among them.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct FakeBindings {
-    databases: HashMap<String, MemorySql>,
+    cloud: FakeCloudflare,
+    version: u64,
 }
 
 impl FakeBindings {
     /// The bindings `cloud`'s script has now.
     pub fn snapshot(cloud: &FakeCloudflare) -> Self {
-        let databases =
-            cloud.tenant_bindings().into_iter().filter_map(|(name, id)| Some((name, cloud.database(&id)?))).collect();
-        Self { databases }
+        Self { cloud: cloud.clone(), version: cloud.settings_version() }
     }
 }
 
 impl Bindings for FakeBindings {
     type Db = MemorySql;
     fn database(&self, binding: &BindingName) -> Option<MemorySql> {
-        self.databases.get(binding.as_str()).cloned()
+        self.cloud.bound_at(binding.as_str(), self.version)
     }
 }
 

@@ -66,6 +66,8 @@ fn execute(conn: &Connection, statement: &Statement) -> Result<Outcome, SqlError
 impl MemorySql {
     pub fn new() -> Self {
         let conn = Connection::open_in_memory().expect("an in-memory SQLite database opens");
+        // Small pages: a fleet simulation holds tens of thousands of these, each mostly schema.
+        conn.execute_batch("PRAGMA page_size = 1024;").expect("a new database takes a page size");
         Self { conn: Rc::new(RefCell::new(conn)) }
     }
 
