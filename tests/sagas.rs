@@ -18,6 +18,14 @@ async fn status(world: &World, slug: &str) -> TenantStatus {
     world.store().tenant(slug).await.unwrap().unwrap().status
 }
 
+/// What a bare `wrangler deploy` does: it sends only wrangler.toml's bindings.
+async fn bare_deploy(world: &World) {
+    let own: Vec<_> =
+        ["CONTROL_DB", "APEX", "BACKUPS"].iter().map(|n| serde_json::json!({ "type": "inherit", "name": n })).collect();
+    world.invocation().api.patch_settings(tenantry::fake::SCRIPT, &own).await.unwrap();
+    assert_eq!(world.cloud.tenant_bindings().len(), 0);
+}
+
 /// Waits past any lease a dead invocation held.
 async fn after_leases_lapse() {
     tokio::time::sleep(Duration::from_millis(LEASE_MS as u64 + 1)).await;
@@ -297,4 +305,52 @@ async fn the_reconciler_converges_from_any_mix_of_states() {
         assert_eq!(status(&world, "stray-d").await, TenantStatus::Deleted, "seed {seed}");
         assert!(world.cloud.database_names().contains(&"somebody-elses".to_owned()), "not ours: never removed");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_create_refused_its_binding_gives_its_place_back() {
+    let world = World::new(23).await;
+    // Room for the Worker's three own bindings and one tenant.
+    world.cloud.set_max_bindings(4);
+    let first = world.request_create("first").await;
+    world.invocation().run(&first).await.unwrap();
+    world.converge(3).await;
+    assert_eq!(status(&world, "first").await, TenantStatus::Active);
+    let second = world.request_create("second").await;
+    let progress = world.invocation().run(&second).await.unwrap();
+    assert!(matches!(&progress, Progress::Failed(why) if why.contains("too many bindings")), "{progress:?}");
+    let failed = world.store().tenant("second").await.unwrap().unwrap();
+    assert!(!failed.bind_wanted, "a failed create does not keep asking for a binding");
+    // So the binding set still converges, and the fleet's other changes go through.
+    let report = world.invocation().reconcile_bindings().await.unwrap().unwrap();
+    assert!(report.converged, "{report:?}");
+    let delete = world.request_delete("first").await.unwrap();
+    assert_eq!(world.invocation().run(&delete).await.unwrap(), Progress::Finished);
+    assert_eq!(world.violations().await, Vec::<String>::new());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_create_failed_after_its_bind_step_and_sent_again_ends_bound() {
+    use tenantry::fake::Fault;
+    use tenantry::store::control::CreateStart;
+    let world = World::new(29).await;
+    let op = world.request_create("acme").await;
+    // Bound by the first invocation; the next finds it not live and its token refused.
+    assert_eq!(world.invocation().run(&op).await.unwrap(), Progress::Pending(Wait::BindingNotLive));
+    bare_deploy(&world).await;
+    world.cloud.fail_next_on("settings.get", 1, Fault::Api { status: 403, code: 10000 });
+    let progress = world.invocation().run(&op).await.unwrap();
+    assert!(matches!(progress, Progress::Failed(_)), "{progress:?}");
+    assert_eq!(status(&world, "acme").await, TenantStatus::Failed);
+    // The operator sends the same create again: a new create operation, from its first step (each
+    // idempotent), asks for the binding again.
+    let store = world.store();
+    let input = r#"{"admin_email":"admin@acme.test"}"#;
+    store
+        .start_create(CreateStart::Resume, "acme", "fp-acme", "resume-1", input, &serde_json::json!({}))
+        .await
+        .unwrap();
+    world.converge(5).await;
+    assert_eq!(status(&world, "acme").await, TenantStatus::Active);
+    assert_eq!(world.violations().await, Vec::<String>::new());
 }

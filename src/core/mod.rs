@@ -1,8 +1,7 @@
 //! The tenancy core: plain Rust with no Workers types, so `cargo test` runs it natively.
 //!
 //! Everything that decides *which* tenant a request is for, and what that tenant's resources are
-//! called, lives here; the Worker edge (`crate::http`, `crate::control`, `crate::tenant`) only
-//! feeds it strings from the request and `Env`.
+//! called, lives here; the layers above only feed it strings from the request and `Env`.
 
 pub mod bindings;
 pub mod cache;

@@ -50,6 +50,13 @@ pub fn tenant_binding(env: &Env, binding: &BindingName) -> Option<D1Database> {
     env.d1(binding.as_str()).ok()
 }
 
+impl From<crate::store::sql::SqlError> for ApiError {
+    /// The control plane's (or a tenant database's) trouble is ours: 500, logged with detail.
+    fn from(e: crate::store::sql::SqlError) -> Self {
+        Self::internal(e)
+    }
+}
+
 /// The lifecycle's platform in the Worker.
 pub struct WorkerPlatform;
 

@@ -170,12 +170,8 @@ impl World {
     pub async fn settled(&self) -> bool {
         let store = self.store();
         let open = store.unfinished_operations(1).await.expect("the control store answers");
-        let mid: Vec<Count> = self
-            .control
-            .all(sql!("SELECT count(*) AS n FROM tenants WHERE status IN ('provisioning', 'deleting')"))
-            .await
-            .expect("the control store answers");
-        open.is_empty() && mid.first().is_none_or(|c| c.n == 0) && self.binding_drift().await.is_empty()
+        let in_flight = store.in_flight().await.expect("the control store answers");
+        open.is_empty() && in_flight == 0 && self.binding_drift().await.is_empty()
     }
 
     async fn binding_drift(&self) -> Vec<String> {

@@ -139,13 +139,6 @@ impl From<HostError> for ApiError {
     }
 }
 
-impl From<crate::store::sql::SqlError> for ApiError {
-    /// The control plane's (or a tenant database's) trouble is ours: 500, logged with detail.
-    fn from(e: crate::store::sql::SqlError) -> Self {
-        Self::internal(e)
-    }
-}
-
 impl From<worker::Error> for ApiError {
     fn from(e: worker::Error) -> Self {
         Self::internal(e)

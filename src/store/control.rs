@@ -282,6 +282,19 @@ impl<S: Sql> ControlStore<S> {
             .await
     }
 
+    /// How many tenants are mid-lifecycle (`provisioning` or `deleting`).
+    pub async fn in_flight(&self) -> Result<i64> {
+        #[derive(Deserialize)]
+        struct Count {
+            n: i64,
+        }
+        let count: Option<Count> = self
+            .db
+            .first(sql!("SELECT count(*) AS n FROM tenants WHERE status IN ('provisioning', 'deleting')"))
+            .await?;
+        Ok(count.map_or(0, |c| c.n))
+    }
+
     /// Database names every non-deleted tenant owns (for the orphan scan).
     pub async fn owned_database_names(&self) -> Result<Vec<String>> {
         #[derive(Deserialize)]
@@ -854,7 +867,10 @@ impl<S: Sql> ControlStore<S> {
     }
 
     /// A create that cannot succeed, in one batch: the operation is closed as failed and the
-    /// tenant, still provisioning, becomes `failed` with the reason. `false` when the fence was
+    /// tenant, still provisioning, becomes `failed` with the reason and stops asking for its
+    /// binding (a failed tenant is not served; a binding refused, at the script's limit, would
+    /// otherwise keep every later change of the binding set from going through). A resumed
+    /// create asks again at its bind step. `false` when the fence was
     /// lost or the operation was closed meanwhile: nothing changed.
     pub async fn fail_create(&self, op_id: &str, fence: &Fence<'_>, slug: &str, reason: &str) -> Result<bool> {
         let batch = vec![
@@ -869,8 +885,8 @@ impl<S: Sql> ControlStore<S> {
             )),
             sql!(
                 format!(
-                    "UPDATE tenants SET status = 'failed', status_message = ?2, last_error = ?2, updated_at = {NOW} \
-                     WHERE slug = ?1 AND status = 'provisioning' AND changes() > 0"
+                    "UPDATE tenants SET status = 'failed', status_message = ?2, last_error = ?2, bind_wanted = 0, \
+                     updated_at = {NOW} WHERE slug = ?1 AND status = 'provisioning' AND changes() > 0"
                 ),
                 slug,
                 reason
