@@ -171,10 +171,25 @@ async fn run(o: Options) -> bool {
     let mut reasons = std::collections::BTreeMap::<String, usize>::new();
     for t in tenants.iter().filter(|t| t.status == TenantStatus::Failed) {
         let why = t.last_error.clone().unwrap_or_default();
-        *reasons.entry(why.chars().take(120).collect()).or_default() += 1;
+        // One line per kind of failure: the text up to its first figure.
+        let kind: String = why.chars().take_while(|c| !c.is_ascii_digit() || why.len() < 20).take(120).collect();
+        *reasons.entry(kind).or_default() += 1;
     }
     for (why, n) in &reasons {
         println!("  failed x{n}: {why}");
+    }
+    let mut waiting = std::collections::BTreeMap::<String, usize>::new();
+    for op in store.unfinished_operations(u32::MAX).await.expect("the control store answers") {
+        let why = format!(
+            "{} at {}: {}",
+            op.kind.as_str(),
+            op.next_step.map_or("-", |s| s.as_str()),
+            op.last_error.unwrap_or_default()
+        );
+        *waiting.entry(why.chars().take(140).collect()).or_default() += 1;
+    }
+    for (why, n) in &waiting {
+        println!("  open x{n}: {why}");
     }
     let violations = world.violations().await;
     let checked = "every active tenant bound to its own stamped, migrated database with its admin; every deleted \
