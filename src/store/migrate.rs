@@ -29,18 +29,24 @@ impl From<MigrateError> for SqlError {
     }
 }
 
+#[derive(Deserialize)]
+struct Name {
+    name: String,
+}
+
 /// The ledger: names of the applied migrations in order; empty when there is no ledger table.
 pub async fn applied<S: Sql>(db: &S) -> Result<Vec<String>, SqlError> {
-    #[derive(Deserialize)]
-    struct Name {
-        name: String,
-    }
     let exists =
         Statement::new(format!("SELECT name FROM sqlite_master WHERE type = 'table' AND name = '{LEDGER_TABLE}'"));
-    let ledger = Statement::new(format!("SELECT name FROM {LEDGER_TABLE} ORDER BY id"));
     if db.all::<Name>(exists).await?.is_empty() {
         return Ok(Vec::new());
     }
+    ledger(db).await
+}
+
+/// The ledger of a database that has one, in one query (over the REST API each is an API call).
+async fn ledger<S: Sql>(db: &S) -> Result<Vec<String>, SqlError> {
+    let ledger = Statement::new(format!("SELECT name FROM {LEDGER_TABLE} ORDER BY id"));
     Ok(db.all::<Name>(ledger).await?.into_iter().map(|r| r.name).collect())
 }
 
@@ -67,7 +73,7 @@ pub async fn apply_pending<S: Sql>(db: &S, set: &[Migration]) -> Result<usize, M
     };
     db.run(Statement::new(LEDGER_DDL)).await.map_err(|e| fail(0, LEDGER_TABLE, e))?;
     loop {
-        let done = applied(db).await.map_err(|e| fail(0, LEDGER_TABLE, e))?;
+        let done = ledger(db).await.map_err(|e| fail(0, LEDGER_TABLE, e))?;
         let pending = match migrations::compare(set, &done) {
             LedgerState::Current => return Ok(done.len()),
             LedgerState::Behind { pending } => pending,
@@ -80,7 +86,7 @@ pub async fn apply_pending<S: Sql>(db: &S, set: &[Migration]) -> Result<usize, M
         if let Err(e) = db.batch(with_ledger_row(migration)).await {
             // Someone else applied it meanwhile (or a lost answer hid our success)? Then carry
             // on; else this migration fails here.
-            let now = applied(db).await.map_err(|e| fail(done.len(), LEDGER_TABLE, e))?;
+            let now = ledger(db).await.map_err(|e| fail(done.len(), LEDGER_TABLE, e))?;
             if !now.iter().any(|n| n == migration.name) {
                 return Err(fail(done.len(), migration.name, e));
             }
