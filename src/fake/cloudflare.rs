@@ -102,6 +102,8 @@ struct Export {
 struct State {
     primary: String,
     scripts: BTreeMap<String, Script>,
+    /// Per script, the serialized answer to a settings GET and the version it is of.
+    settings_cache: HashMap<String, (u64, Vec<u8>)>,
     /// D1 ids bound by the Worker's own bindings: databases outside this fake, valid in a PATCH.
     external_ids: HashSet<String>,
     max_bindings: usize,
@@ -653,6 +655,7 @@ impl FakeCloudflare {
         let mut scripts = BTreeMap::new();
         scripts.insert(script_name.to_owned(), Script::new(own_bindings));
         let state = State {
+            settings_cache: HashMap::new(),
             primary: script_name.to_owned(),
             scripts,
             external_ids,
@@ -884,6 +887,22 @@ impl FakeCloudflare {
                     None => (plain(404, "NoSuchKey"), false),
                 };
             }
+            Route::SettingsGet(script) => {
+                // The answer only changes with the settings' version: serialized once per version
+                // (a simulated fleet reads thousands of bindings per create).
+                let mut s = self.inner.borrow_mut();
+                let version = s.scripts.get(script).map(|sc| sc.version);
+                if let (Some(version), Some((cached, bytes))) = (version, s.settings_cache.get(script)) {
+                    if *cached == version {
+                        return (HttpResponse { status: 200, retry_after: None, body: bytes.clone() }, false);
+                    }
+                }
+                let response = envelope(s.settings_get(script));
+                if let (Some(version), 200) = (version, response.status) {
+                    s.settings_cache.insert(script.to_owned(), (version, response.body.clone()));
+                }
+                return (response, false);
+            }
             _ => {
                 let mut s = self.inner.borrow_mut();
                 match route {
@@ -892,7 +911,6 @@ impl FakeCloudflare {
                     Route::Get(id) => (s.find(id).map(|d| (d.describe(), None)).ok_or_else(|| not_found(id)), false),
                     Route::Delete(id) => s.delete(id),
                     Route::Export(id) => (s.export(id, &request.body), false),
-                    Route::SettingsGet(script) => (s.settings_get(script), false),
                     Route::SettingsPatch(script) => s.settings_patch(script, &request.body),
                     Route::WrongMethod(_) => (Err(api_err(405, 10405, "Method not allowed on this route")), false),
                     _ => (Err(api_err(404, 7003, "No route for that URI")), false),

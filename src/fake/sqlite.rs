@@ -48,7 +48,8 @@ fn err(e: rusqlite::Error) -> SqlError {
 
 fn execute(conn: &Connection, statement: &Statement) -> Result<Outcome, SqlError> {
     let before = conn.total_changes();
-    let mut prepared = conn.prepare(&statement.sql).map_err(err)?;
+    // Cached: the same statements run again and again (D1 keeps prepared statements too).
+    let mut prepared = conn.prepare_cached(&statement.sql).map_err(err)?;
     let names: Vec<String> = prepared.column_names().into_iter().map(str::to_owned).collect();
     let mut rows = prepared.query(params_from_iter(statement.params.iter().map(to_sql))).map_err(err)?;
     let mut out = Vec::new();
@@ -68,6 +69,7 @@ impl MemorySql {
         let conn = Connection::open_in_memory().expect("an in-memory SQLite database opens");
         // Small pages: a fleet simulation holds tens of thousands of these, each mostly schema.
         conn.execute_batch("PRAGMA page_size = 1024;").expect("a new database takes a page size");
+        conn.set_prepared_statement_cache_capacity(256);
         Self { conn: Rc::new(RefCell::new(conn)) }
     }
 
