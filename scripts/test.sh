@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check, in the order a failure is cheapest to find: the JavaScript's formatting, lints and
-# types, the Rust's formatting and lints (host and wasm32), the native unit tests of the core, then
+# types, the Rust's formatting and lints (host and wasm32), the native tests (the core, the storage
+# layer, the sagas on the in-memory platform), then
 # the wasm build and the end-to-end suite against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo clippy (wasm32)"
 cargo clippy --workspace --target wasm32-unknown-unknown --locked -- -D warnings
 
-step "cargo test (the core, natively)"
+step "cargo test (the core, the storage layer and the sagas, natively)"
 cargo test --locked
 
 step "build the Worker (release wasm)"
