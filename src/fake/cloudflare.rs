@@ -555,6 +555,15 @@ impl State {
             let current = self.settings_get(script);
             return (current, false);
         };
+        // Too many is refused before anything else is looked at, as a body over the metadata cap.
+        if next.as_array().is_some_and(|list| list.len() > self.max_bindings) {
+            let count = next.as_array().map_or(0, Vec::len);
+            let message = format!(
+                "too many bindings: {count} (this script takes at most {}; script metadata is limited to 1 MB)",
+                self.max_bindings
+            );
+            return (Err(binding_error(message)), false);
+        }
         let resolved = match self.resolve(&s.bindings, next) {
             Ok(r) => r,
             Err(e) => return (Err(e), false),

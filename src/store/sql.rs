@@ -137,12 +137,17 @@ pub struct Outcome {
 impl Outcome {
     /// The rows as `T`.
     pub fn rows<T: DeserializeOwned>(&self) -> Result<Vec<T>, SqlError> {
-        self.rows.iter().map(|r| decode(r)).collect()
+        self.rows.iter().map(|r| decode(r.clone())).collect()
+    }
+
+    /// The rows as `T`, without copying them.
+    pub fn into_rows<T: DeserializeOwned>(self) -> Result<Vec<T>, SqlError> {
+        self.rows.into_iter().map(decode).collect()
     }
 
     /// The first row as `T`, if any.
     pub fn first<T: DeserializeOwned>(&self) -> Result<Option<T>, SqlError> {
-        self.rows.first().map(decode).transpose()
+        self.rows.first().map(|r| decode(r.clone())).transpose()
     }
 
     /// Whether the statement changed a row.
@@ -151,8 +156,8 @@ impl Outcome {
     }
 }
 
-fn decode<T: DeserializeOwned>(row: &Map<String, Value>) -> Result<T, SqlError> {
-    T::deserialize(Value::Object(row.clone())).map_err(|e| SqlError::new(format!("unexpected row shape: {e}")))
+fn decode<T: DeserializeOwned>(row: Map<String, Value>) -> Result<T, SqlError> {
+    T::deserialize(Value::Object(row)).map_err(|e| SqlError::new(format!("unexpected row shape: {e}")))
 }
 
 /// A statement or batch that failed; SQLite's (or D1's) message, on one line.
@@ -191,7 +196,7 @@ pub trait Sql {
 
     /// Runs one statement and reads its rows as `T`.
     async fn all<T: DeserializeOwned>(&self, statement: Statement) -> Result<Vec<T>, SqlError> {
-        self.run(statement).await?.rows()
+        self.run(statement).await?.into_rows()
     }
 
     /// Runs one statement and reads its first row as `T`.
