@@ -210,15 +210,6 @@ pub trait Sql {
     }
 }
 
-impl<S: Sql> Sql for &S {
-    async fn batch(&self, statements: Vec<Statement>) -> Result<Vec<Outcome>, SqlError> {
-        (**self).batch(statements).await
-    }
-    async fn run(&self, statement: Statement) -> Result<Outcome, SqlError> {
-        (**self).run(statement).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,7 +30,7 @@ use crate::core::names::BindingName;
 use crate::core::slug::TenantSlug;
 use crate::edge;
 use crate::http::{self, ApiError, Method};
-use crate::store::control::TenantRecord;
+use crate::store::control::{ControlStore, TenantRecord};
 use crate::store::directory::{self, Lookup};
 use crate::store::tenant_db::{NotReady, TenantDb as Checked};
 
@@ -74,9 +74,9 @@ pub async fn handle(
     let queries = lookup.control_plane_queries;
     let refresh = lookup.refresh_due;
     if refresh {
-        ctx.wait_until(directory::refresh(control, slug.clone(), js_sys::Date::now));
+        ctx.wait_until(directory::refresh(edge::control(env)?, slug.clone(), js_sys::Date::now));
     }
-    let outcome = serve(req, env, slug, request_id, lookup, &segments).await;
+    let outcome = serve(req, env, &control, slug, request_id, lookup, &segments).await;
     let mut response = outcome.unwrap_or_else(|e| http::error_response(&e));
     let _ = response.headers_mut().set(CONTROL_QUERIES_HEADER, &queries.to_string());
     if refresh {
@@ -88,6 +88,7 @@ pub async fn handle(
 async fn serve(
     req: &Request,
     env: &Env,
+    control: &ControlStore<D1Database>,
     slug: TenantSlug,
     request_id: &str,
     lookup: Lookup,
@@ -124,7 +125,7 @@ async fn serve(
         }
         TenantStatus::Deleting | TenantStatus::Deleted => return Err(not_found(&slug)),
     }
-    let tenant = open(env, slug, &record, lookup.verified).await?;
+    let tenant = open(env, control, slug, &record, lookup.verified).await?;
 
     // The one unauthenticated tenant route.
     if segments == ["api", "auth", "login"] {
@@ -200,12 +201,18 @@ fn not_found(slug: &TenantSlug) -> ApiError {
 
 /// The tenant's database: trusted when this isolate verified it recently, else opened and
 /// checked (stamp and schema, migrating on demand), and remembered as verified.
-async fn open(env: &Env, slug: TenantSlug, record: &TenantRecord, verified: bool) -> Result<TenantDb, ApiError> {
+async fn open(
+    env: &Env,
+    control: &ControlStore<D1Database>,
+    slug: TenantSlug,
+    record: &TenantRecord,
+    verified: bool,
+) -> Result<TenantDb, ApiError> {
     let db = binding(env, &slug)?;
     if verified {
         return Ok(TenantDb::trusted(db, slug));
     }
-    match TenantDb::open(db, slug.clone(), &edge::control(env)?).await {
+    match TenantDb::open(db, slug.clone(), control).await {
         Ok(tenant) => {
             directory::mark_verified(&slug, record, js_sys::Date::now());
             Ok(tenant)
