@@ -354,3 +354,32 @@ async fn a_create_failed_after_its_bind_step_and_sent_again_ends_bound() {
     assert_eq!(status(&world, "acme").await, TenantStatus::Active);
     assert_eq!(world.violations().await, Vec::<String>::new());
 }
+
+#[tokio::test(start_paused = true)]
+async fn fifty_concurrent_creates_at_the_binding_limit_never_overfill_it_and_the_set_still_converges() {
+    let world = World::new(31).await;
+    // The Worker's three own bindings and room for ten tenants.
+    world.cloud.set_max_bindings(13);
+    let slugs: Vec<String> = (0..50).map(|i| format!("burst-{i:02}")).collect();
+    let ops = join_all(slugs.iter().map(|s| world.request_create(s))).await;
+    let invocations: Vec<_> = ops.iter().map(|_| world.invocation()).collect();
+    let runs = join_all(invocations.iter().zip(&ops).map(|(lc, op)| lc.run(op))).await;
+    assert!(runs.iter().all(|r| r.is_ok()), "{runs:?}");
+    world.converge(10).await;
+    let mut active = Vec::new();
+    for slug in &slugs {
+        let t = world.store().tenant(slug).await.unwrap().unwrap();
+        match t.status {
+            TenantStatus::Active => active.push(slug.as_str()),
+            TenantStatus::Failed => assert!(!t.bind_wanted, "{slug} failed but still asks for a binding"),
+            other => panic!("{slug} is {other}"),
+        }
+    }
+    assert!((1..=10).contains(&active.len()), "{} active", active.len());
+    assert_eq!(world.cloud.tenant_bindings().len(), active.len());
+    assert_eq!(world.violations().await, Vec::<String>::new());
+    // The failed ones gave their place back: a delete still changes the binding set.
+    let delete = world.request_delete(active[0]).await.unwrap();
+    assert_eq!(world.invocation().run(&delete).await.unwrap(), Progress::Finished);
+    assert_eq!(world.violations().await, Vec::<String>::new());
+}
