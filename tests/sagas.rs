@@ -372,7 +372,11 @@ async fn fifty_concurrent_creates_at_the_binding_limit_never_overfill_it_and_the
         match t.status {
             TenantStatus::Active => active.push(slug.as_str()),
             TenantStatus::Failed => assert!(!t.bind_wanted, "{slug} failed but still asks for a binding"),
-            other => panic!("{slug} is {other}"),
+            other => panic!(
+                "{slug} is {other}: {:?} {:?}",
+                t.last_error,
+                world.store().open_operation_of(slug).await.unwrap()
+            ),
         }
     }
     assert!((1..=10).contains(&active.len()), "{} active", active.len());

@@ -25,6 +25,7 @@ impl FetchTransport {
             Method::Get => WMethod::Get,
             Method::Post => WMethod::Post,
             Method::Patch => WMethod::Patch,
+            Method::Put => WMethod::Put,
             Method::Delete => WMethod::Delete,
         });
         match &request.body {
@@ -42,6 +43,27 @@ impl FetchTransport {
                 let parts = js_sys::Array::of1(&JsValue::from_str(&value.to_string()));
                 let blob = web_sys::Blob::new_with_str_sequence_and_options(&parts, &options).map_err(js)?;
                 form.append_with_blob("settings", &blob).map_err(js)?;
+                init.with_body(Some(form.into()));
+            }
+            Body::Script { metadata, module_name, module } => {
+                let js = |e: JsValue| worker::Error::JsError(format!("{e:?}"));
+                let form = web_sys::FormData::new().map_err(js)?;
+                let part = |text: &str, mime: &str| {
+                    let options = web_sys::BlobPropertyBag::new();
+                    options.set_type(mime);
+                    web_sys::Blob::new_with_str_sequence_and_options(
+                        &js_sys::Array::of1(&JsValue::from_str(text)),
+                        &options,
+                    )
+                };
+                form.append_with_blob("metadata", &part(&metadata.to_string(), "application/json").map_err(js)?)
+                    .map_err(js)?;
+                form.append_with_blob_and_filename(
+                    module_name,
+                    &part(module, "application/javascript+module").map_err(js)?,
+                    module_name,
+                )
+                .map_err(js)?;
                 init.with_body(Some(form.into()));
             }
         }

@@ -43,6 +43,7 @@ impl fmt::Debug for ApiToken {
 pub enum Method {
     Get,
     Post,
+    Put,
     Patch,
     Delete,
 }
@@ -54,6 +55,12 @@ pub enum Body {
     Json(Value),
     /// `multipart/form-data` with one part named `settings` holding this JSON (script settings).
     Settings(Value),
+    /// `multipart/form-data` of a Worker upload: a part `metadata` (JSON) and one ES module.
+    Script {
+        metadata: Value,
+        module_name: String,
+        module: String,
+    },
 }
 
 /// One call of the API: where, how, and what it answers with (`R`).
@@ -298,6 +305,52 @@ pub mod endpoints {
             body: Body::None,
         }
     }
+    /// Where a script lives: the account's own Workers, or a dispatch namespace.
+    fn script_path(namespace: Option<&str>, script: &str) -> String {
+        match namespace {
+            None => format!("/workers/scripts/{}", enc(script)),
+            Some(ns) => format!("/workers/dispatch/namespaces/{}/scripts/{}", enc(ns), enc(script)),
+        }
+    }
+    pub fn get_script_settings(namespace: Option<&str>, script: &str) -> Endpoint {
+        Endpoint {
+            name: if namespace.is_some() { "dispatch.scripts.settings.get" } else { "scripts.settings.get" },
+            method: Method::Get,
+            path: format!("{}/settings", script_path(namespace, script)),
+            body: Body::None,
+        }
+    }
+    pub fn patch_script_settings(namespace: Option<&str>, script: &str, bindings: &[Value]) -> Endpoint {
+        Endpoint {
+            name: if namespace.is_some() { "dispatch.scripts.settings.patch" } else { "scripts.settings.patch" },
+            method: Method::Patch,
+            path: format!("{}/settings", script_path(namespace, script)),
+            body: Body::Settings(json!({ "bindings": bindings })),
+        }
+    }
+    /// Uploads (creates or replaces) a one-module script in a dispatch namespace.
+    pub fn upload_namespace_script(
+        namespace: &str,
+        script: &str,
+        metadata: Value,
+        module_name: &str,
+        module: &str,
+    ) -> Endpoint {
+        Endpoint {
+            name: "dispatch.scripts.upload",
+            method: Method::Put,
+            path: script_path(Some(namespace), script),
+            body: Body::Script { metadata, module_name: module_name.to_owned(), module: module.to_owned() },
+        }
+    }
+    pub fn delete_namespace_script(namespace: &str, script: &str) -> Endpoint {
+        Endpoint {
+            name: "dispatch.scripts.delete",
+            method: Method::Delete,
+            path: format!("{}?force=true", script_path(Some(namespace), script)),
+            body: Body::None,
+        }
+    }
     pub fn patch_settings(script: &str, bindings: &[Value]) -> Endpoint {
         Endpoint {
             name: "scripts.settings.patch",
@@ -455,6 +508,41 @@ impl<T: Transport> Client<T> {
 
     pub async fn patch_settings(&self, script: &str, bindings: &[Value]) -> Result<ScriptSettings, CfError> {
         Ok(self.call(&endpoints::patch_settings(script, bindings)).await?.0)
+    }
+
+    /// The settings of a script of the account (`namespace: None`) or of a dispatch namespace.
+    pub async fn get_script_settings(&self, namespace: Option<&str>, script: &str) -> Result<ScriptSettings, CfError> {
+        Ok(self.call(&endpoints::get_script_settings(namespace, script)).await?.0)
+    }
+
+    pub async fn patch_script_settings(
+        &self,
+        namespace: Option<&str>,
+        script: &str,
+        bindings: &[Value],
+    ) -> Result<ScriptSettings, CfError> {
+        Ok(self.call(&endpoints::patch_script_settings(namespace, script, bindings)).await?.0)
+    }
+
+    /// Uploads a one-module script into dispatch namespace `namespace` (a PUT: idempotent).
+    pub async fn upload_namespace_script(
+        &self,
+        namespace: &str,
+        script: &str,
+        metadata: Value,
+        module_name: &str,
+        module: &str,
+    ) -> Result<(), CfError> {
+        let endpoint = endpoints::upload_namespace_script(namespace, script, metadata, module_name, module);
+        self.call::<Value>(&endpoint).await.map(drop)
+    }
+
+    /// Deletes a script of dispatch namespace `namespace`; one already gone is not an error.
+    pub async fn delete_namespace_script(&self, namespace: &str, script: &str) -> Result<(), CfError> {
+        match self.call::<Value>(&endpoints::delete_namespace_script(namespace, script)).await {
+            Ok(_) | Err(CfError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Waits `duration` on the transport's clock (used by callers between polls).

@@ -17,7 +17,7 @@ use crate::core::names::BindingName;
 use crate::core::slug::TenantSlug;
 use crate::store::control::{ControlStore, Entities};
 use crate::store::migrate::{self, MigrateError};
-use crate::store::ports::Bindings;
+use crate::store::ports::{Bindings, Home};
 use crate::store::sql::{Sql, SqlError};
 use crate::store::tenant_db;
 
@@ -53,12 +53,13 @@ pub async fn migrate_pass<C: Sql, B: Bindings>(
     let mut slugs = store.tenants_behind(after, latest, entities.version, limit + 1).await?;
     let more = slugs.len() > limit as usize;
     slugs.truncate(limit as usize);
-    let next = if more { slugs.last().cloned() } else { None };
-    let outcomes: Vec<TenantOutcome> =
-        stream::iter(slugs.iter().map(|slug| tend_one(store, bindings, slug, &entities)))
-            .buffer_unordered(concurrency.max(1))
-            .collect()
-            .await;
+    let next = if more { slugs.last().map(|(slug, _)| slug.clone()) } else { None };
+    let outcomes: Vec<TenantOutcome> = stream::iter(
+        slugs.iter().map(|(slug, host)| tend_one(store, bindings, slug, Home::of(host.as_deref()), &entities)),
+    )
+    .buffer_unordered(concurrency.max(1))
+    .collect()
+    .await;
     let processed = outcomes.len();
     let (failed, migrated): (Vec<_>, Vec<_>) = outcomes.into_iter().partition(|o| o.error.is_some());
     Ok(PassReport { latest, processed, migrated, failed, next })
@@ -69,15 +70,18 @@ async fn tend_one<C: Sql, B: Bindings>(
     store: &ControlStore<C>,
     bindings: &B,
     slug: &str,
+    home: Home<'_>,
     entities: &Entities,
 ) -> TenantOutcome {
-    let bound = TenantSlug::parse(slug).ok().and_then(|parsed| bindings.database(&BindingName::for_tenant(&parsed)));
+    let bound =
+        TenantSlug::parse(slug).ok().and_then(|parsed| bindings.database(home, &BindingName::for_tenant(&parsed)));
     let result = match &bound {
         None => Err(MigrateError {
             version: 0,
             migration: String::new(),
             message: "the tenant is not bound".into(),
             unreachable: true,
+            not_bound: true,
         }),
         Some(db) => migrate::apply_pending(db, migrations::TENANT).await,
     };

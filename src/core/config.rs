@@ -73,6 +73,24 @@ pub struct CloudflareConfig {
 /// Tenants migrated at once by a fleet pass unless `MIGRATION_CONCURRENCY` says otherwise.
 pub const DEFAULT_MIGRATION_CONCURRENCY: usize = 8;
 
+/// Tenant bindings per binding host by default: a safe margin under the documented ~5,000 (1 MB
+/// of script metadata at ~150 bytes a binding).
+pub const DEFAULT_HOST_CAPACITY: usize = 4_000;
+/// The most a host may be configured to hold.
+pub const MAX_HOST_CAPACITY: usize = 5_000;
+
+/// Where tenant bindings live: on binding hosts, Worker scripts in a Workers for Platforms
+/// dispatch namespace that tenantry uploads and manages (set `HOSTS_NAMESPACE`), or, without one,
+/// on the main Worker itself (the single-script layout, bounded by its ~5,000 bindings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostsConfig {
+    /// The dispatch namespace (var `HOSTS_NAMESPACE`); the main Worker reaches it through its
+    /// `TENANT_HOSTS` dispatch-namespace binding.
+    pub namespace: String,
+    /// Tenant bindings per host (var `HOST_CAPACITY`).
+    pub capacity: usize,
+}
+
 /// Everything this deployment is configured with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -87,6 +105,7 @@ pub struct Config {
     /// `ORPHAN_POLICY=remove`: the reconciler deletes databases with our prefix no tenant owns.
     pub remove_orphans: bool,
     pub migration_concurrency: usize,
+    pub hosts: Option<HostsConfig>,
 }
 
 impl Config {
@@ -144,6 +163,13 @@ impl Config {
                 .and_then(|v| v.parse().ok())
                 .filter(|n| (1..=32).contains(n))
                 .unwrap_or(DEFAULT_MIGRATION_CONCURRENCY),
+            hosts: var("HOSTS_NAMESPACE").map(|namespace| HostsConfig {
+                namespace,
+                capacity: var("HOST_CAPACITY")
+                    .and_then(|v| v.parse().ok())
+                    .filter(|n| (1..=MAX_HOST_CAPACITY).contains(n))
+                    .unwrap_or(DEFAULT_HOST_CAPACITY),
+            }),
         })
     }
 }

@@ -143,7 +143,10 @@ pub enum OperationKind {
 pub enum Step {
     /// Find the tenant's D1 database by its deterministic name, or create it.
     Database,
-    /// Apply the tenant migrations (with the ledger) and stamp the slug, through the REST API.
+    /// Take a slot on a binding host, creating the host when all are full (a no-op without hosts).
+    Place,
+    /// Apply the tenant migrations (with the ledger) and stamp the slug: through the tenant's
+    /// binding on its host, or through the REST API without hosts.
     Migrations,
     /// Insert the first admin user.
     Seed,
@@ -164,6 +167,7 @@ impl Step {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Database => "database",
+            Self::Place => "place",
             Self::Migrations => "migrations",
             Self::Seed => "seed",
             Self::Bind => "bind",
@@ -211,7 +215,8 @@ impl OperationKind {
 
     pub fn steps(self) -> &'static [Step] {
         match self {
-            Self::Create => &[Step::Database, Step::Migrations, Step::Seed, Step::Bind, Step::Verify],
+            // Bound before it is migrated: on a host, migrations run through the binding.
+            Self::Create => &[Step::Database, Step::Place, Step::Bind, Step::Migrations, Step::Seed, Step::Verify],
             Self::Delete => &[Step::Backup, Step::Unbind, Step::DropDatabase],
         }
     }
@@ -297,9 +302,15 @@ mod tests {
     fn sagas_resume_at_the_first_step_not_done() {
         let create = OperationKind::Create;
         assert_eq!(create.next_step(&[]), Some(Step::Database));
-        assert_eq!(create.next_step(&[Step::Database, Step::Migrations]), Some(Step::Seed));
+        assert_eq!(create.next_step(&[Step::Database, Step::Place, Step::Bind, Step::Migrations]), Some(Step::Seed));
         // Order of `done` does not matter; a gap is filled first.
-        assert_eq!(create.next_step(&[Step::Seed, Step::Database]), Some(Step::Migrations));
+        assert_eq!(create.next_step(&[Step::Seed, Step::Database]), Some(Step::Place));
+        // An operation begun by an earlier version (migrated and seeded before it was bound)
+        // resumes with the steps it has not done: placed, then bound, then verified.
+        let earlier = [Step::Database, Step::Migrations, Step::Seed];
+        assert_eq!(create.next_step(&earlier), Some(Step::Place));
+        assert_eq!(create.next_step(&[&earlier[..], &[Step::Place]].concat()), Some(Step::Bind));
+        assert_eq!(create.next_step(&[&earlier[..], &[Step::Place, Step::Bind]].concat()), Some(Step::Verify));
         assert_eq!(create.next_step(create.steps()), None);
         assert_eq!(OperationKind::Delete.next_step(&[Step::Backup]), Some(Step::Unbind));
         assert_eq!(OperationKind::Delete.next_step(OperationKind::Delete.steps()), None);
@@ -309,6 +320,7 @@ mod tests {
     fn step_and_state_names_are_their_serde_names() {
         let all = [
             Step::Database,
+            Step::Place,
             Step::Migrations,
             Step::Seed,
             Step::Bind,

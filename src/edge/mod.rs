@@ -17,7 +17,9 @@ use crate::core::config::Config;
 use crate::core::names::BindingName;
 use crate::http::ApiError;
 use crate::store::control::ControlStore;
-use crate::store::ports::{BackupError, Backups, Bindings, Clock, Platform};
+use crate::store::ports::{BackupError, Backups, Bindings, Clock, Home, Platform};
+
+pub mod host;
 
 /// The binding of the control-plane database.
 pub const CONTROL_BINDING: &str = "CONTROL_DB";
@@ -46,13 +48,22 @@ pub fn control(env: &Env) -> Result<ControlStore<D1Database>, ApiError> {
 }
 
 /// A tenant's database by its binding, if this Worker version has it.
-pub fn tenant_binding(env: &Env, binding: &BindingName) -> Option<D1Database> {
-    env.d1(binding.as_str()).ok()
+/// Tenant binding `binding` where it lives: on this Worker, or on host `name` (then whether the
+/// host holds it is known when a statement is sent).
+pub fn tenant_binding(env: &Env, home: Home<'_>, binding: &BindingName) -> Option<D1Database> {
+    match home {
+        Home::Main => env.d1(binding.as_str()).ok(),
+        Home::Host(name) => host::host_database_of(env, name, binding.as_str()),
+    }
 }
 
 impl From<crate::store::sql::SqlError> for ApiError {
-    /// The control plane's (or a tenant database's) trouble is ours: 500, logged with detail.
+    /// A tenant database that cannot be reached (or whose host lost its binding) is a passing
+    /// unavailability, 503; any other trouble is ours: 500, logged with detail.
     fn from(e: crate::store::sql::SqlError) -> Self {
+        if e.unreachable || e.not_bound {
+            return ApiError::tenant_unavailable().inspect_log(&format!("database unavailable: {e}"));
+        }
         Self::internal(e)
     }
 }
@@ -73,8 +84,8 @@ pub struct EnvBindings(pub Env);
 
 impl Bindings for EnvBindings {
     type Db = D1Database;
-    fn database(&self, binding: &BindingName) -> Option<D1Database> {
-        tenant_binding(&self.0, binding)
+    fn database(&self, home: Home<'_>, binding: &BindingName) -> Option<D1Database> {
+        tenant_binding(&self.0, home, binding)
     }
 }
 

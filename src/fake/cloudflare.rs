@@ -195,8 +195,12 @@ enum Route {
     Query(String),
     Export(String),
     Download(String),
+    /// Settings of a script: the account's (`name`) or a dispatch namespace's (`ns/name`).
     SettingsGet(String),
     SettingsPatch(String),
+    /// A script uploaded into a dispatch namespace (`ns/name`).
+    Upload(String),
+    ScriptDelete(String),
     WrongMethod(&'static str),
     Unrouted,
 }
@@ -213,13 +217,23 @@ impl Route {
             Self::Download(_) => "export.download",
             Self::SettingsGet(_) => "settings.get",
             Self::SettingsPatch(_) => "settings.patch",
+            Self::Upload(_) => "scripts.upload",
+            Self::ScriptDelete(_) => "scripts.delete",
             Self::WrongMethod(kind) => kind,
             Self::Unrouted => "other",
         }
     }
 
     fn mutating(&self) -> bool {
-        matches!(self, Self::Create | Self::Delete(_) | Self::Query(_) | Self::SettingsPatch(_))
+        matches!(
+            self,
+            Self::Create
+                | Self::Delete(_)
+                | Self::Query(_)
+                | Self::SettingsPatch(_)
+                | Self::Upload(_)
+                | Self::ScriptDelete(_)
+        )
     }
 
     fn is_d1(&self) -> bool {
@@ -265,6 +279,16 @@ fn route(method: Method, url: &str) -> Route {
         ["workers", "scripts", script, "settings"] => match method {
             Method::Get => Route::SettingsGet(decode(script)),
             Method::Patch => Route::SettingsPatch(decode(script)),
+            _ => Route::WrongMethod("settings.get"),
+        },
+        ["workers", "dispatch", "namespaces", ns, "scripts", script] => match method {
+            Method::Put => Route::Upload(format!("{}/{}", decode(ns), decode(script))),
+            Method::Delete => Route::ScriptDelete(format!("{}/{}", decode(ns), decode(script))),
+            _ => Route::WrongMethod("scripts.upload"),
+        },
+        ["workers", "dispatch", "namespaces", ns, "scripts", script, "settings"] => match method {
+            Method::Get => Route::SettingsGet(format!("{}/{}", decode(ns), decode(script))),
+            Method::Patch => Route::SettingsPatch(format!("{}/{}", decode(ns), decode(script))),
             _ => Route::WrongMethod("settings.get"),
         },
         _ => Route::Unrouted,
@@ -578,7 +602,55 @@ impl State {
             );
             return (Err(binding_error(message)), false);
         }
-        let s = self.scripts.get_mut(script).expect("checked above");
+        self.commit_bindings(script, resolved);
+        (self.settings_get(script), true)
+    }
+
+    /// A script uploaded into a dispatch namespace (`key` = `ns/name`): created if new; its
+    /// bindings are the metadata's, plus the previous version's of the types in `keep_bindings`.
+    fn upload(&mut self, key: &str, body: &Body) -> (Answer, bool) {
+        let Body::Script { metadata, .. } = body else {
+            return (Err(malformed("the body must be multipart/form-data with a metadata part")), false);
+        };
+        let previous = self.scripts.get(key).map(|s| s.bindings.clone()).unwrap_or_default();
+        let next = metadata.get("bindings").cloned().unwrap_or_else(|| json!([]));
+        let mut resolved = match self.resolve(&previous, &next) {
+            Ok(r) => r,
+            Err(e) => return (Err(e), false),
+        };
+        let keep: Vec<&str> = metadata["keep_bindings"]
+            .as_array()
+            .map(|k| k.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        for b in &previous {
+            let kept = b["type"].as_str().is_some_and(|t| keep.contains(&t));
+            if kept && !resolved.iter().any(|r| r["name"] == b["name"]) {
+                resolved.push(b.clone());
+            }
+        }
+        if resolved.len() > self.max_bindings {
+            return (Err(binding_error(format!("too many bindings: {}", resolved.len()))), false);
+        }
+        self.scripts.entry(key.to_owned()).or_insert_with(|| Script::new(Vec::new()));
+        self.commit_bindings(key, resolved);
+        let name = key.rsplit('/').next().unwrap_or(key);
+        (Ok((json!({ "id": name, "etag": format!("v{}", self.scripts[key].version) }), None)), true)
+    }
+
+    fn delete_script(&mut self, key: &str) -> (Answer, bool) {
+        match self.scripts.remove(key) {
+            Some(_) => {
+                self.settings_cache.remove(key);
+                (Ok((Value::Null, None)), true)
+            }
+            None => (Err(unknown_script()), false),
+        }
+    }
+
+    /// Makes `resolved` script `key`'s binding set: a new version, with each tenant binding's
+    /// change recorded against it.
+    fn commit_bindings(&mut self, script: &str, resolved: Vec<Value>) {
+        let s = self.scripts.get_mut(script).expect("the script exists");
         let before: HashMap<String, String> = d1_bindings(&s.bindings).into_iter().collect();
         let after: HashMap<String, String> = d1_bindings(&resolved).into_iter().collect();
         s.version += 1;
@@ -591,7 +663,6 @@ impl State {
             s.history.entry(name.clone()).or_default().push((s.version, None));
         }
         s.bindings = resolved;
-        (self.settings_get(script), true)
     }
 
     /// The new binding set: `next` against the `previous` one (as the local cloud, strict).
@@ -762,9 +833,16 @@ impl FakeCloudflare {
     /// The database tenant binding `binding` of the main script named at settings version
     /// `version`, if any: what an invocation of that version reaches by `env.d1(binding)`.
     pub fn bound_at(&self, binding: &str, version: u64) -> Option<MemorySql> {
+        let primary = self.inner.borrow().primary.clone();
+        self.bound_in_at(&primary, binding, version)
+    }
+
+    /// The database tenant binding `binding` of script `script` (a namespace's: `ns/name`) names at
+    /// its settings version `version`, if any.
+    pub fn bound_in_at(&self, script: &str, binding: &str, version: u64) -> Option<MemorySql> {
         let id = {
             let s = self.inner.borrow();
-            let changes = s.scripts[&s.primary].history.get(binding)?;
+            let changes = s.scripts.get(script)?.history.get(binding)?;
             changes.iter().rev().find(|(v, _)| *v <= version)?.1.clone()?
         };
         self.database(&id)
@@ -780,6 +858,23 @@ impl FakeCloudflare {
     pub fn settings_version(&self) -> u64 {
         let s = self.inner.borrow();
         s.scripts[&s.primary].version
+    }
+
+    /// Every script's settings version: what one invocation sees (by name; `ns/name` for a
+    /// namespace's scripts).
+    pub fn settings_versions(&self) -> HashMap<String, u64> {
+        self.inner.borrow().scripts.iter().map(|(k, s)| (k.clone(), s.version)).collect()
+    }
+
+    /// The scripts of dispatch namespace `ns`, by name.
+    pub fn namespace_scripts(&self, ns: &str) -> Vec<String> {
+        let prefix = format!("{ns}/");
+        self.inner.borrow().scripts.keys().filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned)).collect()
+    }
+
+    /// The size in bytes of a settings PATCH body holding script `script`'s current bindings.
+    pub fn metadata_bytes(&self, script: &str) -> usize {
+        self.inner.borrow().scripts.get(script).map_or(0, |s| json!({ "bindings": s.bindings }).to_string().len())
     }
 
     pub fn settings_version_of(&self, script: &str) -> u64 {
@@ -921,6 +1016,8 @@ impl FakeCloudflare {
                     Route::Delete(id) => s.delete(id),
                     Route::Export(id) => (s.export(id, &request.body), false),
                     Route::SettingsPatch(script) => s.settings_patch(script, &request.body),
+                    Route::Upload(key) => s.upload(key, &request.body),
+                    Route::ScriptDelete(key) => s.delete_script(key),
                     Route::WrongMethod(_) => (Err(api_err(405, 10405, "Method not allowed on this route")), false),
                     _ => (Err(api_err(404, 7003, "No route for that URI")), false),
                 }

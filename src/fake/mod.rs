@@ -19,4 +19,4 @@ pub use cloudflare::{FakeCloudflare, Fault};
 pub use crash::Crash;
 pub use ports::{Crashing, FakeBindings, MemoryBackups, VirtualClock};
 pub use sqlite::MemorySql;
-pub use world::{FakePlatform, World, PREFIX, SCRIPT};
+pub use world::{FakePlatform, World, NAMESPACE, PREFIX, SCRIPT};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{Crash, FakeCloudflare, MemorySql};
 use crate::core::names::BindingName;
-use crate::store::ports::{BackupError, Backups, Bindings, Clock};
+use crate::store::ports::{BackupError, Backups, Bindings, Clock, Home};
 use crate::store::sql::{Outcome, Sql, SqlError, Statement};
 
 /// An [`Sql`] whose writes are effects of a [`Crash`]: a batch that changed a row may be the last
@@ -75,25 +75,39 @@ impl Backups for MemoryBackups {
     }
 }
 
-/// The tenant bindings one invocation sees: those of the Worker version that was current when it
-/// started. A settings change made since (even by this invocation) is not among them.
+/// The tenant databases one invocation reaches by binding: every script (the main Worker and
+/// each binding host) at the settings version it had when the invocation started, so a binding
+/// change made during the invocation is not visible to it.
 #[derive(Clone)]
 pub struct FakeBindings {
     cloud: FakeCloudflare,
     version: u64,
+    /// The hosts' namespace, and each script's settings version when the invocation started.
+    namespace: String,
+    versions: HashMap<String, u64>,
 }
 
 impl FakeBindings {
-    /// The bindings `cloud`'s script has now.
-    pub fn snapshot(cloud: &FakeCloudflare) -> Self {
-        Self { cloud: cloud.clone(), version: cloud.settings_version() }
+    pub fn snapshot(cloud: &FakeCloudflare, namespace: &str) -> Self {
+        Self {
+            cloud: cloud.clone(),
+            version: cloud.settings_version(),
+            namespace: namespace.to_owned(),
+            versions: cloud.settings_versions(),
+        }
     }
 }
 
 impl Bindings for FakeBindings {
     type Db = MemorySql;
-    fn database(&self, binding: &BindingName) -> Option<MemorySql> {
-        self.cloud.bound_at(binding.as_str(), self.version)
+    fn database(&self, home: Home<'_>, binding: &BindingName) -> Option<MemorySql> {
+        match home {
+            Home::Main => self.cloud.bound_at(binding.as_str(), self.version),
+            Home::Host(host) => {
+                let key = format!("{}/{host}", self.namespace);
+                self.cloud.bound_in_at(&key, binding.as_str(), *self.versions.get(&key)?)
+            }
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use serde_json::json;
 use super::{Crash, Crashing, FakeBindings, FakeCloudflare, MemoryBackups, MemorySql, VirtualClock};
 use crate::cloudflare::{ApiToken, Client};
 use crate::control::lifecycle::{CreateInput, Lifecycle, Settings};
+use crate::core::config::HostsConfig;
 use crate::core::lifecycle::{OperationKind, Plan, TenantStatus};
 use crate::core::migrations;
 use crate::core::names::{BindingName, DatabaseName, DatabasePrefix};
@@ -36,6 +37,8 @@ impl Platform for FakePlatform {
 
 pub const SCRIPT: &str = "tenantry";
 pub const PREFIX: &str = "tenantry-";
+/// The binding hosts' dispatch namespace.
+pub const NAMESPACE: &str = "tenantry-hosts";
 
 pub struct World {
     pub control: MemorySql,
@@ -45,6 +48,8 @@ pub struct World {
     pub crash: Crash,
     /// `ORPHAN_POLICY=remove` for the invocations made from now on.
     pub remove_orphans: Cell<bool>,
+    /// Binding hosts for the invocations made from now on (`None`: the single-script layout).
+    pub hosts: std::cell::RefCell<Option<HostsConfig>>,
     invocations: Cell<u64>,
     ids: Cell<u64>,
 }
@@ -68,9 +73,23 @@ impl World {
             clock: VirtualClock::new(),
             crash,
             remove_orphans: Cell::new(false),
+            hosts: std::cell::RefCell::new(None),
             invocations: Cell::new(0),
             ids: Cell::new(0),
         }
+    }
+
+    /// A world whose invocations put tenant bindings on binding hosts of `capacity` each.
+    pub async fn with_hosts(seed: u64, capacity: usize) -> Self {
+        let world = Self::new(seed).await;
+        world.use_hosts(capacity);
+        world
+    }
+
+    /// Invocations from now on put tenant bindings on binding hosts of `capacity` each (the
+    /// upgrade from the single-script layout, when tenants exist already).
+    pub fn use_hosts(&self, capacity: usize) {
+        *self.hosts.borrow_mut() = Some(HostsConfig { namespace: NAMESPACE.into(), capacity });
     }
 
     /// The control store, without crashes (for the test's own reads and writes).
@@ -93,7 +112,7 @@ impl World {
             store: ControlStore::new(Crashing { inner: self.control.clone(), crash: self.crash.clone() }),
             api,
             backups: self.backups.clone(),
-            bindings: FakeBindings::snapshot(&self.cloud),
+            bindings: FakeBindings::snapshot(&self.cloud, NAMESPACE),
             clock: self.clock.clone(),
             settings: Settings {
                 script: SCRIPT.into(),
@@ -101,6 +120,7 @@ impl World {
                 holder: format!("invocation-{n}"),
                 remove_orphans: self.remove_orphans.get(),
                 migration_concurrency: 8,
+                hosts: self.hosts.borrow().clone(),
             },
         }
     }
@@ -174,30 +194,44 @@ impl World {
         open.is_empty() && in_flight == 0 && self.binding_drift().await.is_empty()
     }
 
-    async fn binding_drift(&self) -> Vec<String> {
-        let wanted: BTreeMap<String, String> = self
-            .store()
-            .wanted_bindings()
-            .await
-            .expect("the control store answers")
-            .into_iter()
-            .filter_map(|w| {
-                Some((BindingName::for_tenant(&TenantSlug::parse(&w.slug).ok()?).to_string(), w.database_id))
-            })
-            .collect();
-        let bound: BTreeMap<String, String> = self.cloud.tenant_bindings().into_iter().collect();
-        let mut drift = Vec::new();
-        for (name, id) in &wanted {
-            match bound.get(name) {
-                None => drift.push(format!("{name} is wanted but not bound")),
-                Some(b) if b != id => drift.push(format!("{name} is bound to {b}, not {id}")),
-                Some(_) => {}
+    /// Where each tenant binding is, over every script: binding name -> [(script, database id)]
+    /// (the main Worker is `""`; a host by its name).
+    pub fn all_bindings(&self) -> BTreeMap<String, Vec<(String, String)>> {
+        let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for (name, id) in self.cloud.tenant_bindings() {
+            out.entry(name).or_default().push((String::new(), id));
+        }
+        for host in self.cloud.namespace_scripts(NAMESPACE) {
+            for (name, id) in self.cloud.tenant_bindings_of(&format!("{NAMESPACE}/{host}")) {
+                out.entry(name).or_default().push((host.clone(), id));
             }
         }
-        for name in bound.keys().filter(|n| !wanted.contains_key(*n)) {
-            drift.push(format!("{name} is bound but not wanted"));
+        out
+    }
+
+    async fn binding_drift(&self) -> Vec<String> {
+        let store = self.store();
+        let named = |rows: Vec<crate::store::control::WantedBinding>| -> BTreeMap<String, String> {
+            rows.into_iter()
+                .filter_map(|w| {
+                    Some((BindingName::for_tenant(&TenantSlug::parse(&w.slug).ok()?).to_string(), w.database_id))
+                })
+                .collect()
+        };
+        let main = named(store.wanted_bindings(self.clock_now()).await.expect("the control store answers"));
+        let mut drift = compare("main", &main, &self.cloud.tenant_bindings().into_iter().collect());
+        for host in store.hosts().await.expect("the control store answers") {
+            let wanted = named(store.host_wanted(&host.name).await.expect("the control store answers").bindings);
+            let bound = self.cloud.tenant_bindings_of(&format!("{NAMESPACE}/{}", host.name)).into_iter().collect();
+            drift.extend(compare(&host.name, &wanted, &bound));
         }
         drift
+    }
+
+    /// The virtual clock's time, as the lifecycle sees it.
+    fn clock_now(&self) -> f64 {
+        use crate::store::ports::Clock;
+        self.clock.now_ms()
     }
 
     /// Every invariant a converged fleet must hold, as the list of what is broken (empty: all
@@ -208,7 +242,8 @@ impl World {
         let store = self.store();
         let tenants = store.list_tenants(None, "", 1_000_000).await.expect("the control store answers");
         let databases: BTreeSet<String> = self.cloud.database_names().into_iter().collect();
-        let bound: BTreeMap<String, String> = self.cloud.tenant_bindings().into_iter().collect();
+        let everywhere = self.all_bindings();
+        let now = self.clock_now();
         let mut owned = BTreeSet::new();
         for t in &tenants {
             let slug = TenantSlug::parse(&t.slug).expect("stored slugs are valid");
@@ -220,8 +255,14 @@ impl World {
                         broken.push(format!("{}: active without a database id", t.slug));
                         continue;
                     };
-                    if bound.get(&binding) != Some(id) {
-                        broken.push(format!("{}: active but {binding} is {:?}", t.slug, bound.get(&binding)));
+                    // Bound exactly once, where it is served from (and, for a grace period after a
+                    // move, on the main Worker too).
+                    let home = if t.on_host { t.host.clone().unwrap_or_default() } else { String::new() };
+                    let mut places = everywhere.get(&binding).cloned().unwrap_or_default();
+                    let grace = t.on_host && t.main_until.is_some_and(|u| (u as f64) > now);
+                    places.retain(|(script, _)| !(grace && script.is_empty()));
+                    if places != [(home.clone(), id.clone())] {
+                        broken.push(format!("{}: active on {home:?} but {binding} is bound at {places:?}", t.slug));
                     }
                     match self.cloud.database(id) {
                         None => broken.push(format!("{}: active but its database {id} does not exist", t.slug)),
@@ -251,8 +292,11 @@ impl World {
                     if databases.contains(&t.database_name) {
                         broken.push(format!("{}: deleted but its database still exists", t.slug));
                     }
-                    if bound.contains_key(&binding) {
+                    if everywhere.contains_key(&binding) {
                         broken.push(format!("{}: deleted but still bound", t.slug));
+                    }
+                    if t.host.is_some() {
+                        broken.push(format!("{}: deleted but still holds a slot on {:?}", t.slug, t.host));
                     }
                     if let Some(location) = &t.backup_location {
                         let key = location.trim_start_matches("r2://BACKUPS/");
@@ -276,13 +320,29 @@ impl World {
                 broken.push(format!("orphan database {name}"));
             }
         }
-        for name in bound.keys() {
+        for name in everywhere.keys() {
             let known = tenants.iter().any(|t| {
                 !matches!(t.status, TenantStatus::Deleted)
                     && BindingName::for_tenant(&TenantSlug::parse(&t.slug).expect("valid")).as_str() == name
             });
             if !known {
                 broken.push(format!("binding {name} belongs to no tenant"));
+            }
+        }
+        let capacity = self.hosts.borrow().as_ref().map_or(usize::MAX, |h| h.capacity);
+        for host in store.hosts().await.expect("the control store answers") {
+            let placed = tenants.iter().filter(|t| t.host.as_deref() == Some(host.name.as_str())).count();
+            if host.used != placed as i64 {
+                broken.push(format!("host {}: counts {} tenants, holds {placed}", host.name, host.used));
+            }
+            let bound = self.cloud.tenant_bindings_of(&format!("{NAMESPACE}/{}", host.name)).len();
+            if bound > capacity || placed > capacity {
+                broken.push(format!("host {}: {bound} bindings, {placed} tenants, over its cap {capacity}", host.name));
+            }
+        }
+        for script in self.cloud.namespace_scripts(NAMESPACE) {
+            if store.host(&script).await.expect("the control store answers").is_none() {
+                broken.push(format!("orphan script {script}"));
             }
         }
         broken.extend(self.binding_drift().await);
@@ -292,6 +352,22 @@ impl World {
         }
         broken
     }
+}
+
+/// What separates `bound` from `wanted` on script `script`.
+fn compare(script: &str, wanted: &BTreeMap<String, String>, bound: &BTreeMap<String, String>) -> Vec<String> {
+    let mut drift = Vec::new();
+    for (name, id) in wanted {
+        match bound.get(name) {
+            None => drift.push(format!("{script}: {name} is wanted but not bound")),
+            Some(b) if b != id => drift.push(format!("{script}: {name} is bound to {b}, not {id}")),
+            Some(_) => {}
+        }
+    }
+    for name in bound.keys().filter(|n| !wanted.contains_key(*n)) {
+        drift.push(format!("{script}: {name} is bound but not wanted"));
+    }
+    drift
 }
 
 #[derive(Deserialize)]

@@ -56,6 +56,15 @@ impl ApiError {
         Self::Unprocessable { message: "the request has invalid fields".into(), fields }
     }
 
+    /// A tenant's database cannot be reached right now (503, retry in 5 s).
+    pub fn tenant_unavailable() -> Self {
+        Self::Unavailable {
+            code: "tenant_unavailable",
+            message: "this tenant is temporarily unavailable; retry shortly".into(),
+            retry_after: 5,
+        }
+    }
+
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         Self::Internal { detail: detail.to_string() }
     }
@@ -140,7 +149,16 @@ impl From<HostError> for ApiError {
 }
 
 impl From<worker::Error> for ApiError {
+    /// A tenant database through a binding host that lost its binding, or that could not be
+    /// reached (`host/client.mjs`), is a passing unavailability: 503. Anything else: 500.
     fn from(e: worker::Error) -> Self {
+        let text = match &e {
+            worker::Error::D1(d1) => d1.cause(),
+            other => other.to_string(),
+        };
+        if text.starts_with("D1_NOT_BOUND") || text.starts_with("D1_UNREACHABLE") {
+            return Self::tenant_unavailable().inspect_log(&format!("database unavailable: {text}"));
+        }
         Self::internal(e)
     }
 }

@@ -56,6 +56,13 @@ pub struct TenantRow {
     pub deleted_at: Option<String>,
     pub maintenance_message: Option<String>,
     pub maintenance_until: Option<String>,
+    /// The binding host holding the tenant's slot (`None`: none).
+    pub host: Option<String>,
+    /// Requests reach the database through `host` (else through the main Worker's own binding).
+    #[serde(deserialize_with = "flag")]
+    pub on_host: bool,
+    /// After a move to a host, the main Worker keeps the old binding until then (ms).
+    pub main_until: Option<i64>,
 }
 
 /// A row of `operations`.
@@ -91,6 +98,37 @@ pub struct TenantRecord {
     pub maintenance_until: Option<String>,
     /// The fleet-wide maintenance (JSON `{message, until}`).
     pub fleet_maintenance: Option<String>,
+    /// The binding host requests go through (`None`: the main Worker's own binding).
+    pub host: Option<String>,
+}
+
+/// A binding host (a row of `hosts`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct HostRow {
+    pub name: String,
+    pub seq: i64,
+    pub state: String,
+    pub used: i64,
+    pub wanted_gen: i64,
+    pub applied_gen: i64,
+    pub code: Option<String>,
+}
+
+/// A host's wanted binding set and the generation it is of.
+#[derive(Debug, Clone)]
+pub struct HostWanted {
+    pub generation: i64,
+    pub bindings: Vec<WantedBinding>,
+}
+
+/// Which tenants `place` may put on a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaceFor {
+    /// A tenant being created: it is served through the host from the start.
+    Create,
+    /// A tenant served through the main Worker's binding (the single-script layout) moving to a
+    /// host: it keeps being served through the main Worker until `move_to_host`.
+    Move,
 }
 
 /// A tenant whose binding should exist, with the database it binds.
@@ -133,7 +171,7 @@ const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 const TENANT_COLUMNS: &str =
     "slug, display_name, plan, status, database_name, database_id, binding_name, schema_version, \
      status_message, backup_location, backup_bytes, backup_sha256, last_error, bind_wanted, create_fingerprint, \
-     created_at, updated_at, deleted_at, maintenance_message, maintenance_until";
+     created_at, updated_at, deleted_at, maintenance_message, maintenance_until, host, on_host, main_until";
 const OP_COLUMNS: &str =
     "id, tenant_slug, kind, state, steps, attempts, last_error, input, next_step, created_at, updated_at, finished_at";
 /// An operation still to be run.
@@ -252,7 +290,8 @@ impl<S: Sql> ControlStore<S> {
         self.db
             .first(sql!(
                 "SELECT slug, status, plan, status_message, database_id, maintenance_message, maintenance_until, \
-                 (SELECT value FROM platform WHERE key = 'maintenance') AS fleet_maintenance FROM tenants WHERE slug = ?1",
+                 (SELECT value FROM platform WHERE key = 'maintenance') AS fleet_maintenance, \
+                 CASE WHEN on_host = 1 THEN host END AS host FROM tenants WHERE slug = ?1",
                 slug
             ))
             .await
@@ -273,13 +312,187 @@ impl<S: Sql> ControlStore<S> {
             .await
     }
 
-    /// Every tenant whose binding should exist (and has a database to bind), by slug.
-    pub async fn wanted_bindings(&self) -> Result<Vec<WantedBinding>> {
+    /// Every tenant whose binding the main Worker should hold (and has a database to bind), by
+    /// slug: those served through it, and those moved to a host less than a grace period ago
+    /// (`main_until` after `now_ms`).
+    pub async fn wanted_bindings(&self, now_ms: f64) -> Result<Vec<WantedBinding>> {
         self.db
             .all(sql!(
-                "SELECT slug, database_id FROM tenants WHERE bind_wanted = 1 AND database_id IS NOT NULL ORDER BY slug"
+                "SELECT slug, database_id FROM tenants WHERE bind_wanted = 1 AND database_id IS NOT NULL \
+                 AND (on_host = 0 OR main_until > ?1) ORDER BY slug",
+                now_ms as i64
             ))
             .await
+    }
+
+    // --- binding hosts ------------------------------------------------------------------------
+
+    /// Puts tenant `slug` on the first host (by number) with a free slot, in one batch: the
+    /// tenant's row names the host and the host's count goes up only if the row changed, so two
+    /// placements can never both take a host's last slot. When every host is full a new host row
+    /// (`creating`) is added first, numbered one past the last (two racing placements add one:
+    /// the number is unique). Returns the tenant's host (already placed: unchanged), or `None`
+    /// when the tenant cannot be placed (not in a state to be).
+    pub async fn place(&self, slug: &str, script: &str, capacity: usize, purpose: PlaceFor) -> Result<Option<String>> {
+        let (eligible, on_host) = match purpose {
+            PlaceFor::Create => ("status = 'provisioning'", 1_i64),
+            PlaceFor::Move => ("on_host = 0 AND bind_wanted = 1 AND status IN ('active', 'suspended')", 0),
+        };
+        let batch = vec![
+            sql!(
+                format!(
+                    "INSERT INTO hosts (name, seq) SELECT printf('%s-host-%04d', ?2, n), n \
+                     FROM (SELECT coalesce(max(seq), 0) + 1 AS n FROM hosts) \
+                     WHERE NOT EXISTS (SELECT 1 FROM hosts WHERE used < ?3) \
+                     AND EXISTS (SELECT 1 FROM tenants WHERE slug = ?1 AND host IS NULL AND {eligible}) \
+                     ON CONFLICT DO NOTHING"
+                ),
+                slug,
+                script,
+                capacity
+            ),
+            sql!(
+                format!(
+                    "UPDATE tenants SET host = (SELECT name FROM hosts WHERE used < ?2 ORDER BY seq LIMIT 1), \
+                     on_host = ?3, updated_at = {NOW} WHERE slug = ?1 AND host IS NULL AND {eligible} \
+                     AND EXISTS (SELECT 1 FROM hosts WHERE used < ?2)"
+                ),
+                slug,
+                capacity,
+                on_host
+            ),
+            sql!(
+                "UPDATE hosts SET used = used + 1, wanted_gen = wanted_gen + 1 \
+                 WHERE name = (SELECT host FROM tenants WHERE slug = ?1) AND changes() > 0",
+                slug
+            ),
+            sql!("SELECT host FROM tenants WHERE slug = ?1", slug),
+        ];
+        #[derive(Deserialize)]
+        struct Host {
+            host: Option<String>,
+        }
+        let results = self.db.batch(batch).await?;
+        Ok(results.last().map(|r| r.first::<Host>()).transpose()?.flatten().and_then(|h| h.host))
+    }
+
+    /// Gives tenant `slug`'s host slot back and stops wanting its binding, in one batch (the
+    /// host's count goes down once: only when the row still named it). Returns the host it was
+    /// on, whose binding set must now be reconciled.
+    pub async fn release_host(&self, slug: &str) -> Result<Option<String>> {
+        #[derive(Deserialize)]
+        struct Host {
+            host: Option<String>,
+        }
+        let batch = vec![
+            sql!("SELECT host FROM tenants WHERE slug = ?1", slug),
+            sql!(
+                "UPDATE hosts SET used = used - 1, wanted_gen = wanted_gen + 1 \
+                 WHERE name = (SELECT host FROM tenants WHERE slug = ?1)",
+                slug
+            ),
+            sql!(
+                format!("UPDATE tenants SET host = NULL, bind_wanted = 0, updated_at = {NOW} WHERE slug = ?1 AND host IS NOT NULL"),
+                slug
+            ),
+        ];
+        let results = self.db.batch(batch).await?;
+        Ok(results.first().map(|r| r.first::<Host>()).transpose()?.flatten().and_then(|h| h.host))
+    }
+
+    /// A moved tenant is now served through its host; the main Worker keeps its old binding until
+    /// `main_until_ms`. `false` when the tenant is not on `host` waiting to move.
+    pub async fn move_to_host(&self, slug: &str, host: &str, main_until_ms: f64) -> Result<bool> {
+        self.db
+            .changed(sql!(
+                format!(
+                    "UPDATE tenants SET on_host = 1, main_until = ?3, updated_at = {NOW} \
+                     WHERE slug = ?1 AND host = ?2 AND on_host = 0 AND bind_wanted = 1"
+                ),
+                slug,
+                host,
+                main_until_ms as i64
+            ))
+            .await
+    }
+
+    /// Tenants still served through the main Worker's own binding (to move to hosts), by slug.
+    pub async fn tenants_on_main(&self, limit: u32) -> Result<Vec<TenantRow>> {
+        self.db
+            .all(sql!(
+                format!(
+                    "SELECT {TENANT_COLUMNS} FROM tenants WHERE on_host = 0 AND bind_wanted = 1 \
+                     AND status IN ('active', 'suspended') ORDER BY slug LIMIT ?1"
+                ),
+                limit
+            ))
+            .await
+    }
+
+    /// Every host, by number.
+    pub async fn hosts(&self) -> Result<Vec<HostRow>> {
+        self.db.all(sql!("SELECT name, seq, state, used, wanted_gen, applied_gen, code FROM hosts ORDER BY seq")).await
+    }
+
+    pub async fn host(&self, name: &str) -> Result<Option<HostRow>> {
+        self.db
+            .first(sql!(
+                "SELECT name, seq, state, used, wanted_gen, applied_gen, code FROM hosts WHERE name = ?1",
+                name
+            ))
+            .await
+    }
+
+    /// Hosts whose wanted binding set changed since their last converged reconcile.
+    pub async fn dirty_hosts(&self) -> Result<Vec<String>> {
+        #[derive(Deserialize)]
+        struct Name {
+            name: String,
+        }
+        let rows: Vec<Name> =
+            self.db.all(sql!("SELECT name FROM hosts WHERE applied_gen < wanted_gen ORDER BY seq")).await?;
+        Ok(rows.into_iter().map(|r| r.name).collect())
+    }
+
+    /// A host's script is uploaded with code `code`.
+    pub async fn set_host_ready(&self, name: &str, code: &str) -> Result<()> {
+        self.db.run(sql!("UPDATE hosts SET state = 'ready', code = ?2 WHERE name = ?1", name, code)).await.map(drop)
+    }
+
+    /// Host `name`'s wanted bindings, read with their generation in one transaction.
+    pub async fn host_wanted(&self, name: &str) -> Result<HostWanted> {
+        #[derive(Deserialize)]
+        struct Gen {
+            wanted_gen: i64,
+        }
+        let results = self
+            .db
+            .batch(vec![
+                sql!("SELECT wanted_gen FROM hosts WHERE name = ?1", name),
+                sql!(
+                    "SELECT slug, database_id FROM tenants WHERE host = ?1 AND bind_wanted = 1 \
+                     AND database_id IS NOT NULL ORDER BY slug",
+                    name
+                ),
+            ])
+            .await?;
+        let mut results = results.into_iter();
+        let generation = results.next().map(|r| r.first::<Gen>()).transpose()?.flatten().map_or(0, |g| g.wanted_gen);
+        let bindings = results.next().map(Outcome::into_rows).transpose()?.unwrap_or_default();
+        Ok(HostWanted { generation, bindings })
+    }
+
+    /// Host `name` held exactly its wanted set of generation `generation`.
+    pub async fn set_host_applied(&self, name: &str, generation: i64) -> Result<()> {
+        self.db
+            .run(sql!("UPDATE hosts SET applied_gen = ?2 WHERE name = ?1 AND applied_gen < ?2", name, generation))
+            .await
+            .map(drop)
+    }
+
+    /// Marks host `name` as needing a reconcile (its binding set was found to drift).
+    pub async fn touch_host(&self, name: &str) -> Result<()> {
+        self.db.run(sql!("UPDATE hosts SET wanted_gen = wanted_gen + 1 WHERE name = ?1", name)).await.map(drop)
     }
 
     /// How many tenants are mid-lifecycle (`provisioning` or `deleting`).
@@ -342,7 +555,8 @@ impl<S: Sql> ControlStore<S> {
                      schema_version = 0, status_message = NULL, backup_location = NULL, backup_bytes = NULL, \
                      backup_sha256 = NULL, last_error = NULL, bind_wanted = 0, create_fingerprint = ?4, deleted_at = NULL, \
                      migration_error = NULL, synced_version = 0, sync_error = NULL, maintenance_message = NULL, \
-                     maintenance_until = NULL, created_at = {NOW}, updated_at = {NOW} WHERE slug = ?1 AND status = 'deleted'"
+                     maintenance_until = NULL, host = NULL, on_host = 0, main_until = NULL, created_at = {NOW}, \
+                     updated_at = {NOW} WHERE slug = ?1 AND status = 'deleted'"
                 ),
                 t.slug,
                 t.display_name,
@@ -473,14 +687,24 @@ impl<S: Sql> ControlStore<S> {
     /// Sets `bind_wanted` only while the tenant is in `status` (a create that lost a race with a
     /// delete must not bind again).
     pub async fn set_bind_wanted_if(&self, slug: &str, wanted: bool, status: TenantStatus) -> Result<bool> {
-        self.db
-            .changed(sql!(
-                format!("UPDATE tenants SET bind_wanted = ?2, updated_at = {NOW} WHERE slug = ?1 AND status = ?3"),
-                slug,
-                wanted,
-                status.as_str()
-            ))
-            .await
+        let results = self
+            .db
+            .batch(vec![
+                sql!(
+                    format!("UPDATE tenants SET bind_wanted = ?2, updated_at = {NOW} WHERE slug = ?1 AND status = ?3"),
+                    slug,
+                    wanted,
+                    status.as_str()
+                ),
+                // The tenant's host (if any) has a new wanted set.
+                sql!(
+                    "UPDATE hosts SET wanted_gen = wanted_gen + 1 WHERE name = (SELECT host FROM tenants WHERE slug = ?1) \
+                     AND changes() > 0",
+                    slug
+                ),
+            ])
+            .await?;
+        Ok(changed_in(&results, 0))
     }
 
     pub async fn set_schema_version(&self, slug: &str, version: usize) -> Result<()> {
@@ -521,15 +745,22 @@ impl<S: Sql> ControlStore<S> {
 
     /// Up to `limit` tenants in service after slug `after` that are behind: below schema
     /// `latest`, below entity version `entities`, or with a recorded failure.
-    pub async fn tenants_behind(&self, after: &str, latest: usize, entities: i64, limit: u32) -> Result<Vec<String>> {
+    pub async fn tenants_behind(
+        &self,
+        after: &str,
+        latest: usize,
+        entities: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, Option<String>)>> {
         #[derive(Deserialize)]
         struct Slug {
             slug: String,
+            host: Option<String>,
         }
         let rows: Vec<Slug> = self
             .db
             .all(sql!(
-                "SELECT slug FROM tenants WHERE status IN ('active', 'suspended') AND slug > ?1 \
+                "SELECT slug, CASE WHEN on_host = 1 THEN host END AS host FROM tenants WHERE status IN ('active', 'suspended') AND slug > ?1 \
                  AND (schema_version < ?2 OR migration_error IS NOT NULL OR synced_version < ?4 OR sync_error IS NOT NULL) \
                  ORDER BY slug LIMIT ?3",
                 after,
@@ -538,7 +769,7 @@ impl<S: Sql> ControlStore<S> {
                 entities
             ))
             .await?;
-        Ok(rows.into_iter().map(|r| r.slug).collect())
+        Ok(rows.into_iter().map(|r| (r.slug, r.host)).collect())
     }
 
     /// Records a tenant's migration outcome: the version only ever moves forward here, and the
@@ -890,6 +1121,12 @@ impl<S: Sql> ControlStore<S> {
                 ),
                 slug,
                 reason
+            ),
+            // Its host (it keeps the slot, for a resumed create) no longer wants its binding.
+            sql!(
+                "UPDATE hosts SET wanted_gen = wanted_gen + 1 WHERE name = (SELECT host FROM tenants WHERE slug = ?1) \
+                 AND changes() > 0",
+                slug
             ),
         ];
         let results = self.db.batch(batch).await?;

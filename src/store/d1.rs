@@ -19,10 +19,18 @@ fn js(param: &Param) -> JsValue {
 
 /// The D1 error's message (its `Debug` form carries a JavaScript stack).
 pub fn error(e: worker::Error) -> SqlError {
-    match e {
-        worker::Error::D1(d1) => SqlError::from_message(&d1.cause()),
-        other => SqlError::from_message(&other.to_string()),
+    let text = match e {
+        worker::Error::D1(d1) => d1.cause(),
+        other => other.to_string(),
+    };
+    // A tenant database through its binding host (`host/client.mjs`).
+    if let Some(rest) = text.strip_prefix("D1_NOT_BOUND: ") {
+        return SqlError::not_bound(rest);
     }
+    if let Some(rest) = text.strip_prefix("D1_UNREACHABLE: ") {
+        return SqlError::unreachable(rest);
+    }
+    SqlError::from_message(&text)
 }
 
 fn prepare(db: &D1Database, statement: &Statement) -> Result<D1PreparedStatement, SqlError> {

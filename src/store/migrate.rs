@@ -21,11 +21,13 @@ pub struct MigrateError {
     pub message: String,
     /// The database could not be reached: trying again later may succeed.
     pub unreachable: bool,
+    /// The database is not bound where it was looked for.
+    pub not_bound: bool,
 }
 
 impl From<MigrateError> for SqlError {
     fn from(e: MigrateError) -> Self {
-        SqlError { message: e.to_string(), unreachable: e.unreachable }
+        SqlError { unreachable: e.unreachable, not_bound: e.not_bound, ..SqlError::new(e.to_string()) }
     }
 }
 
@@ -70,6 +72,7 @@ pub async fn apply_pending<S: Sql>(db: &S, set: &[Migration]) -> Result<usize, M
         migration: migration.to_owned(),
         message: e.message,
         unreachable: e.unreachable,
+        not_bound: e.not_bound,
     };
     db.run(Statement::new(LEDGER_DDL)).await.map_err(|e| fail(0, LEDGER_TABLE, e))?;
     loop {

@@ -9,6 +9,7 @@
 pub mod control;
 pub mod d1;
 pub mod directory;
+pub mod host;
 pub mod migrate;
 pub mod ports;
 pub mod rest;

@@ -32,7 +32,24 @@ pub trait Backups {
 /// invocation that made it.
 pub trait Bindings {
     type Db: Sql;
-    fn database(&self, binding: &BindingName) -> Option<Self::Db>;
+    /// Tenant binding `binding` where it lives. `None` when this invocation can tell it is not
+    /// there; through a host that is known only when a statement is sent (an error with
+    /// `not_bound`).
+    fn database(&self, home: Home<'_>, binding: &BindingName) -> Option<Self::Db>;
+}
+
+/// Where a tenant's binding lives: on the main Worker itself, or on a binding host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Home<'a> {
+    Main,
+    Host(&'a str),
+}
+
+impl<'a> Home<'a> {
+    /// The home of a tenant served through `host` (`None`: the main Worker).
+    pub fn of(host: Option<&'a str>) -> Self {
+        host.map_or(Self::Main, Self::Host)
+    }
 }
 
 /// Wall-clock time and waiting.

@@ -29,6 +29,8 @@ impl<T: Transport> RestDatabase<'_, T> {
 
 impl<T: Transport> Sql for RestDatabase<'_, T> {
     async fn batch(&self, statements: Vec<Statement>) -> Result<Vec<Outcome>, SqlError> {
-        self.send(&statements).await.map_err(|e| SqlError { message: e.to_string(), unreachable: e.is_transient() })
+        self.send(&statements)
+            .await
+            .map_err(|e| SqlError { unreachable: e.is_transient(), ..SqlError::new(e.to_string()) })
     }
 }

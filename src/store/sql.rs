@@ -168,11 +168,24 @@ pub struct SqlError {
     /// The database could not be reached (not that it refused the statement): trying again
     /// later may succeed.
     pub unreachable: bool,
+    /// The database is not bound where it was looked for (a binding host that does not hold the
+    /// tenant's binding, or not yet): bind it, then try again.
+    pub not_bound: bool,
 }
 
 impl SqlError {
     pub fn new(message: impl Into<String>) -> Self {
-        Self { message: message.into(), unreachable: false }
+        Self { message: message.into(), unreachable: false, not_bound: false }
+    }
+
+    /// The database is not bound where it was looked for.
+    pub fn not_bound(message: impl Into<String>) -> Self {
+        Self { not_bound: true, ..Self::new(message) }
+    }
+
+    /// The database could not be reached; trying again later may succeed.
+    pub fn unreachable(message: impl Into<String>) -> Self {
+        Self { unreachable: true, ..Self::new(message) }
     }
 
     /// The first non-empty line of `text`, without D1's prefixes.

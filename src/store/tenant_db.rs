@@ -141,6 +141,15 @@ impl PrepareError {
             Self::StampedForAnother(_) | Self::StampMissing => false,
         }
     }
+
+    /// Whether the database was not bound where it was looked for.
+    pub fn is_not_bound(&self) -> bool {
+        match self {
+            Self::Sql(e) => e.not_bound,
+            Self::Migrate(e) => e.not_bound,
+            Self::StampedForAnother(_) | Self::StampMissing => false,
+        }
+    }
 }
 
 /// Makes a new tenant's database ready: refuses one stamped for another tenant (checked before

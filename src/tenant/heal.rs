@@ -17,13 +17,28 @@ pub const MIN_INTERVAL_MS: f64 = 10_000.0;
 thread_local! {
     /// Whether a request of this invocation found a binding missing.
     static WANTED: Cell<bool> = const { Cell::new(false) };
+    /// The binding hosts found missing a binding since the last heal started.
+    static HOSTS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
     /// When this isolate last started a reconcile.
     static LAST_STARTED: Cell<f64> = const { Cell::new(f64::NEG_INFINITY) };
 }
 
-/// Records that a binding was found missing.
-pub fn wanted() {
+/// Records that a binding was found missing: on the main Worker, or on `host`.
+pub fn wanted(host: Option<&str>) {
     WANTED.with(|w| w.set(true));
+    if let Some(host) = host {
+        HOSTS.with(|h| {
+            let mut hosts = h.borrow_mut();
+            if !hosts.iter().any(|x| x == host) && hosts.len() < 64 {
+                hosts.push(host.to_owned());
+            }
+        });
+    }
+}
+
+/// The hosts to heal (taken: the next heal starts from none).
+pub fn take_hosts() -> Vec<String> {
+    HOSTS.with(|h| std::mem::take(&mut *h.borrow_mut()))
 }
 
 /// Whether to start a reconcile now (clears the request); at most once per `MIN_INTERVAL_MS`.
@@ -47,12 +62,12 @@ mod tests {
     #[test]
     fn due_only_when_wanted_and_at_most_once_per_interval() {
         assert!(!due(0.0), "nothing wanted");
-        wanted();
+        wanted(None);
         assert!(due(0.0));
         assert!(!due(1.0), "the request was consumed");
-        wanted();
+        wanted(None);
         assert!(!due(MIN_INTERVAL_MS - 1.0), "too soon after the last one");
-        wanted();
+        wanted(None);
         assert!(due(MIN_INTERVAL_MS + 1.0));
     }
 }

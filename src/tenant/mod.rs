@@ -32,9 +32,10 @@ use crate::edge;
 use crate::http::{self, ApiError, Method};
 use crate::store::control::{ControlStore, TenantRecord};
 use crate::store::directory::{self, Lookup};
+use crate::store::ports::Home;
 use crate::store::tenant_db::{NotReady, TenantDb as Checked};
 
-/// A tenant's database through its binding.
+/// A tenant's database through its binding (on this Worker, or through its binding host).
 pub type TenantDb = Checked<D1Database>;
 
 /// Seconds a client should wait before retrying when the tenant is not ready.
@@ -208,7 +209,7 @@ async fn open(
     record: &TenantRecord,
     verified: bool,
 ) -> Result<TenantDb, ApiError> {
-    let db = binding(env, &slug)?;
+    let db = binding(env, &slug, record.host.as_deref())?;
     if verified {
         return Ok(TenantDb::trusted(db, slug));
     }
@@ -222,6 +223,18 @@ async fn open(
             Err(ApiError::Unavailable {
                 code: "tenant_migrating",
                 message: "this tenant's database is being brought up to date; retry shortly".into(),
+                retry_after: RETRY_AFTER_SECONDS,
+            })
+        }
+        Err(NotReady::Unreachable(e)) if e.not_bound => {
+            // Its host does not hold its binding (yet, or any more): restore it.
+            heal::wanted(record.host.as_deref());
+            crate::log::error(&format!(
+                "tenant {slug}: its host does not hold its binding; the reconciler restores it"
+            ));
+            Err(ApiError::Unavailable {
+                code: "tenant_unavailable",
+                message: "this tenant is temporarily unavailable; retry shortly".into(),
                 retry_after: RETRY_AFTER_SECONDS,
             })
         }
@@ -239,10 +252,10 @@ async fn open(
 /// The tenant's binding. A routed tenant that is active but unbound is a server-side
 /// inconsistency (a deploy that dropped tenant bindings, or one not yet live): 503, logged, and
 /// a bindings reconcile is started right away (see [`heal`]).
-fn binding(env: &Env, slug: &TenantSlug) -> Result<D1Database, ApiError> {
+fn binding(env: &Env, slug: &TenantSlug, host: Option<&str>) -> Result<D1Database, ApiError> {
     let name = BindingName::for_tenant(slug);
-    edge::tenant_binding(env, &name).ok_or_else(|| {
-        heal::wanted();
+    edge::tenant_binding(env, Home::of(host), &name).ok_or_else(|| {
+        heal::wanted(host);
         ApiError::Unavailable {
             code: "tenant_unavailable",
             message: "this tenant is temporarily unavailable; retry shortly".into(),

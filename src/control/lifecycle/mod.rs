@@ -22,6 +22,7 @@
 //! layer, the Cloudflare client and the core; the admin API maps its errors to HTTP.
 
 mod error;
+mod hosts;
 mod orphans;
 mod reconciler;
 mod runner;
@@ -38,12 +39,13 @@ pub use error::LifecycleError;
 
 use crate::cloudflare::{CfError, Client};
 use crate::core::bindings::{self, BindingDiff, TenantBinding};
+use crate::core::config::HostsConfig;
 use crate::core::lifecycle::{OperationKind, Step, TenantStatus};
 use crate::core::names::{BindingName, DatabaseName, DatabasePrefix};
 use crate::core::slug::TenantSlug;
 use crate::log;
 use crate::store::control::{ControlStore, Fence, OperationRow, TenantRow};
-use crate::store::ports::{Backups, Bindings, Clock, Platform};
+use crate::store::ports::{Backups, Bindings, Clock, Home, Platform};
 use crate::store::rest::RestDatabase;
 use crate::store::sql::Sql;
 use crate::store::tenant_db;
@@ -127,6 +129,8 @@ pub struct Settings {
     pub holder: String,
     pub remove_orphans: bool,
     pub migration_concurrency: usize,
+    /// Binding hosts (`None`: tenant bindings live on `script` itself).
+    pub hosts: Option<HostsConfig>,
 }
 
 /// Everything the lifecycle needs, built once per invocation.
@@ -176,6 +180,11 @@ impl<P: Platform> Lifecycle<P> {
     fn new_id(&self, what: &str) -> String {
         format!("{}-{what}-{}", self.settings.holder, self.clock.now_ms() as u64)
     }
+}
+
+/// Where a tenant's binding is served from: its host once it is on it, else the main Worker.
+fn home(tenant: &TenantRow) -> Home<'_> {
+    Home::of(tenant.host.as_deref().filter(|_| tenant.on_host))
 }
 
 fn database_id(tenant: &TenantRow) -> Result<&str> {

@@ -24,7 +24,7 @@ impl<P: Platform> Lifecycle<P> {
         loop {
             let wanted: Vec<TenantBinding> = self
                 .store
-                .wanted_bindings()
+                .wanted_bindings(self.clock.now_ms())
                 .await?
                 .into_iter()
                 .filter_map(|t| {
@@ -75,7 +75,18 @@ impl<P: Platform> Lifecycle<P> {
     /// migration pass.
     pub async fn reconcile_all(&self) -> Result<Value> {
         let strays = self.adopt_strays().await?;
-        let bindings = self.reconcile_bindings().await?;
+        // A binding set the API refuses (e.g. over a script's limit) must not stop the pass: the
+        // operations below fail the creates that asked for too much, and the set shrinks to fit.
+        let bindings = self.reconcile_main().await.unwrap_or_else(|e| {
+            log::warn(&format!("reconcile: the main Worker's bindings: {e}"));
+            None
+        });
+        // Every host is checked against its wanted set once a pass (drift, e.g. a hand edit), not
+        // only the ones the control plane knows changed.
+        for host in self.store.hosts().await? {
+            self.store.touch_host(&host.name).await?;
+        }
+        let hosts = self.reconcile_dirty_hosts().await?;
         let mut finished = 0;
         let mut pending = Vec::new();
         // A lease held by a runner that died (a crash, a cut invocation) lapses within LEASE_MS:
@@ -108,7 +119,13 @@ impl<P: Platform> Lifecycle<P> {
             ops = busy;
         }
         // Binding changes made by the operations above are checked once more.
-        let bindings_after = self.reconcile_bindings().await?;
+        let bindings_after = self.reconcile_main().await.unwrap_or_else(|e| {
+            log::warn(&format!("reconcile: the main Worker's bindings: {e}"));
+            None
+        });
+        let hosts_after = self.reconcile_dirty_hosts().await?;
+        // The upgrade from the single-script layout, a bounded batch a pass.
+        let moved = self.move_from_main(100).await?;
         let (orphans, removed) = self.orphans().await?;
         // One bounded migration pass per run, continuing where the last run stopped (so tenants
         // that keep failing at the front never starve the rest): a fleet catches up run by run.
@@ -124,9 +141,20 @@ impl<P: Platform> Lifecycle<P> {
         self.store.set_platform_value("fleet_cursor", migrations.next.as_deref()).await?;
         Ok(json!({
             "bindings": bindings_after.or(bindings),
+            "hosts": host_reports(hosts, hosts_after),
+            "moved_to_hosts": moved,
             "operations": { "finished": finished, "unfinished": pending, "adopted": strays },
             "orphans": { "found": orphans, "removed": removed },
             "migrations": { "processed": migrations.processed, "failed": migrations.failed.len(), "more": migrations.next.is_some() },
         }))
     }
+}
+
+/// Each reconciled host's last report.
+fn host_reports(before: Vec<(String, Option<BindingsReport>)>, after: Vec<(String, Option<BindingsReport>)>) -> Value {
+    let mut out = serde_json::Map::new();
+    for (name, report) in before.into_iter().chain(after) {
+        out.insert(name, json!(report));
+    }
+    Value::Object(out)
 }

@@ -108,13 +108,14 @@ impl<P: Platform> Lifecycle<P> {
     async fn step(&self, op: &OperationRow, tenant: &TenantRow, step: Step) -> Result<StepOutcome> {
         match step {
             Step::Database => self.find_or_create_database(tenant).await,
+            Step::Place => self.place_step(tenant).await,
             Step::Migrations => self.migrate(tenant).await,
             Step::Seed => self.seed(op, tenant).await,
             Step::Bind => {
                 if !self.store.set_bind_wanted_if(&tenant.slug, true, TenantStatus::Provisioning).await? {
                     return Err(LifecycleError::Permanent("tenant left provisioning".into()));
                 }
-                self.bindings_step().await
+                self.bindings_step(home(tenant)).await
             }
             Step::Verify => self.verify(tenant).await,
             Step::Backup => self.backup(tenant).await,
@@ -122,7 +123,18 @@ impl<P: Platform> Lifecycle<P> {
                 if !self.store.set_bind_wanted_if(&tenant.slug, false, TenantStatus::Deleting).await? {
                     return Err(LifecycleError::Permanent("tenant left deleting".into()));
                 }
-                self.bindings_step().await
+                // Its host slot is given back (freed slots are reused), and the binding removed
+                // from wherever it is: its host, and the main Worker if it was ever served there.
+                let host = self.store.release_host(&tenant.slug).await?.or_else(|| tenant.host.clone());
+                if let Some(host) = &host {
+                    if let StepOutcome::Later(wait) = self.bindings_step(Home::Host(host)).await? {
+                        return Ok(StepOutcome::Later(wait));
+                    }
+                }
+                if self.settings.hosts.is_none() || !tenant.on_host || tenant.main_until.is_some() {
+                    return self.bindings_step(Home::Main).await;
+                }
+                Ok(StepOutcome::Done)
             }
             Step::DropDatabase => {
                 if let Some(id) = self.resolve_database(tenant).await? {

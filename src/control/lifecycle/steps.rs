@@ -1,17 +1,26 @@
 //! The steps of the create and delete sagas; each is idempotent.
 
 use super::*;
+use crate::store::tenant_db::NotReady;
 
 impl<P: Platform> Lifecycle<P> {
     pub(super) async fn find_or_create_database(&self, tenant: &TenantRow) -> Result<StepOutcome> {
         let name = tenant.database_name.as_str();
         let found = match self.api.find_database(name).await? {
-            Some(db) => db,
+            Some(db) => {
+                // Found, not made by us just now: never taken over if stamped for another tenant
+                // (checked before it is bound anywhere).
+                self.refuse_foreign(tenant, &db.uuid).await?;
+                db
+            }
             None => match self.api.create_database(name).await {
                 Ok(db) => db,
                 // Someone (a lost earlier answer, a concurrent runner) created it: look again.
                 Err(CfError::AlreadyExists { .. }) => match self.api.find_database(name).await? {
-                    Some(db) => db,
+                    Some(db) => {
+                        self.refuse_foreign(tenant, &db.uuid).await?;
+                        db
+                    }
                     None => return Ok(later(format!("{name} exists but is not listed yet"))),
                 },
                 Err(e) => return Err(e.into()),
@@ -21,27 +30,67 @@ impl<P: Platform> Lifecycle<P> {
         Ok(StepOutcome::Done)
     }
 
-    /// Migrates and stamps the new database through the REST API (no Worker has its binding yet).
+    /// Fails the create for good if database `id` is stamped for another tenant.
+    async fn refuse_foreign(&self, tenant: &TenantRow, id: &str) -> Result<()> {
+        let db = RestDatabase { api: &self.api, id };
+        match tenant_db::stamp(&db).await {
+            Ok(Some(owner)) if owner != tenant.slug => {
+                Err(LifecycleError::Permanent(format!("the database is stamped for tenant {owner}")))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(LifecycleError::TenantDatabase(e)),
+        }
+    }
+
+    /// Migrates and stamps the new database: through its binding on its host (the binding was
+    /// just asked for; until it is live the step waits), or through the REST API without hosts.
     pub(super) async fn migrate(&self, tenant: &TenantRow) -> Result<StepOutcome> {
-        let id = database_id(tenant)?;
         let slug = parse_slug(tenant)?;
+        if let Home::Host(host) = home(tenant) {
+            let Some(db) = self.bindings.database(Home::Host(host), &BindingName::for_tenant(&slug)) else {
+                return Ok(StepOutcome::Later(Wait::BindingNotLive));
+            };
+            return match tenant_db::prepare(&db, &slug).await {
+                Ok(version) => {
+                    self.store.set_schema_version(&tenant.slug, version).await?;
+                    Ok(StepOutcome::Done)
+                }
+                Err(e) if e.is_not_bound() => Ok(StepOutcome::Later(Wait::BindingNotLive)),
+                Err(e) if e.is_transient() => Ok(later(format!("migrating through {host}: {e}"))),
+                Err(e) => Err(LifecycleError::Permanent(e.to_string())),
+            };
+        }
+        let id = database_id(tenant)?;
         let db = RestDatabase { api: &self.api, id };
         match tenant_db::prepare(&db, &slug).await {
             Ok(version) => {
                 self.store.set_schema_version(&tenant.slug, version).await?;
                 Ok(StepOutcome::Done)
             }
-            Err(e) if e.is_transient() => Err(LifecycleError::TenantDatabase(crate::store::sql::SqlError {
-                message: e.to_string(),
-                unreachable: true,
-            })),
+            Err(e) if e.is_transient() => {
+                Err(LifecycleError::TenantDatabase(crate::store::sql::SqlError::unreachable(e.to_string())))
+            }
             Err(e) => Err(LifecycleError::Permanent(e.to_string())),
         }
     }
 
     pub(super) async fn seed(&self, op: &OperationRow, tenant: &TenantRow) -> Result<StepOutcome> {
-        let id = database_id(tenant)?;
-        let db = RestDatabase { api: &self.api, id };
+        match home(tenant) {
+            Home::Host(host) => {
+                let slug = parse_slug(tenant)?;
+                let Some(db) = self.bindings.database(Home::Host(host), &BindingName::for_tenant(&slug)) else {
+                    return Ok(StepOutcome::Later(Wait::BindingNotLive));
+                };
+                self.seed_into(op, &db).await
+            }
+            Home::Main => {
+                let db = RestDatabase { api: &self.api, id: database_id(tenant)? };
+                self.seed_into(op, &db).await
+            }
+        }
+    }
+
+    async fn seed_into<S: Sql>(&self, op: &OperationRow, db: &S) -> Result<StepOutcome> {
         let mut input: CreateInput = serde_json::from_str(&op.input).unwrap_or_default();
         let tenant_error = LifecycleError::TenantDatabase;
         if let Some(hash) = &input.admin_password_hash {
@@ -76,8 +125,12 @@ impl<P: Platform> Lifecycle<P> {
         Ok(StepOutcome::Done)
     }
 
-    pub(super) async fn bindings_step(&self) -> Result<StepOutcome> {
-        match self.reconcile_bindings().await? {
+    pub(super) async fn bindings_step(&self, home: Home<'_>) -> Result<StepOutcome> {
+        let report = match home {
+            Home::Main => self.reconcile_bindings().await?,
+            Home::Host(host) => self.reconcile_host(host).await?,
+        };
+        match report {
             Some(report) if report.converged => Ok(StepOutcome::Done),
             Some(_) => Ok(later("the binding set did not converge yet")),
             None => Ok(later("another invocation is changing bindings")),
@@ -90,7 +143,12 @@ impl<P: Platform> Lifecycle<P> {
     pub(super) async fn verify(&self, tenant: &TenantRow) -> Result<StepOutcome> {
         let slug = parse_slug(tenant)?;
         let binding = BindingName::for_tenant(&slug);
-        let Some(db) = self.bindings.database(&binding) else {
+        if let Home::Host(host) = home(tenant) {
+            if self.store.host(host).await?.is_some_and(|h| h.applied_gen < h.wanted_gen) {
+                self.reconcile_host(host).await?;
+            }
+        }
+        let Some(db) = self.bindings.database(home(tenant), &binding) else {
             // Not bound here. If the settings do not hold it either, bind again.
             let settings = self.api.get_settings(&self.settings.script).await?;
             let want = [TenantBinding { binding, database_id: database_id(tenant)?.to_owned() }];
@@ -108,6 +166,13 @@ impl<P: Platform> Lifecycle<P> {
                 }
                 self.store.record_sync(&tenant.slug, entities.version, None).await?;
                 Ok(StepOutcome::Done)
+            }
+            Err(NotReady::Unreachable(e)) if e.not_bound => {
+                // Its host does not hold it: have the host checked again at its next reconcile.
+                if let Home::Host(host) = home(tenant) {
+                    self.store.touch_host(host).await?;
+                }
+                Ok(StepOutcome::Later(Wait::BindingNotLive))
             }
             Err(e) => Ok(later(format!("binding answers but is not ready: {e}"))),
         }

@@ -38,6 +38,7 @@ impl Lifecycle<WorkerPlatform> {
                 holder: crate::crypto::random_id()?,
                 remove_orphans: config.remove_orphans,
                 migration_concurrency: config.migration_concurrency,
+                hosts: config.hosts.clone(),
             },
         })
     }

@@ -1,0 +1,185 @@
+//! Binding hosts: placing tenants on them, creating and upgrading their scripts, reconciling each
+//! one's binding set, and moving tenants of the single-script layout onto them.
+//!
+//! A host's binding set is derived, like the main Worker's (see `core::bindings`): the tenants the
+//! control plane places on it with `bind_wanted`. Each host is reconciled under its own lease
+//! (`bindings:{host}`), and only ever PATCHed with its own set, so a change on one host never
+//! touches another. A host whose wanted set changed (every change bumps its `wanted_gen` in the
+//! same batch) is "dirty" until a reconcile converges on that generation.
+
+use super::*;
+use crate::store::control::PlaceFor;
+use crate::store::host;
+
+/// How long the main Worker keeps a moved tenant's old binding: well past the tenant lookup's
+/// cache lifetime, so an isolate still routing by the old row keeps answering.
+pub const MOVE_GRACE_MS: f64 = 60_000.0;
+
+impl<P: Platform> Lifecycle<P> {
+    fn hosts_config(&self) -> Result<&HostsConfig> {
+        self.settings.hosts.as_ref().ok_or_else(|| LifecycleError::Permanent("binding hosts are not configured".into()))
+    }
+
+    /// The create saga's `place` step: a slot on a host, whose script exists.
+    pub(super) async fn place_step(&self, tenant: &TenantRow) -> Result<StepOutcome> {
+        let Some(hosts) = &self.settings.hosts else { return Ok(StepOutcome::Done) };
+        let placed = self.store.place(&tenant.slug, &self.settings.script, hosts.capacity, PlaceFor::Create).await?;
+        let Some(name) = placed else {
+            return Err(LifecycleError::Permanent("tenant left provisioning before it was placed".into()));
+        };
+        self.ensure_host(&name).await?;
+        Ok(StepOutcome::Done)
+    }
+
+    /// Uploads host `name`'s script if it is not there yet (or runs older host code). An upload is
+    /// a PUT, so one repeated after a lost answer is harmless; a re-upload keeps the host's D1
+    /// bindings (`keep_bindings`).
+    pub async fn ensure_host(&self, name: &str) -> Result<()> {
+        let hosts = self.hosts_config()?;
+        let row = self.store.host(name).await?;
+        if row.as_ref().is_some_and(|h| h.state == "ready" && h.code.as_deref() == Some(host::CODE)) {
+            return Ok(());
+        }
+        let mut metadata = host::metadata(&[]);
+        metadata["keep_bindings"] = json!(["d1"]);
+        self.api.upload_namespace_script(&hosts.namespace, name, metadata, host::MODULE, host::SOURCE).await?;
+        self.store.set_host_ready(name, host::CODE).await?;
+        let detail = json!({ "host": name, "code": host::CODE });
+        self.store.audit("lifecycle", "host.uploaded", None, &self.settings.holder, &detail).await?;
+        Ok(())
+    }
+
+    /// Makes host `name`'s bindings exactly its wanted set. `None` when another invocation holds
+    /// its lease (it derives the set after taking the lease, so it includes our change).
+    pub async fn reconcile_host(&self, name: &str) -> Result<Option<BindingsReport>> {
+        for attempt in 0..20 {
+            if attempt > 0 {
+                self.clock.sleep(Duration::from_millis(150)).await;
+            }
+            let lease = format!("bindings:{name}");
+            if let Some(result) = self.holding(&lease, self.reconcile_host_locked(name)).await? {
+                return result.map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    async fn reconcile_host_locked(&self, name: &str) -> Result<BindingsReport> {
+        let namespace = self.hosts_config()?.namespace.clone();
+        self.ensure_host(name).await?;
+        let mut patches = 0;
+        loop {
+            let wanted = self.store.host_wanted(name).await?;
+            let bindings: Vec<TenantBinding> = wanted
+                .bindings
+                .into_iter()
+                .filter_map(|t| {
+                    let slug = TenantSlug::parse(&t.slug).ok()?;
+                    Some(TenantBinding { binding: BindingName::for_tenant(&slug), database_id: t.database_id })
+                })
+                .collect();
+            let current = self.api.get_script_settings(Some(&namespace), name).await?.bindings;
+            let BindingDiff { missing, extra, wrong_database } = bindings::diff(&current, &bindings);
+            let converged = missing.is_empty() && extra.is_empty() && wrong_database.is_empty();
+            if converged {
+                self.store.set_host_applied(name, wanted.generation).await?;
+            }
+            if converged || patches == 3 {
+                return Ok(BindingsReport {
+                    converged,
+                    patches,
+                    wanted: bindings.len(),
+                    missing,
+                    extra,
+                    wrong_database,
+                });
+            }
+            let desired = bindings::desired(&current, &bindings);
+            self.api.patch_script_settings(Some(&namespace), name, &desired).await?;
+            patches += 1;
+        }
+    }
+
+    /// Reconciles every host whose wanted set changed. Returns each one's report (`None`: busy).
+    pub async fn reconcile_dirty_hosts(&self) -> Result<Vec<(String, Option<BindingsReport>)>> {
+        if self.settings.hosts.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for name in self.store.dirty_hosts().await? {
+            let report = self.reconcile_host(&name).await?;
+            out.push((name, report));
+        }
+        Ok(out)
+    }
+
+    /// Reconciles the main Worker's own tenant bindings when it may hold any: always without
+    /// hosts; with hosts only while tenants are still served through it (or were moved less than
+    /// a grace period ago), or until a reconcile has seen it hold none. Once the last tenant has
+    /// moved, the main Worker is never PATCHed again.
+    pub async fn reconcile_main(&self) -> Result<Option<BindingsReport>> {
+        if self.settings.hosts.is_some() {
+            let wanted = self.store.wanted_bindings(self.clock.now_ms()).await?;
+            let clean = self.store.platform_value("main_bindings").await?.as_deref() == Some("0");
+            if wanted.is_empty() && clean {
+                return Ok(Some(BindingsReport {
+                    converged: true,
+                    patches: 0,
+                    wanted: 0,
+                    missing: Vec::new(),
+                    extra: Vec::new(),
+                    wrong_database: Vec::new(),
+                }));
+            }
+        }
+        let report = self.reconcile_bindings().await?;
+        if let Some(r) = &report {
+            if r.converged && self.settings.hosts.is_some() {
+                self.store.set_platform_value("main_bindings", Some(&r.wanted.to_string())).await?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// The upgrade from the single-script layout: moves up to `limit` tenants still served through
+    /// the main Worker's own bindings onto hosts, without a moment unserved. Each is placed on a
+    /// host (still served through the main Worker), bound there, checked through the host (stamp
+    /// and schema), and only then served through it; the main Worker keeps the old binding for
+    /// [`MOVE_GRACE_MS`] more, then the main reconcile drops it. Returns the slugs moved.
+    pub async fn move_from_main(&self, limit: u32) -> Result<Vec<String>> {
+        let Some(hosts) = &self.settings.hosts else { return Ok(Vec::new()) };
+        let tenants = self.store.tenants_on_main(limit).await?;
+        let mut placed = Vec::new();
+        for tenant in tenants {
+            if let Some(host) =
+                self.store.place(&tenant.slug, &self.settings.script, hosts.capacity, PlaceFor::Move).await?
+            {
+                placed.push((tenant, host));
+            }
+        }
+        let mut touched: Vec<&str> = placed.iter().map(|(_, h)| h.as_str()).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        for name in touched {
+            self.reconcile_host(name).await?;
+        }
+        let mut moved = Vec::new();
+        for (tenant, host) in &placed {
+            let Ok(slug) = TenantSlug::parse(&tenant.slug) else { continue };
+            let Some(db) = self.bindings.database(Home::Host(host), &BindingName::for_tenant(&slug)) else { continue };
+            // Served through the host only once it answers there as this tenant, at this schema.
+            if tenant_db::TenantDb::open(db, slug, &self.store).await.is_err() {
+                continue;
+            }
+            let until = self.clock.now_ms() + MOVE_GRACE_MS;
+            if self.store.move_to_host(&tenant.slug, host, until).await? {
+                let detail = json!({ "host": host });
+                self.store
+                    .audit("reconciler", "tenant.moved_to_host", Some(&tenant.slug), &self.settings.holder, &detail)
+                    .await?;
+                moved.push(tenant.slug.clone());
+            }
+        }
+        Ok(moved)
+    }
+}
