@@ -11,7 +11,9 @@
 //! Options: `--tenants N` (1000), `--faults RATE` (0: the chance that any one API call fails:
 //! 429, 5xx, a timeout, or a lost answer), `--delete FRACTION` (0.2: deleted after all are
 //! created), `--concurrency C` (200: requests in flight), `--polls P` (3: `GET`s a client makes,
-//! 2 s apart, after a 202), `--max-bindings M` (5000: the script's binding limit), `--seed S`.
+//! 2 s apart, after a 202), `--max-bindings M` (5000: a script's binding limit), `--host-capacity H`
+//! (4000: tenant bindings per binding host; 0: the single-script layout, every binding on the main
+//! Worker), `--seed S`.
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +34,7 @@ struct Options {
     max_bindings: usize,
     seed: u64,
     max_passes: u32,
+    host_capacity: usize,
 }
 
 fn options() -> Result<Options, String> {
@@ -44,6 +47,7 @@ fn options() -> Result<Options, String> {
         max_bindings: 5000,
         seed: 1,
         max_passes: 2000,
+        host_capacity: tenantry::core::config::DEFAULT_HOST_CAPACITY,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -59,6 +63,7 @@ fn options() -> Result<Options, String> {
             "--max-bindings" => o.max_bindings = value.parse().map_err(|e| bad(&e))?,
             "--seed" => o.seed = value.parse().map_err(|e| bad(&e))?,
             "--max-passes" => o.max_passes = value.parse().map_err(|e| bad(&e))?,
+            "--host-capacity" => o.host_capacity = value.parse().map_err(|e| bad(&e))?,
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -99,6 +104,9 @@ fn peak_rss_mib() -> Option<u64> {
 
 async fn run(o: Options) -> bool {
     let world = World::new(o.seed).await;
+    if o.host_capacity > 0 {
+        world.use_hosts(o.host_capacity);
+    }
     world.cloud.set_max_bindings(o.max_bindings);
     world.cloud.set_fault_rate(o.faults);
     let slugs: Vec<String> = (0..o.tenants).map(|i| format!("t{i:06}")).collect();
@@ -140,6 +148,7 @@ async fn run(o: Options) -> bool {
         });
         let peak = world.cloud.peak_in_window(300_000);
         let phase = phases.last().expect("just pushed");
+        let sizes = world.cloud.patch_sizes();
         println!(
             "{:>6}: {:>6} tenants, {:>8} API calls ({:.1} per tenant), peak {} calls in 5 min (limit {}{}), \
              {} reconciler pass(es) to converge, {:.0} s virtual, {:.1} s wall",
@@ -155,6 +164,25 @@ async fn run(o: Options) -> bool {
             phase.wall_s
         );
         println!("        by call: {:?}", phase.by_kind);
+        let at_limit_min = phase.calls as f64 / API_LIMIT_PER_5_MIN as f64 * 5.0;
+        println!(
+            "        at the API limit ({} calls / 5 min) these calls take at least {:.0} min ({:.1} h); \
+             tenantry's own pace here was {:.0} min of virtual time",
+            API_LIMIT_PER_5_MIN,
+            at_limit_min,
+            at_limit_min / 60.0,
+            phase.virtual_s / 60.0
+        );
+        if !sizes.is_empty() {
+            let mean = sizes.iter().sum::<usize>() / sizes.len();
+            println!(
+                "        settings changes: {} PATCHes ({:.3} per tenant), metadata per change: mean {} B, max {} B",
+                sizes.len(),
+                sizes.len() as f64 / phase.count as f64,
+                mean,
+                sizes.iter().max().copied().unwrap_or(0)
+            );
+        }
     }
 
     let store = world.store();
@@ -191,10 +219,20 @@ async fn run(o: Options) -> bool {
     for (why, n) in &waiting {
         println!("  open x{n}: {why}");
     }
+    let hosts = store.hosts().await.expect("the control store answers");
+    println!(
+        "scripts: the main Worker (settings changed {} times by tenant churn) and {} binding host(s), \
+         holding {} tenant bindings at most (cap {})",
+        world.cloud.settings_version(),
+        hosts.len(),
+        hosts.iter().map(|h| h.used).max().unwrap_or(0),
+        if o.host_capacity > 0 { o.host_capacity.to_string() } else { "-".into() }
+    );
     let violations = world.violations().await;
-    let checked = "every active tenant bound to its own stamped, migrated database with its admin; every deleted \
-                   tenant's database gone, unbound, its backup in the bucket; no orphan database; the binding set \
-                   exactly the wanted one; no operation left open";
+    let checked = "every active tenant bound exactly once, where it is served from, to its own stamped, migrated \
+                   database with its admin; every deleted tenant's database gone, unbound, its slot and backup \
+                   kept right; no orphan database or script; every host under its cap and counting its tenants; \
+                   every script's binding set exactly the wanted one; no operation left open";
     if violations.is_empty() {
         println!("invariants: all hold ({checked})");
     } else {
@@ -218,12 +256,17 @@ fn main() {
         }
     };
     println!(
-        "simulating {} tenants, {:.0}% deleted, API fault rate {}, {} in flight, binding limit {}, seed {}",
+        "simulating {} tenants, {:.0}% deleted, API fault rate {}, {} in flight, binding limit {}, {}, seed {}",
         o.tenants,
         o.delete * 100.0,
         o.faults,
         o.concurrency,
         o.max_bindings,
+        if o.host_capacity > 0 {
+            format!("binding hosts of {} tenants", o.host_capacity)
+        } else {
+            "single-script layout".to_owned()
+        },
         o.seed
     );
     let runtime =

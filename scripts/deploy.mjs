@@ -30,8 +30,11 @@ import { parse } from "smol-toml";
 import { adminClient } from "../cloud/client.mjs";
 import { ROOT, runWrangler } from "./lib/wrangler.mjs";
 
+// The tenants whose binding the main Worker must keep: those still served through it (the
+// single-script layout, or not yet moved to a host) and those moved less than a grace period ago.
 const TENANTS_SQL =
-  "SELECT binding_name, database_name, database_id FROM tenants WHERE bind_wanted = 1 AND database_id IS NOT NULL ORDER BY slug";
+  "SELECT binding_name, database_name, database_id FROM tenants WHERE bind_wanted = 1 AND database_id IS NOT NULL " +
+  "AND (on_host = 0 OR main_until > (julianday('now') - 2440587.5) * 86400000) ORDER BY slug";
 
 /**
  * The parts of wrangler.toml this script reads or changes; the rest passes through.
@@ -40,6 +43,7 @@ const TENANTS_SQL =
  *   build?: { command: string, cwd?: string },
  *   vars?: Record<string, string>,
  *   d1_databases: { binding: string, database_name: string, database_id: string, migrations_dir?: string }[],
+ *   dispatch_namespaces?: { binding: string, namespace: string }[],
  *   [key: string]: unknown,
  * }} WranglerConfig
  */
@@ -87,10 +91,24 @@ export async function deploy({ target = {}, message, dryRun = false, log = conso
   /** @type {{ binding_name: string, database_name: string, database_id: string }[]} */
   const tenants = JSON.parse(query.stdout).at(-1).results;
 
+  // The binding hosts' dispatch namespace, created once (the Worker's upload refuses a binding to
+  // a namespace that does not exist).
+  const vars = { ...(config.vars ?? {}), ...(target.vars ?? {}) };
+  for (const ns of config.dispatch_namespaces ?? []) {
+    const found = await runWrangler(["dispatch-namespace", "get", ns.namespace], { env, cwd: os.tmpdir() });
+    if (found.code === 0) continue;
+    const made = await runWrangler(["dispatch-namespace", "create", ns.namespace], { env, cwd: os.tmpdir() });
+    if (made.code !== 0) throw new Error(`creating dispatch namespace ${ns.namespace} failed:\n${made.stdout}${made.stderr}`);
+    log(`created dispatch namespace ${ns.namespace}`);
+  }
+  if (vars.HOSTS_NAMESPACE && !(config.dispatch_namespaces ?? []).some((ns) => ns.namespace === vars.HOSTS_NAMESPACE)) {
+    throw new Error(`HOSTS_NAMESPACE is ${vars.HOSTS_NAMESPACE} but wrangler.toml binds no such [[dispatch_namespaces]]`);
+  }
+
   const workDir = target.work_dir ?? path.join(ROOT, ".tenantry");
   const deployConfig = {
     ...config,
-    vars: { ...(config.vars ?? {}), ...(target.vars ?? {}) },
+    vars,
     d1_databases: [
       ...config.d1_databases.map((d) => ({
         ...d,

@@ -19,7 +19,8 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> Response {
         Ok(Route::Tenant(slug)) => {
             let outcome = crate::tenant::handle(&req, &env, &ctx, slug, &request_id).await;
             if crate::tenant::heal::due(js_sys::Date::now()) {
-                ctx.wait_until(crate::control::heal_bindings(env.clone()));
+                let hosts = crate::tenant::heal::take_hosts();
+                ctx.wait_until(crate::control::heal_bindings(env.clone(), hosts));
             }
             outcome
         }

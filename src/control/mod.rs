@@ -40,11 +40,18 @@ pub async fn scheduled(env: &Env) {
 
 /// Converges the Worker's tenant bindings on the control plane's, after a request found its
 /// tenant's binding missing (see `tenant::heal`); logs the outcome.
-pub async fn heal_bindings(env: Env) {
+pub async fn heal_bindings(env: Env, hosts: Vec<String>) {
     let Ok(lifecycle) = Lifecycle::from_env(&env) else {
         return; // from_env logged what is missing
     };
-    match lifecycle.reconcile_bindings().await {
+    for host in &hosts {
+        // Found missing a binding: checked against its wanted set, whatever its generation says.
+        match lifecycle.check_host(host).await {
+            Ok(report) => crate::log::info(&format!("host {host} healed: {}", serde_json::json!(report))),
+            Err(e) => crate::log::error(&format!("healing host {host} failed: {e}")),
+        }
+    }
+    match lifecycle.reconcile_main().await {
         Ok(Some(report)) => crate::log::info(&format!(
             "bindings healed after a request found one missing: {}",
             serde_json::json!(report)

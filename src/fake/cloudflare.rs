@@ -128,6 +128,8 @@ struct State {
     start: Instant,
     log: Vec<u64>,
     by_kind: BTreeMap<String, u64>,
+    /// The size of each settings PATCH body that applied (script metadata per settings change).
+    patch_bytes: Vec<usize>,
     authorized_downloads: u64,
     crash: Crash,
 }
@@ -757,6 +759,7 @@ impl FakeCloudflare {
             start: Instant::now(),
             log: Vec::new(),
             by_kind: BTreeMap::new(),
+            patch_bytes: Vec::new(),
             authorized_downloads: 0,
             crash: Crash::default(),
         };
@@ -877,6 +880,11 @@ impl FakeCloudflare {
         self.inner.borrow().scripts.get(script).map_or(0, |s| json!({ "bindings": s.bindings }).to_string().len())
     }
 
+    /// The body size of every settings PATCH that applied since the counters were reset.
+    pub fn patch_sizes(&self) -> Vec<usize> {
+        self.inner.borrow().patch_bytes.clone()
+    }
+
     pub fn settings_version_of(&self, script: &str) -> u64 {
         self.inner.borrow().scripts.get(script).map_or(0, |s| s.version)
     }
@@ -959,6 +967,7 @@ impl FakeCloudflare {
         let mut s = self.inner.borrow_mut();
         s.log.clear();
         s.by_kind.clear();
+        s.patch_bytes.clear();
     }
 
     /// Download requests that carried an `Authorization` header (each was refused). Must stay 0:
@@ -1015,7 +1024,15 @@ impl FakeCloudflare {
                     Route::Get(id) => (s.find(id).map(|d| (d.describe(), None)).ok_or_else(|| not_found(id)), false),
                     Route::Delete(id) => s.delete(id),
                     Route::Export(id) => (s.export(id, &request.body), false),
-                    Route::SettingsPatch(script) => s.settings_patch(script, &request.body),
+                    Route::SettingsPatch(script) => {
+                        let out = s.settings_patch(script, &request.body);
+                        if out.1 {
+                            if let Body::Settings(settings) = &request.body {
+                                s.patch_bytes.push(settings.to_string().len());
+                            }
+                        }
+                        out
+                    }
                     Route::Upload(key) => s.upload(key, &request.body),
                     Route::ScriptDelete(key) => s.delete_script(key),
                     Route::WrongMethod(_) => (Err(api_err(405, 10405, "Method not allowed on this route")), false),

@@ -24,10 +24,11 @@ impl<P: Platform> Lifecycle<P> {
     pub(super) async fn place_step(&self, tenant: &TenantRow) -> Result<StepOutcome> {
         let Some(hosts) = &self.settings.hosts else { return Ok(StepOutcome::Done) };
         let placed = self.store.place(&tenant.slug, &self.settings.script, hosts.capacity, PlaceFor::Create).await?;
-        let Some(name) = placed else {
+        if placed.is_none() {
             return Err(LifecycleError::Permanent("tenant left provisioning before it was placed".into()));
-        };
-        self.ensure_host(&name).await?;
+        }
+        // The host's script is uploaded by its first reconcile, under its lease (one upload, not
+        // one per tenant placed on it meanwhile).
         Ok(StepOutcome::Done)
     }
 
@@ -52,22 +53,52 @@ impl<P: Platform> Lifecycle<P> {
     /// Makes host `name`'s bindings exactly its wanted set. `None` when another invocation holds
     /// its lease (it derives the set after taking the lease, so it includes our change).
     pub async fn reconcile_host(&self, name: &str) -> Result<Option<BindingsReport>> {
+        self.reconcile_host_with(name, false).await
+    }
+
+    /// [`Self::reconcile_host`], reading the host's bindings before changing them (the drift
+    /// check of the scheduled pass and of a heal: nothing is PATCHed when nothing drifted).
+    pub async fn check_host(&self, name: &str) -> Result<Option<BindingsReport>> {
+        self.reconcile_host_with(name, true).await
+    }
+
+    async fn reconcile_host_with(&self, name: &str, check: bool) -> Result<Option<BindingsReport>> {
         for attempt in 0..20 {
             if attempt > 0 {
                 self.clock.sleep(Duration::from_millis(150)).await;
             }
             let lease = format!("bindings:{name}");
-            if let Some(result) = self.holding(&lease, self.reconcile_host_locked(name)).await? {
+            if let Some(result) = self.holding(&lease, self.reconcile_host_locked(name, check)).await? {
                 return result.map(Some);
             }
         }
         Ok(None)
     }
 
-    async fn reconcile_host_locked(&self, name: &str) -> Result<BindingsReport> {
+    /// Under the host's lease. A host's bindings are all tenants' (it has none of its own), so
+    /// its wanted set is sent as is, without reading the current one first, unless `check` (the
+    /// scheduled drift check) asks to look before changing anything; the PATCH's answer is the
+    /// new set, checked in turn. One API call per reconcile in the common case.
+    async fn reconcile_host_locked(&self, name: &str, check: bool) -> Result<BindingsReport> {
         let namespace = self.hosts_config()?.namespace.clone();
         self.ensure_host(name).await?;
+        if !check {
+            // Another runner's reconcile (we waited for its lease) may have applied our change:
+            // its generation then covers ours, and nothing is left to send.
+            let wanted = self.store.host_wanted(name).await?;
+            if self.store.host(name).await?.is_some_and(|h| h.applied_gen >= wanted.generation) {
+                return Ok(BindingsReport {
+                    converged: true,
+                    patches: 0,
+                    wanted: wanted.bindings.len(),
+                    missing: Vec::new(),
+                    extra: Vec::new(),
+                    wrong_database: Vec::new(),
+                });
+            }
+        }
         let mut patches = 0;
+        let mut known: Option<Vec<Value>> = None;
         loop {
             let wanted = self.store.host_wanted(name).await?;
             let bindings: Vec<TenantBinding> = wanted
@@ -78,7 +109,12 @@ impl<P: Platform> Lifecycle<P> {
                     Some(TenantBinding { binding: BindingName::for_tenant(&slug), database_id: t.database_id })
                 })
                 .collect();
-            let current = self.api.get_script_settings(Some(&namespace), name).await?.bindings;
+            let current = match known.take() {
+                Some(current) => current,
+                None if check || patches > 0 => self.api.get_script_settings(Some(&namespace), name).await?.bindings,
+                // Unknown: sent without looking (the diff against nothing says "all missing").
+                None => Vec::new(),
+            };
             let BindingDiff { missing, extra, wrong_database } = bindings::diff(&current, &bindings);
             let converged = missing.is_empty() && extra.is_empty() && wrong_database.is_empty();
             if converged {
@@ -94,8 +130,8 @@ impl<P: Platform> Lifecycle<P> {
                     wrong_database,
                 });
             }
-            let desired = bindings::desired(&current, &bindings);
-            self.api.patch_script_settings(Some(&namespace), name, &desired).await?;
+            let desired = bindings::desired(&[], &bindings);
+            known = Some(self.api.patch_script_settings(Some(&namespace), name, &desired).await?.bindings);
             patches += 1;
         }
     }

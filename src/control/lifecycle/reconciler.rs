@@ -83,10 +83,10 @@ impl<P: Platform> Lifecycle<P> {
         });
         // Every host is checked against its wanted set once a pass (drift, e.g. a hand edit), not
         // only the ones the control plane knows changed.
+        let mut hosts = Vec::new();
         for host in self.store.hosts().await? {
-            self.store.touch_host(&host.name).await?;
+            hosts.push((host.name.clone(), self.check_host(&host.name).await?));
         }
-        let hosts = self.reconcile_dirty_hosts().await?;
         let mut finished = 0;
         let mut pending = Vec::new();
         // A lease held by a runner that died (a crash, a cut invocation) lapses within LEASE_MS:

@@ -4,27 +4,23 @@ use super::*;
 use crate::store::tenant_db::NotReady;
 
 impl<P: Platform> Lifecycle<P> {
+    /// The tenant's database by its deterministic name: created, or, when the name is taken (a
+    /// lost answer to an earlier attempt, a concurrent runner, a leftover), found. The name is the
+    /// idempotency key, so the create goes first and the lookup happens only on a conflict: one
+    /// API call in the common case instead of two. A database found rather than made is never
+    /// taken over if it is stamped for another tenant (checked before it is bound anywhere).
     pub(super) async fn find_or_create_database(&self, tenant: &TenantRow) -> Result<StepOutcome> {
         let name = tenant.database_name.as_str();
-        let found = match self.api.find_database(name).await? {
-            Some(db) => {
-                // Found, not made by us just now: never taken over if stamped for another tenant
-                // (checked before it is bound anywhere).
-                self.refuse_foreign(tenant, &db.uuid).await?;
-                db
-            }
-            None => match self.api.create_database(name).await {
-                Ok(db) => db,
-                // Someone (a lost earlier answer, a concurrent runner) created it: look again.
-                Err(CfError::AlreadyExists { .. }) => match self.api.find_database(name).await? {
-                    Some(db) => {
-                        self.refuse_foreign(tenant, &db.uuid).await?;
-                        db
-                    }
-                    None => return Ok(later(format!("{name} exists but is not listed yet"))),
-                },
-                Err(e) => return Err(e.into()),
+        let found = match self.api.create_database(name).await {
+            Ok(db) => db,
+            Err(CfError::AlreadyExists { .. }) => match self.api.find_database(name).await? {
+                Some(db) => {
+                    self.refuse_foreign(tenant, &db.uuid).await?;
+                    db
+                }
+                None => return Ok(later(format!("{name} exists but is not listed yet"))),
             },
+            Err(e) => return Err(e.into()),
         };
         self.store.set_database(&tenant.slug, &found.uuid).await?;
         Ok(StepOutcome::Done)
