@@ -24,6 +24,10 @@
 //   `outbound: {worker: {service, environment}, params: [{name}]}` when configured;
 //   create-worker-upload-form.ts), or `{"type": "inherit", "name"}` when the previous version
 //   has the same binding.
+// - A script missing from a namespace answers code 10092 (`workers.api.error.environment_not_found`):
+//   `wrangler deploy --dispatch-namespace` takes that code for "first upload" (deploy.ts in
+//   wrangler 4.164; the mock in workers-sdk's deploy test helpers). The HTTP status, 404 here, is
+//   not shown there.
 // - Runtime (Cloudflare's dynamic dispatch docs; workerd issue 5263): `env.NS.get(name)` never
 //   throws; for a missing script the Fetcher's `fetch` rejects with an error whose message starts
 //   with "Worker not found".

@@ -62,6 +62,8 @@ const MODULE_TYPES = {
 };
 
 const notFound = () => new ApiError(404, 10007, "This Worker does not exist on your account.");
+/** A script missing from a dispatch namespace: the code and message wrangler expects (its deploy tests' mock). */
+const notInNamespace = () => new ApiError(404, 10092, "workers.api.error.environment_not_found");
 const bindingError = (message) => new ApiError(400, 10021, message);
 
 /**
@@ -321,7 +323,7 @@ export class Workers {
   /** @returns {Script} */
   #script(name, scope = this.#account) {
     const script = Object.hasOwn(scope.scripts, name) ? scope.scripts[name] : undefined;
-    if (!script) throw notFound();
+    if (!script) throw scope.namespace === null ? notFound() : notInNamespace();
     return script;
   }
 

@@ -3,9 +3,10 @@
 // uploaded into a namespace (details, list, settings, delete with force), the binding limit, a
 // Worker reaching namespace scripts through a `dispatch_namespace` binding (and a missing one
 // failing as on Cloudflare), a restarted cloud still running them, and the real wrangler CLI
-// (`dispatch-namespace create|list|get|delete`, `deploy` with `[[dispatch_namespaces]]`).
+// (`dispatch-namespace create|list|get|delete`, `deploy` with `[[dispatch_namespaces]]`, and
+// `deploy --dispatch-namespace`).
 
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
@@ -177,8 +178,10 @@ describe("scripts in a namespace", () => {
 
     await failure(call("DELETE", `${ns("scripts-ns")}/scripts/host-1`), 400, 10064);
     expect((await cloud.api("DELETE", `${ns("scripts-ns")}/scripts/host-1?force=true`)).result).toBeNull();
-    await failure(call("GET", `${ns("scripts-ns")}/scripts/host-1`), 404, 10007);
-    await failure(call("GET", settingsRoute), 404, 10007);
+    // A script missing from a namespace: 10092, which wrangler deploy --dispatch-namespace expects.
+    await failure(call("GET", `${ns("scripts-ns")}/scripts/host-1`), 404, 10092);
+    await failure(call("GET", settingsRoute), 404, 10092);
+    await failure(call("DELETE", `${ns("scripts-ns")}/scripts/host-1`), 404, 10092);
     expect((await cloud.api("DELETE", `${ns("scripts-ns")}/scripts/host-2`)).result).toBeNull();
     await cloud.api("DELETE", ns("scripts-ns"));
   });
@@ -276,7 +279,7 @@ describe("the real wrangler CLI", () => {
     return out.stdout;
   };
 
-  test("dispatch-namespace create, list, get, delete; deploy with [[dispatch_namespaces]] (first and later deploys)", async () => {
+  test("dispatch-namespace create, list, get, delete; deploy with [[dispatch_namespaces]] (first and later deploys); deploy --dispatch-namespace", async () => {
     const created = await run("dispatch-namespace", "create", "tenantry-hosts");
     const id = (await cloud.api("GET", ns("tenantry-hosts"))).result.namespace_id;
     expect(created).toContain(`Created dispatch namespace "tenantry-hosts" with ID "${id}"`);
@@ -293,7 +296,7 @@ describe("the real wrangler CLI", () => {
     );
     await writeFile(
       path.join(cwd, "index.js"),
-      'export default { async fetch(req, env) { return env.TENANT_HOSTS.get("tenantry-host-0001").fetch(req); } };\n',
+      'export default { async fetch(req, env) { return env.TENANT_HOSTS.get(new URL(req.url).searchParams.get("s")).fetch(req); } };\n',
     );
     for (const round of [1, 2]) {
       await run("deploy");
@@ -301,10 +304,38 @@ describe("the real wrangler CLI", () => {
         { type: "dispatch_namespace", name: "TENANT_HOSTS", namespace: "tenantry-hosts" },
       ]);
       await vi.waitFor(
-        async () => expect((await cloud.runtime.dispatchTo("wr-front", "http://any/")).body.toString()).toBe("tenantry-host-0001 - - []"),
+        async () =>
+          expect((await cloud.runtime.dispatchTo("wr-front", "http://any/?s=tenantry-host-0001")).body.toString()).toBe(
+            "tenantry-host-0001 - - []",
+          ),
         { timeout: 15_000 },
       );
     }
+
+    // A user Worker deployed into the namespace by wrangler (its first deploy, then a second).
+    const host = path.join(cwd, "host");
+    await mkdir(host);
+    await writeFile(
+      path.join(host, "wrangler.toml"),
+      'name = "tenantry-host-0002"\nmain = "index.js"\ncompatibility_date = "2025-06-01"\n',
+    );
+    await writeFile(path.join(host, "index.js"), hostSource("tenantry-host-0002"));
+    for (let i = 0; i < 2; i++) {
+      const out = await wrangler(["deploy", "--dispatch-namespace", "tenantry-hosts"], cloud.cloudUrl, { cwd: host });
+      expect(out.code, out.stdout + out.stderr).toBe(0);
+    }
+    await vi.waitFor(
+      async () =>
+        expect((await cloud.runtime.dispatchTo("wr-front", "http://any/?s=tenantry-host-0002")).body.toString()).toBe(
+          "tenantry-host-0002 - - []",
+        ),
+      { timeout: 15_000 },
+    );
+    expect((await cloud.api("GET", `${ns("tenantry-hosts")}/scripts`)).result.map((s) => s.script.id).sort()).toEqual([
+      "tenantry-host-0001",
+      "tenantry-host-0002",
+    ]);
+
     await run("dispatch-namespace", "delete", "tenantry-hosts");
     await failure(call("GET", ns("tenantry-hosts")), 404, 10007);
   }, 120_000);
