@@ -1,5 +1,6 @@
 // The local cloud: a stand-in for the part of the Cloudflare REST API tenantry calls (D1
-// databases, Worker script settings), on loopback, backed by Miniflare's real D1.
+// databases, Worker scripts and their settings, Workers for Platforms dispatch namespaces), on
+// loopback, backed by Miniflare's real D1.
 //
 // Shapes follow the real API: every answer is an envelope
 //   { success, errors: [{ code, message }], messages, result, result_info? }
@@ -28,9 +29,10 @@ export class LocalCloud {
    * @param {string} opts.token the API token clients must send as `Authorization: Bearer ...`
    * @param {string} opts.accountId
    * @param {number} [opts.maxDatabases] databases per account (50 000 on the paid plan)
+   * @param {number} [opts.maxBindings] D1 bindings per script (5 000: Cloudflare's 1 MB of metadata)
    * @param {(msg: string) => void} [opts.log]
    */
-  constructor({ state, runtime, token, accountId, maxDatabases = 50_000, log = () => {} }) {
+  constructor({ state, runtime, token, accountId, maxDatabases = 50_000, maxBindings, log = () => {} }) {
     this.state = state;
     this.runtime = runtime;
     this.token = token;
@@ -44,6 +46,7 @@ export class LocalCloud {
       runtime,
       blobDir: path.join(path.dirname(state.file), "modules"),
       subdomain: "tenantry-local",
+      maxBindings,
       log,
     });
     /** @type {Record<string, number>} endpoint -> count, for tests and benchmarks */

@@ -4,7 +4,7 @@
 // A rule: { endpoint, kind, times?, probability?, status?, retry_after?, delay_ms? }
 // - endpoint: "d1.create" | "d1.list" | "d1.get" | "d1.delete" | "d1.query" | "d1.raw" |
 //   "d1.export" | "d1.import" | "scripts.settings.get" | "scripts.settings.patch" | "*" | any other
-//   endpoint in ENDPOINTS (the Workers scripts API and R2 buckets)
+//   endpoint in ENDPOINTS (the Workers scripts API, dispatch namespaces and R2 buckets)
 // - kind:
 //   - "error": answer `status` (default 500) with a Cloudflare error envelope; nothing is done
 //   - "rate_limit": answer 429 with `Retry-After: retry_after` (default 1) and code 971
@@ -56,6 +56,16 @@ export const ENDPOINTS = [
   "workers.tails.by-consumer",
   "workers.durable_objects.list",
   "workers.workers.get",
+  "dispatch.namespaces.list",
+  "dispatch.namespaces.create",
+  "dispatch.namespaces.get",
+  "dispatch.namespaces.delete",
+  "dispatch.scripts.list",
+  "dispatch.scripts.upload",
+  "dispatch.scripts.get",
+  "dispatch.scripts.delete",
+  "dispatch.scripts.settings.get",
+  "dispatch.scripts.settings.patch",
 ];
 const KINDS = ["error", "rate_limit", "delay", "timeout", "lose_response"];
 

@@ -38,6 +38,65 @@ export function compatibilityDate() {
 }
 
 /**
+ * The local cloud alone: its registry and D1 data in `stateDir`, workerd running whatever is
+ * deployed there (`entry` first: the script `runtime.dispatch` reaches), and the Cloudflare API
+ * stand-in listening. Nothing is created or deployed. `startStack` builds on it; tests of the
+ * local cloud itself can start one of their own.
+ * @param {object} opts
+ * @param {string} opts.stateDir
+ * @param {number} [opts.cloudPort] the local cloud's port (0: any free port)
+ * @param {number} [opts.poolSize] spare databases kept bound (see runtime.mjs)
+ * @param {number} [opts.maxBindingsPerScript] D1 bindings a script may hold (default 5,000, the
+ *   documented limit): an upload or settings change past it is refused with 400/10021
+ * @param {string} [opts.entry] the script the front door sends requests to
+ * @param {(name: string) => object} [opts.extra] more Miniflare options for account script `name`
+ * @param {() => object[]} [opts.extraWorkers] more Workers on the same workerd (see runtime.mjs)
+ * @param {number} [opts.inspectorPort] open workerd's V8 inspector (see runtime.mjs)
+ * @param {(msg: string) => void} [opts.log]
+ */
+export async function startCloud({
+  stateDir,
+  cloudPort = 0,
+  poolSize,
+  maxBindingsPerScript,
+  entry = SCRIPT_NAME,
+  extra = () => ({}),
+  extraWorkers,
+  inspectorPort,
+  log = () => {},
+}) {
+  await mkdir(stateDir, { recursive: true });
+  const state = await new State(path.join(stateDir, "cloud.json")).load();
+  /** @type {LocalCloud} */
+  let cloud;
+  const runtime = new Runtime({
+    persistPath: path.join(stateDir, "persist"),
+    poolSize,
+    log,
+    entry,
+    // What serves is what was deployed: the deployed version of every script in the account.
+    workers: () => cloud.workers.miniflareWorkers(entry, extra),
+    extraWorkers,
+    inspectorPort,
+  });
+  cloud = new LocalCloud({ state, runtime, token: LOCAL_TOKEN, accountId: LOCAL_ACCOUNT_ID, maxBindings: maxBindingsPerScript, log });
+  await runtime.start(state.databases().map((d) => d.uuid));
+  await listenOrExplain(() => cloud.listen(cloudPort), cloudPort, "CLOUD_PORT");
+  return {
+    state,
+    runtime,
+    cloud,
+    cloudUrl: cloud.url,
+    apiBase: `${cloud.url}/client/v4`,
+    api: apiClient(cloud.url),
+    async stop() {
+      await cloud.close();
+      await runtime.dispose();
+    },
+  };
+}
+
+/**
  * @param {object} opts
  * @param {string} opts.stateDir where the local cloud keeps its registry and D1 data
  * @param {number} [opts.port] the Worker's port (0: any free port)
@@ -51,6 +110,7 @@ export function compatibilityDate() {
  * @param {number} [opts.inspectorPort] open workerd's V8 inspector (see runtime.mjs)
  * @param {boolean} [opts.cron] fire the deployed scripts' cron triggers on time (`npm run dev`;
  *   the tests fire them by hand: `POST /__cloud/scheduled`)
+ * @param {number} [opts.maxBindingsPerScript] D1 bindings a script may hold (see `startCloud`)
  */
 export async function startStack({
   stateDir,
@@ -63,28 +123,19 @@ export async function startStack({
   extraWorkers,
   inspectorPort,
   cron = false,
+  maxBindingsPerScript,
 }) {
-  await mkdir(stateDir, { recursive: true });
-  const state = await new State(path.join(stateDir, "cloud.json")).load();
-  /** @type {LocalCloud} */
-  let cloud;
-  const runtime = new Runtime({
-    persistPath: path.join(stateDir, "persist"),
+  const { state, runtime, cloud, api } = await startCloud({
+    stateDir,
+    cloudPort,
     poolSize,
-    log,
+    maxBindingsPerScript,
     entry: SCRIPT_NAME,
-    // What serves is what was deployed: the deployed version of every script in the account.
-    workers: () =>
-      cloud.workers.miniflareWorkers(SCRIPT_NAME, (name) =>
-        name === SCRIPT_NAME && directSocket ? { unsafeDirectSockets: [{ host: "127.0.0.1", port: 0 }] } : {},
-      ),
+    extra: (name) => (name === SCRIPT_NAME && directSocket ? { unsafeDirectSockets: [{ host: "127.0.0.1", port: 0 }] } : {}),
     extraWorkers,
     inspectorPort,
+    log,
   });
-  cloud = new LocalCloud({ state, runtime, token: LOCAL_TOKEN, accountId: LOCAL_ACCOUNT_ID, log });
-  await runtime.start(state.databases().map((d) => d.uuid));
-  await listenOrExplain(() => cloud.listen(cloudPort), cloudPort, "CLOUD_PORT");
-  const api = apiClient(cloud.url);
 
   let control = state.databases().find((d) => d.name === CONTROL_DB_NAME);
   if (!control) control = (await api("POST", "/d1/database", { name: CONTROL_DB_NAME })).result;

@@ -1,6 +1,6 @@
-// The local cloud's registry (databases, script settings, exports), kept in one JSON file so a
-// restarted `npm run dev` finds its databases again. Writes are atomic (temp file + rename) and
-// serialised.
+// The local cloud's registry (databases, scripts, dispatch namespaces and their scripts), kept in
+// one JSON file so a restarted `npm run dev` finds its databases again. Writes are atomic (temp
+// file + rename) and serialised.
 
 import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import path from "node:path";
@@ -8,7 +8,7 @@ import path from "node:path";
 export class State {
   constructor(file) {
     this.file = file;
-    this.data = { databases: {}, scripts: {} };
+    this.data = { databases: {}, scripts: {}, namespaces: {} };
     this.#writing = Promise.resolve();
   }
 
@@ -22,6 +22,7 @@ export class State {
     }
     this.data.databases ??= {};
     this.data.scripts ??= {};
+    this.data.namespaces ??= {};
     return this;
   }
 

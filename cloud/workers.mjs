@@ -13,6 +13,12 @@
 // - only the last 100 versions are kept (and can be deployed).
 // The runtime runs the deployed version of every script (see `miniflareWorkers`): what was
 // uploaded is what serves.
+//
+// Scripts live in a *scope*: the account's, or one Workers for Platforms dispatch namespace's
+// (cloud/dispatch.mjs says what was checked of that API). Both scopes share this file's upload,
+// version, binding and settings machinery; a service binding names a script of the same scope.
+// A script's upload or binding change is refused (10021) when it would hold more than
+// `maxBindings` D1 bindings.
 
 import { createHash, randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
@@ -21,6 +27,8 @@ import path from "node:path";
 import { Cron } from "croner";
 import { Miniflare, convertV4MiniflareOptions } from "miniflare";
 import pLimit from "p-limit";
+import { Namespaces, namespaceInfo, namespaceWorkerName } from "./dispatch.mjs";
+import { dispatchBinding } from "./dispatch-plugin.mjs";
 import { ApiError, malformed, parseJson, parseMultipart } from "./http.mjs";
 import { BUCKET_NAME } from "./r2.mjs";
 import { HELPER } from "./runtime.mjs";
@@ -40,7 +48,10 @@ const BINDING_VALUE = {
   r2_bucket: "bucket_name",
   kv_namespace: "namespace_id",
   service: "service",
+  dispatch_namespace: "namespace",
 };
+/** D1 bindings a script may hold: about 5,000 fit Cloudflare's 1 MB of script metadata (D1 limits page). */
+export const MAX_BINDINGS = 5_000;
 /** Module MIME types (as wrangler sends them) and the Miniflare module type of each. */
 const MODULE_TYPES = {
   "application/javascript+module": "ESModule",
@@ -51,9 +62,13 @@ const MODULE_TYPES = {
 };
 
 const notFound = () => new ApiError(404, 10007, "This Worker does not exist on your account.");
+/** A script missing from a dispatch namespace: the code and message wrangler expects (its deploy tests' mock). */
+const notInNamespace = () => new ApiError(404, 10092, "workers.api.error.environment_not_found");
 const bindingError = (message) => new ApiError(400, 10021, message);
 
 /**
+ * The scripts of the account (`namespace` null) or of one dispatch namespace.
+ * @typedef {{ scripts: Record<string, Script>, namespace: string | null }} Scope
  * @typedef {{ name: string, type: string, blob: string, size: number }} Module
  * @typedef {{ type: string, name: string, [field: string]: any }} Binding
  * @typedef {{
@@ -78,13 +93,16 @@ export class Workers {
    * @param {import("./runtime.mjs").Runtime} opts.runtime
    * @param {string} opts.blobDir where uploaded modules are kept (content-addressed)
    * @param {string} opts.subdomain the account's workers.dev subdomain
+   * @param {number} [opts.maxBindings] D1 bindings a script may hold (MAX_BINDINGS)
    * @param {(msg: string) => void} [opts.log]
    */
-  constructor({ state, runtime, blobDir, subdomain, log = () => {} }) {
+  constructor({ state, runtime, blobDir, subdomain, maxBindings = MAX_BINDINGS, log = () => {} }) {
     this.state = state;
     this.runtime = runtime;
     this.blobDir = blobDir;
     this.subdomain = subdomain;
+    this.maxBindings = maxBindings;
+    this.namespaces = new Namespaces(state);
     this.log = log;
     // Records from before scripts had versions hold only bindings; the next deploy recreates them.
     for (const [name, script] of Object.entries(state.data.scripts)) {
@@ -101,7 +119,7 @@ export class Workers {
       return on("workers.subdomain.get", "GET", () => ({ result: { subdomain: this.subdomain } }));
     if (p.length === 2 && p[0] === "services") {
       // `wrangler delete` deletes through the services route.
-      if (method === "DELETE") return on("workers.services.delete", "DELETE", (r) => this.#delete(p[1], r));
+      if (method === "DELETE") return on("workers.services.delete", "DELETE", (r) => this.#delete(this.#account, p[1], r));
       return on("workers.services.get", "GET", () => this.#service(p[1]));
     }
     // The local cloud has no tail Workers and no Durable Objects: their lists are empty.
@@ -113,21 +131,23 @@ export class Workers {
       }));
     }
     if (p.length === 2 && p[0] === "workers") return on("workers.workers.get", "GET", () => this.#worker(p[1]));
+    if (p[0] === "dispatch" && p[1] === "namespaces") return this.#dispatchRoute(method, p.slice(2), on);
     if (p[0] !== "scripts") return null;
     if (p.length === 1) return on("scripts.list", "GET", () => this.#list());
     const name = p[1];
+    const account = this.#account;
     if (p.length === 2) {
-      if (method === "PUT") return on("scripts.upload", "PUT", (r) => this.#upload(name, r));
-      return on("scripts.delete", "DELETE", (r) => this.#delete(name, r));
+      if (method === "PUT") return on("scripts.upload", "PUT", (r) => this.#upload(account, name, r));
+      return on("scripts.delete", "DELETE", (r) => this.#delete(account, name, r));
     }
     const rest = p.slice(2).join("/");
     switch (rest) {
       case "references":
-        return on("scripts.references", "GET", () => ({ result: this.#references(name) }));
+        return on("scripts.references", "GET", () => ({ result: this.#references(account, name) }));
       case "settings":
         return method === "PATCH"
-          ? on("scripts.settings.patch", "PATCH", (r) => this.#patchSettings(name, r))
-          : on("scripts.settings.get", "GET", () => ({ result: publicSettings(this.#script(name), this.#deployed(this.#script(name))) }));
+          ? on("scripts.settings.patch", "PATCH", (r) => this.#patchSettings(account, name, r))
+          : on("scripts.settings.get", "GET", () => this.#getSettings(account, name));
       case "script-settings":
         return method === "PATCH"
           ? on("scripts.script-settings.patch", "PATCH", (r) => this.#patchScriptSettings(name, r))
@@ -163,6 +183,36 @@ export class Workers {
     return null;
   }
 
+  /** The routes under `/workers/dispatch/namespaces`: `q` is the path after it. */
+  #dispatchRoute(method, q, on) {
+    if (q.length === 0) {
+      return method === "POST"
+        ? on("dispatch.namespaces.create", "POST", (r) => this.#createNamespace(r))
+        : on("dispatch.namespaces.list", "GET", () => this.namespaces.list());
+    }
+    if (q.length === 1) {
+      return method === "DELETE"
+        ? on("dispatch.namespaces.delete", "DELETE", () => this.#deleteNamespace(q[0]))
+        : on("dispatch.namespaces.get", "GET", () => ({ result: namespaceInfo(this.namespaces.require(q[0])) }));
+    }
+    if (q[1] !== "scripts") return null;
+    // The namespace is looked up when the call runs (after fault injection and accounting).
+    const scope = () => this.#namespaceScope(q[0]);
+    if (q.length === 2) return on("dispatch.scripts.list", "GET", (r) => this.#listNamespaceScripts(scope(), r));
+    const name = q[2];
+    if (q.length === 3) {
+      if (method === "PUT") return on("dispatch.scripts.upload", "PUT", (r) => this.#upload(scope(), name, r));
+      if (method === "DELETE") return on("dispatch.scripts.delete", "DELETE", (r) => this.#delete(scope(), name, r));
+      return on("dispatch.scripts.get", "GET", () => this.#namespaceScript(scope(), name));
+    }
+    if (q.length === 4 && q[3] === "settings") {
+      return method === "PATCH"
+        ? on("dispatch.scripts.settings.patch", "PATCH", (r) => this.#patchSettings(scope(), name, r))
+        : on("dispatch.scripts.settings.get", "GET", () => this.#getSettings(scope(), name));
+    }
+    return null;
+  }
+
   // --- what the runtime and the stack read ----------------------------------------------------
 
   /** Script `name`, or undefined. */
@@ -177,29 +227,58 @@ export class Workers {
   }
 
   /**
-   * Miniflare options of every deployed script, `entry` first (it takes the front door's requests).
+   * Miniflare options of every deployed script, `entry` first (it takes the front door's
+   * requests), then the scripts of every dispatch namespace under their internal names
+   * (`namespaceWorkerName`), which no account script can take and the front door never reaches.
    * @param {string} entry
-   * @param {(name: string) => object} [extra] more options for script `name`
+   * @param {(name: string) => object} [extra] more options for account script `name`
    */
   async miniflareWorkers(entry, extra = () => ({})) {
-    const names = Object.keys(this.state.data.scripts).sort((a, b) => (a === entry ? -1 : b === entry ? 1 : a.localeCompare(b)));
+    const account = this.#account;
+    const names = Object.keys(account.scripts).sort((a, b) => (a === entry ? -1 : b === entry ? 1 : a.localeCompare(b)));
     const out = [];
     for (const name of names) {
       const version = this.deployedVersion(name);
-      if (!version) continue;
-      // A service binding to a script that is gone fails when called, as on Cloudflare; it must
-      // not keep the other Workers from starting.
-      const bindings = version.bindings.filter((b) => b.type !== "service" || this.deployedVersion(b.service));
-      out.push({
-        name,
-        ...(await this.#modulesOptions(name, version)),
-        ...bindingOptions(bindings),
-        compatibilityDate: version.compatibility_date,
-        compatibilityFlags: version.compatibility_flags,
-        ...extra(name),
-      });
+      if (version) out.push({ ...(await this.#workerOptions(account, name, version)), ...extra(name) });
+    }
+    for (const ns of Object.keys(this.namespaces.all).sort()) {
+      const scope = this.#namespaceScope(ns);
+      for (const name of Object.keys(scope.scripts).sort()) {
+        const version = this.#deployedIn(scope, name);
+        if (version) out.push(await this.#workerOptions(scope, name, version));
+      }
     }
     return out;
+  }
+
+  /** Miniflare options of one deployed version of script `name` of `scope`. */
+  async #workerOptions(scope, name, version) {
+    const worker = workerName(scope, name);
+    // A service binding to a script that is gone fails when called, as on Cloudflare; it must
+    // not keep the other Workers from starting.
+    const bindings = version.bindings.filter((b) => b.type !== "service" || this.#deployedIn(scope, b.service));
+    return {
+      name: worker,
+      ...(await this.#modulesOptions(worker, version)),
+      ...bindingOptions(bindings, {
+        worker: (service) => workerName(scope, service),
+        dispatchTargets: (namespace) => this.#dispatchTargets(namespace),
+      }),
+      compatibilityDate: version.compatibility_date,
+      compatibilityFlags: version.compatibility_flags,
+    };
+  }
+
+  /** The deployed scripts of dispatch namespace `namespace`, each to its internal Worker name. */
+  #dispatchTargets(namespace) {
+    const ns = this.namespaces.find(namespace);
+    if (!ns) return {};
+    const scope = this.#namespaceScope(namespace);
+    return Object.fromEntries(
+      Object.keys(ns.scripts)
+        .filter((name) => this.#deployedIn(scope, name))
+        .map((name) => [name, namespaceWorkerName(namespace, name)]),
+    );
   }
 
   /**
@@ -231,11 +310,27 @@ export class Workers {
 
   // --- services and scripts -------------------------------------------------------------------
 
+  /** @returns {Scope} */
+  get #account() {
+    return { scripts: this.state.data.scripts, namespace: null };
+  }
+
+  /** @returns {Scope} */
+  #namespaceScope(namespace) {
+    return { scripts: this.namespaces.require(namespace).scripts, namespace };
+  }
+
   /** @returns {Script} */
-  #script(name) {
-    const script = this.state.data.scripts[name];
-    if (!script) throw notFound();
+  #script(name, scope = this.#account) {
+    const script = Object.hasOwn(scope.scripts, name) ? scope.scripts[name] : undefined;
+    if (!script) throw scope.namespace === null ? notFound() : notInNamespace();
     return script;
+  }
+
+  /** The deployed version of script `name` of `scope`, or undefined. */
+  #deployedIn(scope, name) {
+    const script = Object.hasOwn(scope.scripts, name) ? scope.scripts[name] : undefined;
+    return script && this.#deployed(script);
   }
 
   #deployed(script) {
@@ -288,38 +383,54 @@ export class Workers {
     return { result: Object.values(this.state.data.scripts).map((s) => scriptInfo(s, this.#deployed(s))) };
   }
 
-  /** `PUT /scripts/{name}`: a new version, deployed at once; creates the script on first use. */
-  async #upload(name, { url, headers, body }) {
-    if (!SCRIPT_NAME.test(name) || name === HELPER)
+  /**
+   * `PUT /scripts/{name}` (or `PUT /dispatch/namespaces/{ns}/scripts/{name}`): a new version,
+   * deployed at once; creates the script on first use.
+   * @param {Scope} given
+   * @param {string} name
+   * @param {{ url: URL, headers: Record<string, any>, body: Buffer }} request
+   */
+  async #upload(given, name, { url, headers, body }) {
+    if (!SCRIPT_NAME.test(name) || (given.namespace === null && name === HELPER))
       throw new ApiError(400, 10016, "Invalid Worker name: lowercase letters, digits, '-' and '_', 63 at most");
     const upload = await this.#readUpload(headers, body);
     const now = new Date().toISOString();
-    const script = (this.state.data.scripts[name] ??= {
-      id: name,
-      tag: randomUUID().replaceAll("-", ""),
-      created_on: now,
-      modified_on: now,
-      last_deployed_from: "wrangler",
-      versions: [],
-      deployments: [],
-      schedules: [],
-      subdomain: { enabled: false, previews_enabled: false },
-      settings: { logpush: false, observability: { enabled: false }, tail_consumers: [], tags: [] },
-    });
+    // The upload's startup check awaited: the namespace may have gone meanwhile.
+    const scope = given.namespace === null ? this.#account : this.#namespaceScope(given.namespace);
+    const scripts = scope.scripts;
+    if (!Object.hasOwn(scripts, name))
+      scripts[name] = {
+        id: name,
+        tag: randomUUID().replaceAll("-", ""),
+        created_on: now,
+        modified_on: now,
+        last_deployed_from: "wrangler",
+        versions: [],
+        deployments: [],
+        schedules: [],
+        subdomain: { enabled: false, previews_enabled: false },
+        settings: { logpush: false, observability: { enabled: false }, tail_consumers: [], tags: [] },
+      };
+    const script = scripts[name];
     let version;
     try {
       version = this.#newVersion(script, upload, {
         strict: url.searchParams.get("bindings_inherit") === "strict",
         source: "wrangler",
         triggeredBy: "upload",
+        scope,
       });
     } catch (e) {
-      if (script.versions.length === 0) delete this.state.data.scripts[name];
+      if (script.versions.length === 0) delete scripts[name];
       throw e;
     }
     this.#deploy(script, version, { source: "wrangler", triggeredBy: "upload", message: upload.metadata.annotations?.["workers/message"] });
     script.last_deployed_from = "wrangler";
-    await this.#commit(`${name} uploaded`);
+    // Tags may come with the upload's metadata (the API's `tags`; wrangler sets them through
+    // script-settings instead); a namespace's script list filters on them.
+    if (Array.isArray(upload.metadata.tags) && upload.metadata.tags.every((t) => typeof t === "string"))
+      script.settings.tags = upload.metadata.tags;
+    await this.#commit(`${describe(scope, name)} uploaded`);
     const info = scriptInfo(script, version);
     return {
       result: {
@@ -331,10 +442,15 @@ export class Workers {
     };
   }
 
-  /** What depends on script `name`: the scripts whose serving version binds it as a service. */
-  #references(name) {
-    this.#script(name);
-    const incoming = Object.values(this.state.data.scripts)
+  /**
+   * What depends on script `name` of `scope`: the scripts of the same scope whose serving version
+   * binds it as a service.
+   * @param {Scope} scope
+   * @param {string} name
+   */
+  #references(scope, name) {
+    this.#script(name, scope);
+    const incoming = Object.values(scope.scripts)
       .filter((s) => s.id !== name && this.#deployed(s)?.bindings.some((b) => b.type === "service" && b.service === name))
       .map((s) => ({ service: s.id, environment: "production" }));
     return { services: { incoming, outgoing: [] }, durable_objects: [], dispatch_outbounds: [], pages_function: false };
@@ -343,10 +459,13 @@ export class Workers {
   /**
    * Deletes a script. Refused while other scripts bind it as a service unless `force=true`, as
    * the real API does (`wrangler delete` shows the dependents and asks before forcing).
+   * @param {Scope} scope
+   * @param {string} name
+   * @param {{ url: URL }} request
    */
-  async #delete(name, { url }) {
-    const script = this.#script(name);
-    const dependents = this.#references(name).services.incoming.map((r) => r.service);
+  async #delete(scope, name, { url }) {
+    const script = this.#script(name, scope);
+    const dependents = this.#references(scope, name).services.incoming.map((r) => r.service);
     if (dependents.length && url.searchParams.get("force") !== "true") {
       // The real error code is unconfirmed; the local cloud answers 10064.
       throw new ApiError(
@@ -355,9 +474,54 @@ export class Workers {
         `${name} is used by other Workers (${dependents.join(", ")}) as a service binding: delete with force=true to delete it anyway`,
       );
     }
-    delete this.state.data.scripts[script.id];
-    await this.#commit(`${name} deleted`);
+    delete scope.scripts[script.id];
+    await this.#commit(`${describe(scope, name)} deleted`);
     return { result: null };
+  }
+
+  // --- dispatch namespaces --------------------------------------------------------------------
+
+  async #createNamespace({ body }) {
+    const ns = this.namespaces.create(body);
+    await this.#commit(null);
+    return { result: namespaceInfo(ns) };
+  }
+
+  async #deleteNamespace(name) {
+    const hadScripts = this.namespaces.delete(name);
+    await this.#commit(hadScripts ? `dispatch namespace ${name} deleted` : null);
+    return { result: null };
+  }
+
+  /**
+   * `GET .../namespaces/{ns}/scripts/{name}`: the script with its namespace.
+   * @param {Scope} scope
+   * @param {string} name
+   */
+  #namespaceScript(scope, name) {
+    return { result: namespaceScriptInfo(scope, this.#script(name, scope), this.#deployedIn(scope, name)) };
+  }
+
+  /**
+   * `GET .../namespaces/{ns}/scripts?tags=a:yes,b:no`: every script of the namespace (no
+   * pagination in the API), filtered on tags: `yes` keeps the scripts with the tag, `no` those
+   * without it.
+   * @param {Scope} scope
+   * @param {{ url: URL }} request
+   */
+  #listNamespaceScripts(scope, { url }) {
+    const filters = (url.searchParams.get("tags") ?? "")
+      .split(",")
+      .filter(Boolean)
+      .map((f) => {
+        const [tag, allowed = "yes"] = f.split(":");
+        if (!tag || !["yes", "no"].includes(allowed)) throw malformed("tags must be a comma-separated list of tag:yes or tag:no");
+        return { tag, want: allowed === "yes" };
+      });
+    const result = Object.values(scope.scripts)
+      .filter((s) => filters.every(({ tag, want }) => s.settings.tags.includes(tag) === want))
+      .map((s) => namespaceScriptInfo(scope, s, this.#deployed(s)));
+    return { result };
   }
 
   // --- versions and deployments ---------------------------------------------------------------
@@ -369,6 +533,7 @@ export class Workers {
       strict: url.searchParams.get("bindings_inherit") === "strict",
       source: "wrangler",
       triggeredBy: "upload",
+      scope: this.#account,
     });
     await this.#commit(null);
     return { result: publicVersion(version) };
@@ -433,10 +598,10 @@ export class Workers {
    * not named in the upload.
    * @returns {Version}
    */
-  #newVersion(script, upload, { strict, source, triggeredBy }) {
+  #newVersion(script, upload, { strict, source, triggeredBy, scope }) {
     const latest = script.versions.at(-1);
     const { metadata, modules } = upload;
-    let bindings = this.#resolveBindings(metadata.bindings ?? [], latest?.bindings ?? [], { strict, self: script.id });
+    let bindings = this.#resolveBindings(metadata.bindings ?? [], latest?.bindings ?? [], { strict, scope, self: script.id });
     const keep = Array.isArray(metadata.keep_bindings) ? metadata.keep_bindings : [];
     if (latest && keep.length) {
       const named = new Set(bindings.map((b) => b.name));
@@ -453,8 +618,20 @@ export class Workers {
     });
   }
 
-  /** Appends a version (numbered after the latest), keeping the last MAX_VERSIONS. */
+  /**
+   * Appends a version (numbered after the latest), keeping the last MAX_VERSIONS. Every new
+   * version passes here: one holding more than `maxBindings` D1 bindings is refused, and nothing
+   * changes.
+   */
   #addVersion(script, fields) {
+    const d1 = fields.bindings.filter((b) => b.type === "d1").length;
+    if (d1 > this.maxBindings) {
+      throw new ApiError(
+        400,
+        10021,
+        `Script metadata too large: ${d1} D1 bindings, more than the ${this.maxBindings} a script can hold (Cloudflare caps script metadata at 1 MB)`,
+      );
+    }
     const version = {
       id: randomUUID(),
       number: (script.versions.at(-1)?.number ?? 0) + 1,
@@ -533,8 +710,22 @@ export class Workers {
 
   // --- settings, secrets, triggers ------------------------------------------------------------
 
-  async #patchSettings(name, { headers, body }) {
-    const script = this.#script(name);
+  /**
+   * @param {Scope} scope
+   * @param {string} name
+   */
+  #getSettings(scope, name) {
+    const script = this.#script(name, scope);
+    return { result: publicSettings(script, this.#deployed(script)) };
+  }
+
+  /**
+   * @param {Scope} scope
+   * @param {string} name
+   * @param {{ headers: Record<string, any>, body: Buffer }} request
+   */
+  async #patchSettings(scope, name, { headers, body }) {
+    const script = this.#script(name, scope);
     const form = await parseMultipart(headers, body);
     const part = form.get("settings");
     if (part === null) throw malformed("multipart part `settings` is required");
@@ -544,7 +735,7 @@ export class Workers {
     const bindings =
       settings.bindings === undefined
         ? null
-        : this.#resolveBindings(settings.bindings, previous?.bindings ?? [], { strict: true, self: name });
+        : this.#resolveBindings(settings.bindings, previous?.bindings ?? [], { strict: true, scope, self: name });
     const version = bindings ? await this.#apiChange(script, 10214, "Settings edit", () => bindings, null) : previous;
     return { result: publicSettings(script, version) };
   }
@@ -725,7 +916,7 @@ export class Workers {
    * `{ type: "inherit", name }`, or with its type but without its value, keeps the previous one;
    * with `strict`, inheriting what does not exist fails (10057).
    */
-  #resolveBindings(next, previous, { strict, self }) {
+  #resolveBindings(next, previous, { strict, scope, self }) {
     if (!Array.isArray(next)) throw bindingError("bindings must be an array");
     const byName = new Map(previous.map((b) => [b.name, b]));
     const seen = new Set();
@@ -748,12 +939,12 @@ export class Workers {
         continue;
       }
       if (!valueField) throw bindingError(`binding type ${JSON.stringify(b.type)} is not supported by the local cloud`);
-      out.push(this.#checkBinding(b, valueField, self));
+      out.push(this.#checkBinding(b, valueField, scope, self));
     }
     return out;
   }
 
-  #checkBinding(b, valueField, self) {
+  #checkBinding(b, valueField, scope, self) {
     switch (b.type) {
       case "d1": {
         const id = b.id ?? b.database_id;
@@ -773,16 +964,42 @@ export class Workers {
         if (typeof b.namespace_id !== "string" || !b.namespace_id) throw bindingError(`binding '${b.name}' needs a namespace_id`);
         break;
       case "service":
-        if (typeof b.service !== "string" || (b.service !== self && !this.deployedVersion(b.service))) {
-          throw bindingError(`binding '${b.name}' refers to Worker ${JSON.stringify(b.service)}, which is not deployed on this account`);
+        if (typeof b.service !== "string" || (b.service !== self && !this.#deployedIn(scope, b.service))) {
+          const where = scope.namespace === null ? "on this account" : `in dispatch namespace ${scope.namespace}`;
+          throw bindingError(`binding '${b.name}' refers to Worker ${JSON.stringify(b.service)}, which is not deployed ${where}`);
         }
         return { type: "service", name: b.name, service: b.service, ...(b.entrypoint ? { entrypoint: b.entrypoint } : {}) };
+      case "dispatch_namespace":
+        if (typeof b.namespace !== "string" || !this.namespaces.find(b.namespace))
+          throw bindingError(`binding '${b.name}' refers to dispatch namespace ${JSON.stringify(b.namespace)}, which does not exist`);
+        if (b.outbound !== undefined) throw bindingError(`binding '${b.name}': outbound Workers are not supported by the local cloud`);
+        return { type: "dispatch_namespace", name: b.name, namespace: b.namespace };
     }
     return { type: b.type, name: b.name, [valueField]: b[valueField] };
   }
 }
 
 // --- shapes ---------------------------------------------------------------------------------
+
+/** The name script `name` of `scope` runs under in workerd. */
+function workerName(scope, name) {
+  return scope.namespace === null ? name : namespaceWorkerName(scope.namespace, name);
+}
+
+/** Script `name` of `scope`, for logs. */
+function describe(scope, name) {
+  return scope.namespace === null ? name : `${name} (dispatch namespace ${scope.namespace})`;
+}
+
+/** A script of a dispatch namespace as the API shows it (details and list). */
+function namespaceScriptInfo(scope, script, deployed) {
+  return {
+    created_on: script.created_on,
+    dispatch_namespace: scope.namespace,
+    modified_on: script.modified_on,
+    script: scriptInfo(script, deployed),
+  };
+}
 
 function validCron(pattern) {
   try {
@@ -879,20 +1096,30 @@ function changedSecrets(a, b) {
   return [...new Set([...sa.keys(), ...sb.keys()])].filter((n) => sa.get(n) !== sb.get(n)).sort();
 }
 
-/** Miniflare options for a version's bindings. */
-export function bindingOptions(bindings) {
+/**
+ * Miniflare options for a version's bindings.
+ * @param {Binding[]} bindings
+ * @param {object} [how]
+ * @param {(service: string) => string} [how.worker] the Worker name a service binding's script runs under
+ * @param {(namespace: string) => Record<string, string>} [how.dispatchTargets] the scripts a
+ *   dispatch namespace binding reaches, each to the Worker name it runs under
+ */
+export function bindingOptions(bindings, { worker = (service) => service, dispatchTargets = () => ({}) } = {}) {
   const d1Databases = {};
   const r2Buckets = {};
   const kvNamespaces = {};
   const serviceBindings = {};
+  const unsafeBindings = [];
   const vars = {};
   for (const b of bindings) {
     if (b.type === "d1") d1Databases[b.name] = b.id;
     else if (b.type === "r2_bucket") r2Buckets[b.name] = b.bucket_name;
     else if (b.type === "kv_namespace") kvNamespaces[b.name] = b.namespace_id;
-    else if (b.type === "service") serviceBindings[b.name] = b.entrypoint ? { name: b.service, entrypoint: b.entrypoint } : b.service;
+    else if (b.type === "service")
+      serviceBindings[b.name] = b.entrypoint ? { name: worker(b.service), entrypoint: b.entrypoint } : worker(b.service);
+    else if (b.type === "dispatch_namespace") unsafeBindings.push(dispatchBinding(b.name, b.namespace, dispatchTargets(b.namespace)));
     else if (b.type === "json") vars[b.name] = b.json;
     else vars[b.name] = b.text;
   }
-  return { d1Databases, r2Buckets, kvNamespaces, serviceBindings, bindings: vars };
+  return { d1Databases, r2Buckets, kvNamespaces, serviceBindings, ...(unsafeBindings.length ? { unsafeBindings } : {}), bindings: vars };
 }
