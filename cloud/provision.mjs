@@ -4,7 +4,7 @@
 
 import { readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
-import { ROOT, SCRIPT_NAME } from "./stack.mjs";
+import { HOSTS_NAMESPACE, ROOT, SCRIPT_NAME } from "./stack.mjs";
 
 /** The tenant migrations, in order: [{ name, sql }]. */
 export function tenantMigrations() {
@@ -20,10 +20,31 @@ export function tenantMigrations() {
  * `{ type: "inherit", name }`, so whatever `change` keeps is kept unchanged (the PATCH replaces
  * the whole set).
  */
-export async function setBindings(api, change) {
-  const current = (await api("GET", `/workers/scripts/${SCRIPT_NAME}/settings`)).result.bindings;
+export async function setBindings(api, change, host = undefined) {
+  const route = settingsRoute(host);
+  const current = (await api("GET", route)).result.bindings;
   const next = change(current.map((b) => ({ type: "inherit", name: b.name })));
-  return api("PATCH", `/workers/scripts/${SCRIPT_NAME}/settings`, { bindings: next }, { multipart: true });
+  return api("PATCH", route, { bindings: next }, { multipart: true });
+}
+
+/** The settings route of the main Worker, or of binding host `host`. */
+export function settingsRoute(host = undefined) {
+  return host ? `/workers/dispatch/namespaces/${HOSTS_NAMESPACE}/scripts/${host}/settings` : `/workers/scripts/${SCRIPT_NAME}/settings`;
+}
+
+/**
+ * Every tenant D1 binding of the account, wherever it is: `[{ script, name, id }]`, `script` being
+ * `"main"` for the main Worker or the binding host's name.
+ */
+export async function tenantBindings(api) {
+  const hosts = (await api("GET", `/workers/dispatch/namespaces/${HOSTS_NAMESPACE}/scripts`).catch(() => ({ result: [] }))).result;
+  const out = [];
+  for (const script of [undefined, ...hosts.map((h) => h.script?.id ?? h.id)]) {
+    const bindings = (await api("GET", settingsRoute(script))).result.bindings;
+    for (const b of bindings)
+      if (b.type === "d1" && b.name.startsWith("TENANT_")) out.push({ script: script ?? "main", name: b.name, id: b.id });
+  }
+  return out;
 }
 
 /**

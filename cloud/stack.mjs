@@ -29,6 +29,9 @@ const D1_NAME_PREFIX = "tenantry-";
 const CONTROL_DB_NAME = `${D1_NAME_PREFIX}control`;
 const HOP_BY_HOP = ["connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "host", "upgrade"];
 
+/** The binding hosts' dispatch namespace (wrangler.toml's HOSTS_NAMESPACE). */
+export const HOSTS_NAMESPACE = /^HOSTS_NAMESPACE\s*=\s*"([^"]*)"/m.exec(readFileSync(path.join(ROOT, "wrangler.toml"), "utf8"))?.[1] ?? "";
+
 /** The compatibility date in wrangler.toml, so local and deployed Workers run the same runtime. */
 export function compatibilityDate() {
   const toml = readFileSync(path.join(ROOT, "wrangler.toml"), "utf8");
@@ -111,6 +114,8 @@ export async function startCloud({
  * @param {boolean} [opts.cron] fire the deployed scripts' cron triggers on time (`npm run dev`;
  *   the tests fire them by hand: `POST /__cloud/scheduled`)
  * @param {number} [opts.maxBindingsPerScript] D1 bindings a script may hold (see `startCloud`)
+ * @param {number} [opts.hostCapacity] tenant bindings per binding host (the Worker's
+ *   HOST_CAPACITY; default: wrangler.toml's)
  */
 export async function startStack({
   stateDir,
@@ -124,6 +129,7 @@ export async function startStack({
   inspectorPort,
   cron = false,
   maxBindingsPerScript,
+  hostCapacity,
 }) {
   const { state, runtime, cloud, api } = await startCloud({
     stateDir,
@@ -155,6 +161,7 @@ export async function startStack({
       CLOUDFLARE_API_BASE_URL: `${cloud.url}/client/v4`,
       CLOUDFLARE_ACCOUNT_ID: LOCAL_ACCOUNT_ID,
       ORPHAN_POLICY: orphanPolicy,
+      ...(hostCapacity ? { HOST_CAPACITY: String(hostCapacity) } : {}),
     },
     control_database_id: control.uuid,
     secrets: { CLOUDFLARE_API_TOKEN: LOCAL_TOKEN, ADMIN_TOKEN: LOCAL_ADMIN_TOKEN, JWT_SIGNING_KEY: LOCAL_JWT_KEY },

@@ -292,16 +292,16 @@ describe("the real wrangler CLI", () => {
     expect((await upload(`${ns("tenantry-hosts")}/scripts/tenantry-host-0001`, hostSource("tenantry-host-0001"))).status).toBe(200);
     await writeFile(
       path.join(cwd, "wrangler.toml"),
-      'name = "wr-front"\nmain = "index.js"\ncompatibility_date = "2025-06-01"\n\n[[dispatch_namespaces]]\nbinding = "TENANT_HOSTS"\nnamespace = "tenantry-hosts"\n',
+      'name = "wr-front"\nmain = "index.js"\ncompatibility_date = "2025-06-01"\n\n[[dispatch_namespaces]]\nbinding = "HOSTS_DISPATCHER"\nnamespace = "tenantry-hosts"\n',
     );
     await writeFile(
       path.join(cwd, "index.js"),
-      'export default { async fetch(req, env) { return env.TENANT_HOSTS.get(new URL(req.url).searchParams.get("s")).fetch(req); } };\n',
+      'export default { async fetch(req, env) { return env.HOSTS_DISPATCHER.get(new URL(req.url).searchParams.get("s")).fetch(req); } };\n',
     );
     for (const round of [1, 2]) {
       await run("deploy");
       expect((await cloud.api("GET", "/workers/scripts/wr-front/settings")).result.bindings, `deploy ${round}`).toEqual([
-        { type: "dispatch_namespace", name: "TENANT_HOSTS", namespace: "tenantry-hosts" },
+        { type: "dispatch_namespace", name: "HOSTS_DISPATCHER", namespace: "tenantry-hosts" },
       ]);
       await vi.waitFor(
         async () =>

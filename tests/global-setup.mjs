@@ -8,13 +8,18 @@ import os from "node:os";
 import path from "node:path";
 import { ROOT, startStack } from "../cloud/stack.mjs";
 
+/** Tenant bindings per binding host in the test stack. */
+export const HOST_CAPACITY = 25;
+
 export default async function setup({ provide }) {
   if (!existsSync(path.join(ROOT, "build", "index_bg.wasm"))) {
     throw new Error("build/index_bg.wasm is missing: run `npm test` (it builds the Worker first)");
   }
   const stateDir = await mkdtemp(path.join(os.tmpdir(), "tenantry-test-"));
   const logs = [];
-  const stack = await startStack({ stateDir, log: (m) => logs.push(m) });
+  // Small binding hosts, so the suite's tenants spread over many of them (every test runs
+  // across hosts).
+  const stack = await startStack({ stateDir, log: (m) => logs.push(m), hostCapacity: HOST_CAPACITY });
   provide("stack", {
     url: stack.url,
     port: Number(new URL(stack.url).port),
@@ -26,6 +31,7 @@ export default async function setup({ provide }) {
     controlDatabaseId: stack.controlDatabase.uuid,
     accountId: stack.accountId,
     stateDir,
+    hostCapacity: HOST_CAPACITY,
   });
   return async () => {
     await stack.stop();

@@ -3,7 +3,7 @@
 // cloud's API client, and fresh tenants.
 
 import { inject, vi } from "vitest";
-import { setBindings as setBindingsWith } from "../cloud/provision.mjs";
+import { setBindings as setBindingsWith, tenantBindings as tenantBindingsWith } from "../cloud/provision.mjs";
 import { adminClient, hostRequest } from "../cloud/client.mjs";
 import { apiClient } from "../cloud/stack.mjs";
 
@@ -103,7 +103,11 @@ export async function sql(uuid, statement, params) {
 }
 
 /** Rewrites the Worker's bindings through the local cloud (see cloud/provision.mjs). */
-export const setBindings = (change) => setBindingsWith(api, change);
+/** Rewrites the main Worker's bindings (or binding host `host`'s) to `change(current)`. */
+export const setBindings = (change, host = undefined) => setBindingsWith(api, change, host);
+
+/** Every tenant D1 binding, wherever it is: `[{ script, name, id }]` (`script`: "main" or a host). */
+export const tenantBindings = () => tenantBindingsWith(api);
 
 /**
  * Polls `check` every 100 ms until it returns true (vi.waitUntil): the test fails after `timeoutMs`,

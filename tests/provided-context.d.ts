@@ -21,6 +21,8 @@ declare module "vitest" {
       controlDatabaseId: string;
       accountId: string;
       stateDir: string;
+      /** Tenant bindings per binding host. */
+      hostCapacity: number;
     };
   }
 }

@@ -85,7 +85,7 @@ pub const MAX_HOST_CAPACITY: usize = 5_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostsConfig {
     /// The dispatch namespace (var `HOSTS_NAMESPACE`); the main Worker reaches it through its
-    /// `TENANT_HOSTS` dispatch-namespace binding.
+    /// `HOSTS_DISPATCHER` dispatch-namespace binding.
     pub namespace: String,
     /// Tenant bindings per host (var `HOST_CAPACITY`).
     pub capacity: usize,

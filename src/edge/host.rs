@@ -1,5 +1,5 @@
 //! A tenant database reached through its binding host: the main Worker's dispatch-namespace
-//! binding (`TENANT_HOSTS`) gives the host's fetcher, and `host/client.mjs` wraps it in an object
+//! binding (`HOSTS_DISPATCHER`) gives the host's fetcher, and `host/client.mjs` wraps it in an object
 //! with the D1Database API (each call one `POST /sql` to the host; the protocol is
 //! `store::host`'s). workers-rs takes it as a `D1Database`, so tenant code is the same whether the
 //! tenant's binding is on this Worker or on a host.
@@ -8,7 +8,7 @@ use wasm_bindgen::prelude::*;
 use worker::{D1Database, Env};
 
 /// The main Worker's dispatch-namespace binding to the hosts.
-pub const HOSTS_BINDING: &str = "TENANT_HOSTS";
+pub const HOSTS_BINDING: &str = "HOSTS_DISPATCHER";
 
 #[wasm_bindgen(module = "/host/client.mjs")]
 extern "C" {

@@ -156,7 +156,7 @@ impl From<worker::Error> for ApiError {
             worker::Error::D1(d1) => d1.cause(),
             other => other.to_string(),
         };
-        if text.starts_with("D1_NOT_BOUND") || text.starts_with("D1_UNREACHABLE") {
+        if text.contains("D1_NOT_BOUND: ") || text.contains("D1_UNREACHABLE: ") {
             return Self::tenant_unavailable().inspect_log(&format!("database unavailable: {text}"));
         }
         Self::internal(e)

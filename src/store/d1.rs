@@ -24,10 +24,12 @@ pub fn error(e: worker::Error) -> SqlError {
         other => other.to_string(),
     };
     // A tenant database through its binding host (`host/client.mjs`).
-    if let Some(rest) = text.strip_prefix("D1_NOT_BOUND: ") {
+    let after =
+        |marker: &str| text.find(marker).map(|at| text[at + marker.len()..].lines().next().unwrap_or("").to_owned());
+    if let Some(rest) = after("D1_NOT_BOUND: ") {
         return SqlError::not_bound(rest);
     }
-    if let Some(rest) = text.strip_prefix("D1_UNREACHABLE: ") {
+    if let Some(rest) = after("D1_UNREACHABLE: ") {
         return SqlError::unreachable(rest);
     }
     SqlError::from_message(&text)

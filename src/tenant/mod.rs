@@ -135,8 +135,15 @@ async fn serve(
             _ => Err(http::method_not_allowed("POST")),
         };
     }
+    let host = record.host.clone();
     let ctx = auth::authenticate(req, env, tenant, record, request_id).await?;
-    route(&ctx, req, segments).await
+    let outcome = route(&ctx, req, segments).await;
+    if let Err(ApiError::Unavailable { code: "tenant_unavailable", .. }) = &outcome {
+        // A database verified earlier that stopped answering through its host (its binding
+        // removed there): have the host's bindings checked.
+        heal::wanted(host.as_deref());
+    }
+    outcome
 }
 
 /// The tenant API's routes.

@@ -3,16 +3,17 @@
 
 import { setTimeout as sleep } from "node:timers/promises";
 import { expect, test } from "vitest";
-import { api, authed, createTenant, freshSlug, request, setBindings, sql, waitFor } from "../helpers.mjs";
+import { api, authed, createTenant, freshSlug, request, setBindings, sql, tenantBindings, waitFor } from "../helpers.mjs";
 
 test("a removed tenant binding makes the tenant unavailable (503), and the Worker puts it back itself, data intact", async () => {
-  const { slug, uuid, binding, token } = await createTenant();
+  const { slug, uuid, binding, token, tenant } = await createTenant();
+  expect(tenant.served_from).toBe(tenant.host); // on its binding host
   await sql(uuid, "INSERT INTO projects (name) VALUES ('kept')");
   const names = async () => (await authed(slug, token, "/api/projects")).json.projects.map((p) => p.name);
   expect(await names()).toEqual(["kept"]);
 
   // What a bare `wrangler deploy` or a hand-edited binding set does.
-  await setBindings((bindings) => bindings.filter((b) => b.name !== binding));
+  await setBindings((bindings) => bindings.filter((b) => b.name !== binding), tenant.host);
   const seen = [];
   await waitFor(async () => {
     const res = await authed(slug, token, "/api/projects");
@@ -26,8 +27,7 @@ test("a removed tenant binding makes the tenant unavailable (503), and the Worke
   // Other tenants and the control plane kept their bindings through the restarts.
   expect((await request("localhost", "/healthz")).status).toBe(200);
   expect(await names()).toEqual(["kept"]);
-  const settings = (await api("GET", "/workers/scripts/tenantry/settings")).result.bindings;
-  expect(settings).toContainEqual({ type: "d1", name: binding, id: uuid, database_id: uuid });
+  expect((await tenantBindings()).filter((b) => b.name === binding)).toEqual([{ script: tenant.host, name: binding, id: uuid }]);
 });
 
 test("requests in flight during a binding change are not lost", async () => {

@@ -12,6 +12,7 @@ import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { adminClient, hostRequest } from "../../cloud/client.mjs";
+import { tenantBindings as tenantBindingsOf } from "../../cloud/provision.mjs";
 import { startStack } from "../../cloud/stack.mjs";
 
 const PASSWORD = "a long enough password";
@@ -78,7 +79,7 @@ async function expectConverged(slugs) {
   );
   for (const row of rows) expect(["active", "deleted"], `${row.slug} is ${row.status}`).toContain(row.status);
 
-  const settings = (await cloud("GET", "/workers/scripts/tenantry/settings")).result.bindings.filter((b) => b.type === "d1");
+  const settings = await tenantBindingsOf(cloud);
   const databases = (await cloud("GET", "/d1/database?per_page=10000")).result;
   const owned = new Set((await control("SELECT database_name FROM tenants WHERE status != 'deleted'")).map((r) => r.database_name));
   const orphans = databases.filter((d) => d.name.startsWith("tenantry-") && d.name !== "tenantry-control" && !owned.has(d.name));

@@ -18,6 +18,7 @@ import {
   setFaults,
   sql,
   stack,
+  tenantBindings,
   waitFor,
   waitForStatus,
 } from "../helpers.mjs";
@@ -32,7 +33,7 @@ const body = (slug, extra = {}) => ({
   admin: { email: `owner@${slug}.test`, password: ADMIN_PASSWORD },
   ...extra,
 });
-const settingsNames = async () => (await api("GET", "/workers/scripts/tenantry/settings")).result.bindings.map((b) => b.name);
+const settingsNames = async () => (await tenantBindings()).map((b) => b.name);
 
 describe("admin API guards", () => {
   test("no token or a wrong token is a 401 with WWW-Authenticate", async () => {
@@ -108,7 +109,7 @@ describe("create", () => {
     expect(history.json.operations[0]).toMatchObject({
       kind: "create",
       state: "succeeded",
-      steps_done: ["database", "migrations", "seed", "bind", "verify"],
+      steps_done: ["database", "place", "bind", "migrations", "seed", "verify"],
     });
     expect(history.text).not.toContain("pbkdf2");
   });
@@ -130,13 +131,13 @@ describe("create", () => {
 
   test("a create cut short by a failing API stays resumable: re-sending it finishes it", async () => {
     const slug = freshSlug("resume");
-    await setFaults([{ endpoint: "scripts.settings.get", kind: "error", status: 500 }]);
+    await setFaults([{ endpoint: "dispatch.scripts.settings.patch", kind: "error", status: 500 }]);
     const res = await admin("POST", "/v1/tenants", body(slug));
+    await setFaults([]);
     expect(res.status).toBe(202);
     expect(res.json.tenant.status).toBe("provisioning");
-    expect(res.json.tenant.last_error).toMatch(/scripts\.settings\.get/);
-    expect(res.json.operation.steps_done).toEqual(["database", "migrations", "seed"]);
-    await setFaults([]);
+    expect(res.json.operation.last_error).toMatch(/dispatch\.scripts\.settings\.patch/);
+    expect(res.json.operation.steps_done).toEqual(["database", "place"]);
     const again = await admin("POST", "/v1/tenants", body(slug));
     expect([201, 202]).toContain(again.status);
     await waitForStatus(slug, "active");
@@ -263,10 +264,10 @@ describe("bindings and the reconciler", () => {
     expect(answering).toEqual(slugs.map(() => true));
   });
 
-  test("bindings dropped by a deploy are restored by the cron reconciler", async () => {
-    const { slug } = await createTenant();
-    // What a plain `wrangler deploy` does: only the bindings in wrangler.toml survive.
-    await setBindings((bindings) => bindings.filter((b) => !b.name.startsWith("TENANT_")));
+  test("bindings dropped from a binding host are restored by the cron reconciler", async () => {
+    const { slug, tenant } = await createTenant();
+    // A hand edit of the host's binding set.
+    await setBindings((bindings) => bindings.filter((b) => !b.name.startsWith("TENANT_")), tenant.host);
     await waitFor(async () => (await request(`${slug}.localhost`, "/api/tenant")).status === 503, "the deploy to drop the binding");
     expect((await cron()).outcome).toBe("ok");
     await waitFor(() => serving(slug), "the reconciler to restore the binding");
@@ -305,7 +306,7 @@ describe("bindings and the reconciler", () => {
 });
 
 describe("deploy", () => {
-  test("the deploy script keeps every tenant binding in the config it deploys", async () => {
+  test("the deploy script binds the hosts' namespace and puts no host-served tenant on the main Worker", async () => {
     const { slug, binding, uuid } = await createTenant();
     const { spawnSync } = await import("node:child_process");
     const path = await import("node:path");
@@ -323,7 +324,9 @@ describe("deploy", () => {
     });
     expect(out.status, out.stderr).toBe(0);
     const config = JSON.parse(out.stdout.slice(out.stdout.indexOf("{")));
-    expect(config.d1_databases).toContainEqual({ binding, database_name: `tenantry-${slug}`, database_id: uuid });
+    // The tenant is served through its binding host: the main Worker's config does not bind it.
+    expect(config.d1_databases).not.toContainEqual({ binding, database_name: `tenantry-${slug}`, database_id: uuid });
+    expect(config.dispatch_namespaces).toEqual([{ binding: "HOSTS_DISPATCHER", namespace: "tenantry-hosts" }]);
     expect(config.d1_databases.find((d) => d.binding === "CONTROL_DB")).toBeTruthy();
     expect(config.triggers.crons).toEqual(["*/5 * * * *"]);
   });

@@ -9,7 +9,7 @@ import { createHash } from "node:crypto";
 import pLimit from "p-limit";
 import { expect, test, vi } from "vitest";
 import { ENDPOINTS } from "../../cloud/faults.mjs";
-import { ADMIN_PASSWORD, admin, api, request, setFaults, sql, stack } from "../helpers.mjs";
+import { ADMIN_PASSWORD, admin, api, request, setFaults, sql, stack, tenantBindings } from "../helpers.mjs";
 
 const LIFECYCLES = Number(process.env.LIFECYCLES ?? 200);
 const SEED = Number(process.env.SEED ?? 7);
@@ -118,8 +118,10 @@ test(`${LIFECYCLES} randomised lifecycles under injected faults converge`, { tim
   const deleted = final.filter((t) => t.status === "deleted");
   const unsettled = final.filter((t) => !["active", "deleted"].includes(t.status));
 
-  const bindings = (await api("GET", "/workers/scripts/tenantry/settings")).result.bindings;
-  const boundIds = new Map(bindings.filter((b) => b.type === "d1").map((b) => [b.name, b.id]));
+  const bindings = await tenantBindings();
+  const boundIds = new Map(bindings.map((b) => [b.name, b.id]));
+  // Bound exactly once each.
+  expect(bindings.length).toBe(new Set(bindings.map((b) => b.name)).size);
   const answering = await Promise.all(
     active.map(async (t) => {
       const res = await request(`${t.slug}.localhost`, "/api/auth/login", {

@@ -138,6 +138,10 @@ pub fn tenant_view(t: &TenantRow) -> Value {
         "status_message": t.status_message,
         "database": { "name": t.database_name, "id": t.database_id },
         "binding": t.binding_name,
+        // The binding host holding the tenant's slot, and whether requests go through it (else
+        // through the main Worker's own binding: the single-script layout, or mid-move).
+        "host": t.host,
+        "served_from": if t.on_host { t.host.as_deref() } else { None }.unwrap_or("main"),
         "schema_version": t.schema_version,
         "backup": t.backup_location.as_ref().map(|l| json!({ "location": l, "bytes": t.backup_bytes, "sha256": t.backup_sha256 })),
         "last_error": t.last_error,
