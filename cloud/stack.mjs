@@ -116,6 +116,8 @@ export async function startCloud({
  * @param {number} [opts.maxBindingsPerScript] D1 bindings a script may hold (see `startCloud`)
  * @param {number} [opts.hostCapacity] tenant bindings per binding host (the Worker's
  *   HOST_CAPACITY; default: wrangler.toml's)
+ * @param {string} [opts.hostsNamespace] the Worker's HOSTS_NAMESPACE (default: wrangler.toml's;
+ *   `""`: the single-script layout, every tenant binding on the main Worker)
  */
 export async function startStack({
   stateDir,
@@ -130,6 +132,7 @@ export async function startStack({
   cron = false,
   maxBindingsPerScript,
   hostCapacity,
+  hostsNamespace,
 }) {
   const { state, runtime, cloud, api } = await startCloud({
     stateDir,
@@ -162,6 +165,7 @@ export async function startStack({
       CLOUDFLARE_ACCOUNT_ID: LOCAL_ACCOUNT_ID,
       ORPHAN_POLICY: orphanPolicy,
       ...(hostCapacity ? { HOST_CAPACITY: String(hostCapacity) } : {}),
+      ...(hostsNamespace === undefined ? {} : { HOSTS_NAMESPACE: hostsNamespace }),
     },
     control_database_id: control.uuid,
     secrets: { CLOUDFLARE_API_TOKEN: LOCAL_TOKEN, ADMIN_TOKEN: LOCAL_ADMIN_TOKEN, JWT_SIGNING_KEY: LOCAL_JWT_KEY },

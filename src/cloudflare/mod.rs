@@ -370,8 +370,8 @@ pub struct Client<T> {
     policy: RetryPolicy,
 }
 
-/// Database list pages are this long when looking a name up.
-const LIST_PAGE: u32 = 100;
+/// Database list pages are this long when listing many (the orphan scan): 50 calls for 50,000.
+const SCAN_PAGE: u32 = 1_000;
 
 impl<T: Transport> Client<T> {
     pub fn new(transport: T, base_url: &str, account_id: &str, token: ApiToken, policy: RetryPolicy) -> Self {
@@ -445,11 +445,11 @@ impl<T: Transport> Client<T> {
         let mut all = Vec::new();
         for page in 1.. {
             let (items, info): (Vec<Database>, _) =
-                self.call(&endpoints::list_databases(filter, page, LIST_PAGE)).await?;
+                self.call(&endpoints::list_databases(filter, page, SCAN_PAGE)).await?;
             let got = items.len() as u32;
             all.extend(items);
             let total = info.map_or(0, |i| i.total_count);
-            if got < LIST_PAGE || all.len() as u32 >= total {
+            if got < SCAN_PAGE || all.len() as u32 >= total {
                 break;
             }
         }

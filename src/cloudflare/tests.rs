@@ -164,10 +164,10 @@ fn a_lost_create_response_then_7502_is_reported_as_already_exists() {
 
 #[test]
 fn find_database_matches_names_exactly_across_pages() {
-    let page1: Vec<Value> = (0..100).map(|i| db(&format!("u{i}"), &format!("tenantry-acme{i}"))).collect();
-    let info = |page, count| json!({ "page": page, "per_page": 100, "count": count, "total_count": 101 });
+    let page1: Vec<Value> = (0..1000).map(|i| db(&format!("u{i}"), &format!("tenantry-acme{i}"))).collect();
+    let info = |page, count| json!({ "page": page, "per_page": 1000, "count": count, "total_count": 1001 });
     let fake = Fake::with(vec![
-        answer(200, json!({ "success": true, "errors": [], "result": page1, "result_info": info(1, 100) }), None),
+        answer(200, json!({ "success": true, "errors": [], "result": page1, "result_info": info(1, 1000) }), None),
         answer(
             200,
             json!({ "success": true, "errors": [], "result": [db("exact", "tenantry-acme")], "result_info": info(2, 1) }),

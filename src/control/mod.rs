@@ -30,7 +30,7 @@ pub async fn handle(req: &Request, env: &Env) -> Result<Response, ApiError> {
 /// orphans, migrate a slice of the fleet.
 pub async fn scheduled(env: &Env) {
     match Lifecycle::from_env(env) {
-        Ok(lifecycle) => match lifecycle.reconcile_all().await {
+        Ok(lifecycle) => match lifecycle.scheduled_pass().await {
             Ok(report) => crate::log::info(&format!("reconciler: {report}")),
             Err(e) => crate::log::error(&format!("reconciler failed: {e}")),
         },

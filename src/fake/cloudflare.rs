@@ -1208,15 +1208,15 @@ mod tests {
         assert_eq!(api.find_database("tenantry-acme").await.unwrap().unwrap().uuid, acme.uuid);
         assert_eq!(api.find_database("tenantry-ac").await.unwrap(), None);
 
-        // More than one page (the client asks 100 a page), oldest first.
-        for i in 0..230 {
-            api.create_database(&format!("tenantry-t{i:03}")).await.unwrap();
+        // More than one page (the client asks 1,000 a page), oldest first.
+        for i in 0..1030 {
+            api.create_database(&format!("tenantry-t{i:04}")).await.unwrap();
         }
         let all = api.list_databases("tenantry-").await.unwrap();
-        assert_eq!(all.len(), 232);
+        assert_eq!(all.len(), 1032);
         assert_eq!(all[0].name, "tenantry-acme");
-        assert_eq!(all[231].name, "tenantry-t229");
-        assert_eq!(fake.calls_by_kind()["d1.list"], 1 + 2 + 3);
+        assert_eq!(all[1031].name, "tenantry-t1029");
+        assert_eq!(fake.calls_by_kind()["d1.list"], 1 + 2 + 2);
 
         // By id or by name; deleting twice is fine for the client, the API says 7404.
         assert_eq!(api.get_database(&acme.uuid).await.unwrap().name, "tenantry-acme");
@@ -1228,13 +1228,13 @@ mod tests {
             Err(CfError::NotFound { code: 7404, .. }) => {}
             other => panic!("{other:?}"),
         }
-        assert_eq!(fake.database_names().len(), 231);
+        assert_eq!(fake.database_names().len(), 1031);
         let names = |dbs: Vec<crate::cloudflare::Database>| dbs.into_iter().map(|d| d.name).collect::<Vec<_>>();
         assert_eq!(names(api.list_databases("tenantry-acme").await.unwrap()), vec!["tenantry-acme2"]);
         assert_eq!(names(api.list_databases("me2").await.unwrap()), vec!["tenantry-acme2"]);
-        assert_eq!(api.list_databases("t0").await.unwrap().len(), 100, "short filters match too");
+        assert_eq!(api.list_databases("t0").await.unwrap().len(), 1000, "short filters match too");
         assert_eq!(api.list_databases("zzz").await.unwrap().len(), 0);
-        assert_eq!(api.list_databases("").await.unwrap().len(), 231);
+        assert_eq!(api.list_databases("").await.unwrap().len(), 1031);
         assert_eq!(fake.database_names()[0], "tenantry-acme2");
     }
 

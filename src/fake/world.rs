@@ -176,7 +176,7 @@ impl World {
         for pass in 1..=max_passes {
             let lc = self.invocation();
             // A pass that fails (an injected fault on the control plane's path) is just retried.
-            let _ = lc.reconcile_all().await;
+            let _ = lc.scheduled_pass().await;
             if self.settled().await {
                 return pass;
             }

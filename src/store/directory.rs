@@ -27,10 +27,30 @@ pub const REFRESH_AFTER_MS: f64 = 4_000.0;
 /// Tenants kept per isolate.
 pub const CAPACITY: usize = 10_000;
 
+/// How long a verification is trusted. A binding host's binding set can change without the main
+/// Worker's isolates restarting (unlike its own bindings, which change only with a new version),
+/// so a verification is renewed at least this often: a binding re-pointed behind tenantry's back
+/// is refused within this bound (one batch of two reads per tenant per isolate per period).
+pub const VERIFIED_MS: f64 = 30_000.0;
+
+/// What a verification was of: the database id and the host the row named, and when.
+#[derive(Clone, PartialEq)]
+struct Verified {
+    database: String,
+    host: Option<String>,
+    at: f64,
+}
+
 #[derive(Clone)]
 struct Entry {
     record: Option<TenantRecord>,
-    verified_database: Option<String>,
+    verified: Option<Verified>,
+}
+
+/// The verification still holds for `record` at `now`.
+fn still_verified(v: &Verified, record: Option<&TenantRecord>, now: f64) -> bool {
+    record.is_some_and(|r| r.database_id.as_deref() == Some(v.database.as_str()) && r.host == v.host)
+        && now - v.at < VERIFIED_MS
 }
 
 thread_local! {
@@ -51,9 +71,8 @@ pub struct Lookup {
     pub refresh_due: bool,
 }
 
-fn verified(entry: &Entry) -> bool {
-    entry.verified_database.is_some()
-        && entry.verified_database.as_ref() == entry.record.as_ref().and_then(|r| r.database_id.as_ref())
+fn verified(entry: &Entry, now: f64) -> bool {
+    entry.verified.as_ref().is_some_and(|v| still_verified(v, entry.record.as_ref(), now))
 }
 
 /// The tenant's row (None: no such tenant), from the cache when fresh. `now` is the wall clock
@@ -62,10 +81,15 @@ pub async fn lookup<S: Sql>(store: &ControlStore<S>, slug: &TenantSlug, now: f64
     if let Some((entry, age)) = CACHE.with(|c| c.borrow_mut().get_aged(slug, now)) {
         // Only the first request to notice starts the refresh.
         let refresh_due = age >= REFRESH_AFTER_MS && REFRESHING.with(|r| r.borrow_mut().insert(slug.clone()));
-        return Ok(Lookup { verified: verified(&entry), record: entry.record, control_plane_queries: 0, refresh_due });
+        return Ok(Lookup {
+            verified: verified(&entry, now),
+            record: entry.record,
+            control_plane_queries: 0,
+            refresh_due,
+        });
     }
     let record = store.tenant_record(slug.as_str()).await?;
-    CACHE.with(|c| c.borrow_mut().insert(slug.clone(), Entry { record: record.clone(), verified_database: None }, now));
+    CACHE.with(|c| c.borrow_mut().insert(slug.clone(), Entry { record: record.clone(), verified: None }, now));
     Ok(Lookup { record, verified: false, control_plane_queries: 1, refresh_due: false })
 }
 
@@ -82,11 +106,10 @@ pub async fn refresh<S: Sql>(store: ControlStore<S>, slug: TenantSlug, now: impl
     match outcome {
         Ok(record) => CACHE.with(|c| {
             let mut cache = c.borrow_mut();
-            let verified = cache
-                .get(&slug, now())
-                .and_then(|e| e.verified_database)
-                .filter(|v| record.as_ref().and_then(|r| r.database_id.as_ref()) == Some(v));
-            cache.insert(slug, Entry { record, verified_database: verified }, now());
+            let at = now();
+            let verified =
+                cache.get(&slug, at).and_then(|e| e.verified).filter(|v| still_verified(v, record.as_ref(), at));
+            cache.insert(slug, Entry { record, verified }, at);
         }),
         // The entry expires on its own; the next request looks the tenant up on its path.
         Err(e) => crate::log::warn(&format!("background refresh of tenant {slug} failed: {e}")),
@@ -96,9 +119,10 @@ pub async fn refresh<S: Sql>(store: ControlStore<S>, slug: TenantSlug, now: impl
 /// Remembers that `database_id` was verified for `slug`. Called right after the lookup that
 /// inserted the entry, so this barely moves its expiry; an expired entry is not revived.
 pub fn mark_verified(slug: &TenantSlug, record: &TenantRecord, now: f64) {
-    let Some(database_id) = record.database_id.clone() else { return };
+    let Some(database) = record.database_id.clone() else { return };
     CACHE.with(|c| {
-        let entry = Entry { record: Some(record.clone()), verified_database: Some(database_id) };
+        let verified = Verified { database, host: record.host.clone(), at: now };
+        let entry = Entry { record: Some(record.clone()), verified: Some(verified) };
         let mut cache = c.borrow_mut();
         if cache.get(slug, now).is_some() {
             cache.insert(slug.clone(), entry, now);
@@ -110,4 +134,28 @@ pub fn mark_verified(slug: &TenantSlug, record: &TenantRecord, now: f64) {
 pub fn forget(slug: &TenantSlug) {
     CACHE.with(|c| c.borrow_mut().remove(slug));
     REFRESHING.with(|r| r.borrow_mut().remove(slug));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(database: &str, host: Option<&str>) -> TenantRecord {
+        serde_json::from_value(serde_json::json!({
+            "slug": "acme", "status": "active", "plan": "free", "status_message": null,
+            "database_id": database, "maintenance_message": null, "maintenance_until": null,
+            "fleet_maintenance": null, "host": host,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_verification_holds_for_its_database_and_host_and_expires() {
+        let v = Verified { database: "db-1".into(), host: Some("h-1".into()), at: 1_000.0 };
+        assert!(still_verified(&v, Some(&record("db-1", Some("h-1"))), 1_000.0 + VERIFIED_MS - 1.0));
+        assert!(!still_verified(&v, Some(&record("db-1", Some("h-1"))), 1_000.0 + VERIFIED_MS), "expired");
+        assert!(!still_verified(&v, Some(&record("db-2", Some("h-1"))), 1_001.0), "another database");
+        assert!(!still_verified(&v, Some(&record("db-1", None)), 1_001.0), "moved off its host");
+        assert!(!still_verified(&v, None, 1_001.0));
+    }
 }

@@ -36,8 +36,8 @@ test("pagination limit applies within the tenant", async () => {
 test("a binding that points at another tenant's database is refused, not served", async () => {
   const victim = await createTenant();
   await sql(victim.uuid, "INSERT INTO projects (name) VALUES ('victim-secret')");
-  // Mis-wire: the victim's binding now points at tenant a's database.
-  await setBindings(api_wire(victim.binding, a.uuid));
+  // Mis-wire: the victim's binding (on its host) now points at tenant a's database.
+  await setBindings(api_wire(victim.binding, a.uuid), victim.tenant.host);
   await waitFor(async () => (await authed(victim.slug, victim.token, "/api/projects")).status !== 200, "the mis-wired binding to go live");
   const res = await authed(victim.slug, victim.token, "/api/projects");
   expect(res.status).toBe(503);
@@ -45,7 +45,7 @@ test("a binding that points at another tenant's database is refused, not served"
   expect(res.text).not.toContain("a-one");
   expect(res.headers["retry-after"]).toBe("5");
   // Wire it back: served again, with its own data.
-  await setBindings(api_wire(victim.binding, victim.uuid));
+  await setBindings(api_wire(victim.binding, victim.uuid), victim.tenant.host);
   await waitFor(async () => (await authed(victim.slug, victim.token, "/api/projects")).status === 200, "the binding to be restored");
   expect(await names(`${victim.slug}.localhost`, victim.token)).toEqual(["victim-secret"]);
 });

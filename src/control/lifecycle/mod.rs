@@ -54,6 +54,8 @@ use crate::store::tenant_db;
 pub const LEASE_MS: f64 = 6_000.0;
 /// How often a runner renews its lease while it works.
 pub const HEARTBEAT_MS: u64 = 1_500;
+/// How often the cron scans for orphan databases (the operator's `POST /v1/reconcile` always does).
+pub const ORPHAN_SCAN_MS: f64 = 3_600_000.0;
 /// Export polls within one invocation before leaving the rest to the next.
 const EXPORT_POLLS: u32 = 20;
 

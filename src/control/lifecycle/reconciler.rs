@@ -74,6 +74,19 @@ impl<P: Platform> Lifecycle<P> {
     /// The scheduled pass: bindings, every unfinished operation (bounded), orphans, one bounded
     /// migration pass.
     pub async fn reconcile_all(&self) -> Result<Value> {
+        self.pass(true).await
+    }
+
+    /// The cron's pass: [`Self::reconcile_all`], with the orphan scan (which lists every
+    /// database of the account: 50 API calls at 50,000 databases) at most every
+    /// [`ORPHAN_SCAN_MS`].
+    pub async fn scheduled_pass(&self) -> Result<Value> {
+        let last = self.store.platform_value("orphans_scanned_at").await?.and_then(|v| v.parse::<f64>().ok());
+        let due = last.is_none_or(|at| self.clock.now_ms() - at >= ORPHAN_SCAN_MS);
+        self.pass(due).await
+    }
+
+    async fn pass(&self, scan_orphans: bool) -> Result<Value> {
         let strays = self.adopt_strays().await?;
         // A binding set the API refuses (e.g. over a script's limit) must not stop the pass: the
         // operations below fail the creates that asked for too much, and the set shrinks to fit.
@@ -126,7 +139,14 @@ impl<P: Platform> Lifecycle<P> {
         let hosts_after = self.reconcile_dirty_hosts().await?;
         // The upgrade from the single-script layout, a bounded batch a pass.
         let moved = self.move_from_main(100).await?;
-        let (orphans, removed) = self.orphans().await?;
+        let (orphans, removed) = if scan_orphans {
+            let found = self.orphans().await?;
+            let now = (self.clock.now_ms() as i64).to_string();
+            self.store.set_platform_value("orphans_scanned_at", Some(&now)).await?;
+            found
+        } else {
+            (Vec::new(), Vec::new())
+        };
         // One bounded migration pass per run, continuing where the last run stopped (so tenants
         // that keep failing at the front never starve the rest): a fleet catches up run by run.
         let cursor = self.store.platform_value("fleet_cursor").await?.unwrap_or_default();
@@ -144,7 +164,7 @@ impl<P: Platform> Lifecycle<P> {
             "hosts": host_reports(hosts, hosts_after),
             "moved_to_hosts": moved,
             "operations": { "finished": finished, "unfinished": pending, "adopted": strays },
-            "orphans": { "found": orphans, "removed": removed },
+            "orphans": { "scanned": scan_orphans, "found": orphans, "removed": removed },
             "migrations": { "processed": migrations.processed, "failed": migrations.failed.len(), "more": migrations.next.is_some() },
         }))
     }
