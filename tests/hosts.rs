@@ -197,3 +197,33 @@ async fn a_single_script_fleet_moves_to_hosts_with_every_tenant_served_throughou
     assert_eq!(world.store().hosts().await.unwrap().len(), 3);
     assert_eq!(world.violations().await, Vec::<String>::new());
 }
+
+#[tokio::test(start_paused = true)]
+async fn orphan_host_scripts_are_reported_and_removed_only_when_empty_and_ours() {
+    let world = World::with_hosts(14, 5).await;
+    create_all(&world, &slugs("t", 3)).await;
+    let api = world.invocation().api;
+    let upload = |name: &'static str, bindings: Vec<serde_json::Value>| {
+        let api = &api;
+        async move {
+            let metadata = tenantry::store::host::metadata(&bindings);
+            api.upload_namespace_script(NAMESPACE, name, metadata, "host.mjs", "export default {}").await.unwrap();
+        }
+    };
+    // An empty script named like a host, one holding a binding, and someone else's script.
+    upload("tenantry-host-0099", vec![]).await;
+    let (id, _) = world.cloud.add_database("tenantry-stray");
+    upload("tenantry-host-0098", vec![serde_json::json!({ "type": "d1", "name": "TENANT_STRAY", "id": id })]).await;
+    upload("not-ours", vec![]).await;
+    let report = world.invocation().reconcile_all().await.unwrap();
+    let mut found: Vec<String> = serde_json::from_value(report["orphans"]["scripts"]["found"].clone()).unwrap();
+    found.sort();
+    assert_eq!(found, vec!["tenantry-host-0098", "tenantry-host-0099"]);
+    assert_eq!(report["orphans"]["scripts"]["removed"], serde_json::json!([]), "reported only");
+    world.remove_orphans.set(true);
+    let report = world.invocation().reconcile_all().await.unwrap();
+    assert_eq!(report["orphans"]["scripts"]["removed"], serde_json::json!(["tenantry-host-0099"]));
+    let mut left = world.cloud.namespace_scripts(NAMESPACE);
+    left.sort();
+    assert_eq!(left, vec!["not-ours", "tenantry-host-0001", "tenantry-host-0098"]);
+}

@@ -343,6 +343,14 @@ pub mod endpoints {
             body: Body::Script { metadata, module_name: module_name.to_owned(), module: module.to_owned() },
         }
     }
+    pub fn list_namespace_scripts(namespace: &str) -> Endpoint {
+        Endpoint {
+            name: "dispatch.scripts.list",
+            method: Method::Get,
+            path: format!("/workers/dispatch/namespaces/{}/scripts", enc(namespace)),
+            body: Body::None,
+        }
+    }
     pub fn delete_namespace_script(namespace: &str, script: &str) -> Endpoint {
         Endpoint {
             name: "dispatch.scripts.delete",
@@ -535,6 +543,21 @@ impl<T: Transport> Client<T> {
     ) -> Result<(), CfError> {
         let endpoint = endpoints::upload_namespace_script(namespace, script, metadata, module_name, module);
         self.call::<Value>(&endpoint).await.map(drop)
+    }
+
+    /// The names of the scripts in dispatch namespace `namespace`.
+    pub async fn list_namespace_scripts(&self, namespace: &str) -> Result<Vec<String>, CfError> {
+        #[derive(Deserialize)]
+        struct Item {
+            script: Option<ScriptId>,
+            id: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct ScriptId {
+            id: String,
+        }
+        let (items, _): (Vec<Item>, _) = self.call(&endpoints::list_namespace_scripts(namespace)).await?;
+        Ok(items.into_iter().filter_map(|i| i.script.map(|s| s.id).or(i.id)).collect())
     }
 
     /// Deletes a script of dispatch namespace `namespace`; one already gone is not an error.

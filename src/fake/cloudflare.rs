@@ -203,6 +203,8 @@ enum Route {
     /// A script uploaded into a dispatch namespace (`ns/name`).
     Upload(String),
     ScriptDelete(String),
+    /// The scripts of a dispatch namespace.
+    ScriptList(String),
     WrongMethod(&'static str),
     Unrouted,
 }
@@ -221,6 +223,7 @@ impl Route {
             Self::SettingsPatch(_) => "settings.patch",
             Self::Upload(_) => "scripts.upload",
             Self::ScriptDelete(_) => "scripts.delete",
+            Self::ScriptList(_) => "scripts.list",
             Self::WrongMethod(kind) => kind,
             Self::Unrouted => "other",
         }
@@ -283,6 +286,9 @@ fn route(method: Method, url: &str) -> Route {
             Method::Patch => Route::SettingsPatch(decode(script)),
             _ => Route::WrongMethod("settings.get"),
         },
+        ["workers", "dispatch", "namespaces", ns, "scripts"] => {
+            want(Method::Get, "scripts.list", Route::ScriptList(decode(ns)))
+        }
         ["workers", "dispatch", "namespaces", ns, "scripts", script] => match method {
             Method::Put => Route::Upload(format!("{}/{}", decode(ns), decode(script))),
             Method::Delete => Route::ScriptDelete(format!("{}/{}", decode(ns), decode(script))),
@@ -1035,6 +1041,16 @@ impl FakeCloudflare {
                     }
                     Route::Upload(key) => s.upload(key, &request.body),
                     Route::ScriptDelete(key) => s.delete_script(key),
+                    Route::ScriptList(ns) => {
+                        let prefix = format!("{ns}/");
+                        let items: Vec<Value> = s
+                            .scripts
+                            .keys()
+                            .filter_map(|k| k.strip_prefix(&prefix))
+                            .map(|name| json!({ "dispatch_namespace": ns, "script": { "id": name } }))
+                            .collect();
+                        (Ok((Value::Array(items), None)), false)
+                    }
                     Route::WrongMethod(_) => (Err(api_err(405, 10405, "Method not allowed on this route")), false),
                     _ => (Err(api_err(404, 7003, "No route for that URI")), false),
                 }

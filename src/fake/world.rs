@@ -243,6 +243,7 @@ impl World {
         let tenants = store.list_tenants(None, "", 1_000_000).await.expect("the control store answers");
         let databases: BTreeSet<String> = self.cloud.database_names().into_iter().collect();
         let everywhere = self.all_bindings();
+        let backup_keys: BTreeSet<String> = self.backups.keys().into_iter().collect();
         let now = self.clock_now();
         let mut owned = BTreeSet::new();
         for t in &tenants {
@@ -300,7 +301,7 @@ impl World {
                     }
                     if let Some(location) = &t.backup_location {
                         let key = location.trim_start_matches("r2://BACKUPS/");
-                        if !self.backups.keys().iter().any(|k| k == key) {
+                        if !backup_keys.contains(key) {
                             broken.push(format!("{}: its backup {location} is not in the bucket", t.slug));
                         }
                     }
@@ -320,11 +321,14 @@ impl World {
                 broken.push(format!("orphan database {name}"));
             }
         }
+        // A set, not a scan per binding: 40,000 bindings against 50,000 tenants.
+        let live: std::collections::HashSet<String> = tenants
+            .iter()
+            .filter(|t| !matches!(t.status, TenantStatus::Deleted))
+            .map(|t| BindingName::for_tenant(&TenantSlug::parse(&t.slug).expect("valid")).to_string())
+            .collect();
         for name in everywhere.keys() {
-            let known = tenants.iter().any(|t| {
-                !matches!(t.status, TenantStatus::Deleted)
-                    && BindingName::for_tenant(&TenantSlug::parse(&t.slug).expect("valid")).as_str() == name
-            });
+            let known = live.contains(name);
             if !known {
                 broken.push(format!("binding {name} belongs to no tenant"));
             }

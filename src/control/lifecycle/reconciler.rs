@@ -139,13 +139,13 @@ impl<P: Platform> Lifecycle<P> {
         let hosts_after = self.reconcile_dirty_hosts().await?;
         // The upgrade from the single-script layout, a bounded batch a pass.
         let moved = self.move_from_main(100).await?;
-        let (orphans, removed) = if scan_orphans {
-            let found = self.orphans().await?;
+        let ((orphans, removed), (orphan_scripts, removed_scripts)) = if scan_orphans {
+            let found = (self.orphans().await?, self.orphan_scripts().await?);
             let now = (self.clock.now_ms() as i64).to_string();
             self.store.set_platform_value("orphans_scanned_at", Some(&now)).await?;
             found
         } else {
-            (Vec::new(), Vec::new())
+            Default::default()
         };
         // One bounded migration pass per run, continuing where the last run stopped (so tenants
         // that keep failing at the front never starve the rest): a fleet catches up run by run.
@@ -164,7 +164,12 @@ impl<P: Platform> Lifecycle<P> {
             "hosts": host_reports(hosts, hosts_after),
             "moved_to_hosts": moved,
             "operations": { "finished": finished, "unfinished": pending, "adopted": strays },
-            "orphans": { "scanned": scan_orphans, "found": orphans, "removed": removed },
+            "orphans": {
+                "scanned": scan_orphans,
+                "found": orphans,
+                "removed": removed,
+                "scripts": { "found": orphan_scripts, "removed": removed_scripts },
+            },
             "migrations": { "processed": migrations.processed, "failed": migrations.failed.len(), "more": migrations.next.is_some() },
         }))
     }
