@@ -145,6 +145,10 @@ impl<P: Platform> Lifecycle<P> {
             }
         }
         let Some(db) = self.bindings.database(home(tenant), &binding) else {
+            if let Home::Host(_) = home(tenant) {
+                // Not visible to this invocation yet; its host was reconciled above if needed.
+                return Ok(StepOutcome::Later(Wait::BindingNotLive));
+            }
             // Not bound here. If the settings do not hold it either, bind again.
             let settings = self.api.get_settings(&self.settings.script).await?;
             let want = [TenantBinding { binding, database_id: database_id(tenant)?.to_owned() }];
