@@ -55,7 +55,7 @@ tenantry is running.
     curl -X POST ${stack.url}/v1/tenants -H 'Authorization: Bearer ${stack.adminToken}' \\
       -d '{"slug":"globex","name":"Globex","admin":{"email":"a@globex.test","password":"a long password"}}'
 
-  Deploy to the local cloud as to Cloudflare (wrangler deploy, tenant bindings kept):
+  Deploy to the local cloud as to Cloudflare (wrangler deploy; tenant bindings live on binding hosts):
     npm run deploy:local
 
   Drive the local cloud with the real wrangler CLI:
