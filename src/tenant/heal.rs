@@ -70,4 +70,15 @@ mod tests {
         wanted(None);
         assert!(due(MIN_INTERVAL_MS + 1.0));
     }
+
+    #[test]
+    fn hosts_found_missing_a_binding_are_taken_once_each() {
+        take_hosts();
+        wanted(Some("tenantry-host-0002"));
+        wanted(Some("tenantry-host-0001"));
+        wanted(Some("tenantry-host-0002"));
+        wanted(None);
+        assert_eq!(take_hosts(), vec!["tenantry-host-0002", "tenantry-host-0001"]);
+        assert!(take_hosts().is_empty(), "taken: the next heal starts from none");
+    }
 }
