@@ -7,12 +7,13 @@
 
 use std::time::Duration;
 
-use futures::future::{join_all, select};
+use futures::future::{join_all, select, Either};
 use tenantry::control::lifecycle::{Progress, Wait, LEASE_MS};
 use tenantry::core::lifecycle::TenantStatus;
 use tenantry::core::names::BindingName;
 use tenantry::core::slug::TenantSlug;
 use tenantry::fake::{World, NAMESPACE};
+use tenantry::store::control::OperationRow;
 use tenantry::store::ports::{Bindings, Home};
 use tenantry::store::sql::Sql;
 
@@ -99,9 +100,25 @@ async fn freed_slots_are_reused_before_a_new_host_is_made() {
     assert_eq!(world.violations().await, Vec::<String>::new());
 }
 
-/// The effects (writes that land) of a clean create on hosts.
+/// Runs `op` in fresh invocations (the touches that carry a saga on) until the armed crash fires,
+/// at most `runs` times; whether it fired.
+async fn run_until_crash(world: &World, op: &OperationRow, runs: usize) -> bool {
+    for _ in 0..runs {
+        let lc = world.invocation();
+        let run = std::pin::pin!(lc.run(op));
+        let crashed = std::pin::pin!(world.crash.wait());
+        if matches!(select(run, crashed).await, Either::Right(_)) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The effects (writes that land) of a clean create on a host that exists already (as in the
+/// crash test below).
 async fn create_effects() -> u64 {
     let world = World::with_hosts(7, 10).await;
+    create_all(&world, &["first".to_owned()]).await;
     let op = world.request_create("acme").await;
     let before = world.crash.effects();
     for _ in 0..3 {
@@ -119,12 +136,8 @@ async fn a_create_on_hosts_killed_after_any_write_resumes_to_active() {
         // Another tenant first, so the host exists and holds a binding the crash must not lose.
         create_all(&world, &["first".to_owned()]).await;
         let op = world.request_create("acme").await;
-        let before = world.crash.effects();
-        world.crash.arm(before + at);
-        let lc = world.invocation();
-        let run = std::pin::pin!(lc.run(&op));
-        let crashed = std::pin::pin!(world.crash.wait());
-        let _ = select(run, crashed).await;
+        world.crash.arm(at);
+        assert!(run_until_crash(&world, &op, 3).await, "crash point {at} of {total} was reached");
         world.crash.disarm();
         tokio::time::sleep(Duration::from_millis(LEASE_MS as u64 + 1)).await;
         let passes = world.converge(5).await;
@@ -226,4 +239,29 @@ async fn orphan_host_scripts_are_reported_and_removed_only_when_empty_and_ours()
     let mut left = world.cloud.namespace_scripts(NAMESPACE);
     left.sort();
     assert_eq!(left, vec!["not-ours", "tenantry-host-0001", "tenantry-host-0098"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_deletes_and_creates_reuse_slots_without_overfilling_or_miscounting() {
+    let world = World::with_hosts(15, 10).await;
+    create_all(&world, &slugs("old", 40)).await;
+    assert_eq!(world.store().hosts().await.unwrap().len(), 4);
+    // 25 deletes and 25 creates at once.
+    let deletes = join_all(slugs("old", 25).into_iter().map(|s| {
+        let world = &world;
+        async move { world.request_delete(&s).await.unwrap() }
+    }))
+    .await;
+    let creates = join_all(slugs("new", 25).iter().map(|s| world.request_create(s))).await;
+    let ops: Vec<_> = deletes.into_iter().chain(creates).collect();
+    let invocations: Vec<_> = ops.iter().map(|_| world.invocation()).collect();
+    let runs = join_all(invocations.iter().zip(&ops).map(|(lc, op)| lc.run(op))).await;
+    assert!(runs.iter().all(|r| r.is_ok()), "{runs:?}");
+    world.converge(5).await;
+    for slug in slugs("new", 25) {
+        assert!(serves(&world, &slug).await, "{slug}");
+    }
+    let used: i64 = world.store().hosts().await.unwrap().iter().map(|h| h.used).sum();
+    assert_eq!(used, 40, "15 old and 25 new tenants hold a slot each");
+    assert_eq!(world.violations().await, Vec::<String>::new());
 }
