@@ -241,6 +241,47 @@ async fn orphan_host_scripts_are_reported_and_removed_only_when_empty_and_ours()
     assert_eq!(left, vec!["not-ours", "tenantry-host-0001", "tenantry-host-0098"]);
 }
 
+/// The effects (writes that land) of a clean delete on hosts.
+async fn delete_effects() -> u64 {
+    let world = World::with_hosts(7, 10).await;
+    create_all(&world, &["acme".to_owned()]).await;
+    let op = world.request_delete("acme").await.unwrap();
+    let before = world.crash.effects();
+    world.invocation().run(&op).await.unwrap();
+    world.crash.effects() - before
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delete_on_hosts_killed_after_any_write_resumes_and_leaves_no_binding_behind() {
+    let total = delete_effects().await;
+    assert!(total >= 6, "a delete makes several writes ({total})");
+    for at in 1..=total {
+        let world = World::with_hosts(7, 10).await;
+        create_all(&world, &["first".to_owned(), "acme".to_owned()]).await;
+        let op = world.request_delete("acme").await.unwrap();
+        world.crash.arm(at);
+        assert!(run_until_crash(&world, &op, 3).await, "crash point {at} of {total} was reached");
+        world.crash.disarm();
+        tokio::time::sleep(Duration::from_millis(LEASE_MS as u64 + 1)).await;
+        // The saga alone (not the reconciler's pass, which checks every host first) must finish
+        // the delete with the binding gone from its host before the database is dropped.
+        for _ in 0..5 {
+            if world.invocation().run(&op).await.unwrap() == Progress::Finished {
+                break;
+            }
+        }
+        assert_eq!(status(&world, "acme").await, TenantStatus::Deleted, "killed after write {at} of {total}");
+        assert_eq!(world.violations().await, Vec::<String>::new(), "killed after write {at} of {total}");
+        assert!(serves(&world, "first").await, "killed after write {at}: the other tenant still serves");
+        let hosts = world.store().hosts().await.unwrap();
+        assert_eq!(
+            hosts.iter().map(|h| h.used).sum::<i64>(),
+            1,
+            "killed after write {at}: the slot was given back once"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn concurrent_deletes_and_creates_reuse_slots_without_overfilling_or_miscounting() {
     let world = World::with_hosts(15, 10).await;

@@ -125,8 +125,13 @@ impl<P: Platform> Lifecycle<P> {
                 }
                 // Its host slot is given back (freed slots are reused), and the binding removed
                 // from wherever it is: its host, and the main Worker if it was ever served there.
-                let host = self.store.release_host(&tenant.slug).await?.or_else(|| tenant.host.clone());
-                if let Some(host) = &host {
+                // A run cut after the release finds no host on the row any more; the release
+                // marked that host's set changed, so every host still marked is reconciled.
+                let hosts = match self.store.release_host(&tenant.slug).await? {
+                    Some(host) => vec![host],
+                    None => self.store.dirty_hosts().await?,
+                };
+                for host in &hosts {
                     if let StepOutcome::Later(wait) = self.bindings_step(Home::Host(host)).await? {
                         return Ok(StepOutcome::Later(wait));
                     }
