@@ -8,7 +8,7 @@
 //! same batch) is "dirty" until a reconcile converges on that generation.
 
 use super::*;
-use crate::store::control::PlaceFor;
+use crate::store::control::{HostRow, PlaceFor};
 use crate::store::host;
 
 /// How long the main Worker keeps a moved tenant's old binding: well past the tenant lookup's
@@ -32,13 +32,12 @@ impl<P: Platform> Lifecycle<P> {
         Ok(StepOutcome::Done)
     }
 
-    /// Uploads host `name`'s script if it is not there yet (or runs older host code). An upload is
-    /// a PUT, so one repeated after a lost answer is harmless; a re-upload keeps the host's D1
-    /// bindings (`keep_bindings`).
-    pub async fn ensure_host(&self, name: &str) -> Result<()> {
+    /// Uploads host `name`'s script (its control row is `row`) if it is not there yet, or runs
+    /// older host code. An upload is a PUT, so one repeated after a lost answer is harmless; a
+    /// re-upload keeps the host's D1 bindings (`keep_bindings`).
+    async fn ensure_host(&self, name: &str, row: Option<&HostRow>) -> Result<()> {
         let hosts = self.hosts_config()?;
-        let row = self.store.host(name).await?;
-        if row.as_ref().is_some_and(|h| h.state == "ready" && h.code.as_deref() == Some(host::CODE)) {
+        if row.is_some_and(|h| h.state == "ready" && h.code.as_deref() == Some(host::CODE)) {
             return Ok(());
         }
         let mut metadata = host::metadata(&[]);
@@ -63,16 +62,7 @@ impl<P: Platform> Lifecycle<P> {
     }
 
     async fn reconcile_host_with(&self, name: &str, check: bool) -> Result<Option<BindingsReport>> {
-        for attempt in 0..20 {
-            if attempt > 0 {
-                self.clock.sleep(Duration::from_millis(150)).await;
-            }
-            let lease = format!("bindings:{name}");
-            if let Some(result) = self.holding(&lease, self.reconcile_host_locked(name, check)).await? {
-                return result.map(Some);
-            }
-        }
-        Ok(None)
+        self.holding_patiently(&format!("bindings:{name}"), || self.reconcile_host_locked(name, check)).await
     }
 
     /// Under the host's lease. A host's bindings are all tenants' (it has none of its own), so
@@ -81,34 +71,22 @@ impl<P: Platform> Lifecycle<P> {
     /// new set, checked in turn. One API call per reconcile in the common case.
     async fn reconcile_host_locked(&self, name: &str, check: bool) -> Result<BindingsReport> {
         let namespace = self.hosts_config()?.namespace.clone();
-        self.ensure_host(name).await?;
+        let row = self.store.host(name).await?;
+        self.ensure_host(name, row.as_ref()).await?;
         if !check {
             // Another runner's reconcile (we waited for its lease) may have applied our change:
-            // its generation then covers ours, and nothing is left to send.
+            // its generation then covers ours, and nothing is left to send. (`applied_gen` only
+            // grows, so the row read above can only make this skip less often, never wrongly.)
             let wanted = self.store.host_wanted(name).await?;
-            if self.store.host(name).await?.is_some_and(|h| h.applied_gen >= wanted.generation) {
-                return Ok(BindingsReport {
-                    converged: true,
-                    patches: 0,
-                    wanted: wanted.bindings.len(),
-                    missing: Vec::new(),
-                    extra: Vec::new(),
-                    wrong_database: Vec::new(),
-                });
+            if row.as_ref().is_some_and(|h| h.applied_gen >= wanted.generation) {
+                return Ok(BindingsReport::unchanged(wanted.bindings.len()));
             }
         }
         let mut patches = 0;
         let mut known: Option<Vec<Value>> = None;
         loop {
             let wanted = self.store.host_wanted(name).await?;
-            let bindings: Vec<TenantBinding> = wanted
-                .bindings
-                .into_iter()
-                .filter_map(|t| {
-                    let slug = TenantSlug::parse(&t.slug).ok()?;
-                    Some(TenantBinding { binding: BindingName::for_tenant(&slug), database_id: t.database_id })
-                })
-                .collect();
+            let bindings = tenant_bindings(wanted.bindings);
             let current = match known.take() {
                 Some(current) => current,
                 None if check || patches > 0 => self.api.get_script_settings(Some(&namespace), name).await?.bindings,
@@ -158,14 +136,7 @@ impl<P: Platform> Lifecycle<P> {
             let wanted = self.store.wanted_bindings(self.clock.now_ms()).await?;
             let clean = self.store.platform_value("main_bindings").await?.as_deref() == Some("0");
             if wanted.is_empty() && clean {
-                return Ok(Some(BindingsReport {
-                    converged: true,
-                    patches: 0,
-                    wanted: 0,
-                    missing: Vec::new(),
-                    extra: Vec::new(),
-                    wrong_database: Vec::new(),
-                }));
+                return Ok(Some(BindingsReport::unchanged(0)));
             }
         }
         let report = self.reconcile_bindings().await?;
@@ -202,7 +173,7 @@ impl<P: Platform> Lifecycle<P> {
         let mut moved = Vec::new();
         for (tenant, host) in &placed {
             let Ok(slug) = TenantSlug::parse(&tenant.slug) else { continue };
-            let Some(db) = self.bindings.database(Home::Host(host), &BindingName::for_tenant(&slug)) else { continue };
+            let Some(db) = self.tenant_database(Home::Host(host), &slug) else { continue };
             // Served through the host only once it answers there as this tenant, at this schema.
             if tenant_db::TenantDb::open(db, slug, &self.store).await.is_err() {
                 continue;

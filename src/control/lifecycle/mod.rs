@@ -121,6 +121,13 @@ pub struct BindingsReport {
     pub wrong_database: Vec<String>,
 }
 
+impl BindingsReport {
+    /// A set known to be applied already: nothing was read or sent.
+    fn unchanged(wanted: usize) -> Self {
+        Self { converged: true, patches: 0, wanted, missing: Vec::new(), extra: Vec::new(), wrong_database: Vec::new() }
+    }
+}
+
 /// What the lifecycle is configured with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -178,10 +185,43 @@ impl<P: Platform> Lifecycle<P> {
         Ok(outcome)
     }
 
+    /// Runs `work()` under lease `name`, trying for about 3 s while another invocation holds it.
+    /// `None` when it stayed busy (the holder derives its set after taking the lease, so it
+    /// includes our change).
+    pub(super) async fn holding_patiently<T, F>(&self, name: &str, work: impl Fn() -> F) -> Result<Option<T>>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
+        for attempt in 0..20 {
+            if attempt > 0 {
+                self.clock.sleep(Duration::from_millis(150)).await;
+            }
+            if let Some(result) = self.holding(name, work()).await? {
+                return result.map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Tenant binding of `slug` where `home` says it lives, as this invocation sees it.
+    fn tenant_database(&self, home: Home<'_>, slug: &TenantSlug) -> Option<<P::Bindings as Bindings>::Db> {
+        self.bindings.database(home, &BindingName::for_tenant(slug))
+    }
+
     /// A new unique id (for operations the reconciler opens).
     fn new_id(&self, what: &str) -> String {
         format!("{}-{what}-{}", self.settings.holder, self.clock.now_ms() as u64)
     }
+}
+
+/// The bindings wanted rows ask for (a row whose slug does not parse is skipped).
+fn tenant_bindings(rows: Vec<crate::store::control::WantedBinding>) -> Vec<TenantBinding> {
+    rows.into_iter()
+        .filter_map(|t| {
+            let slug = TenantSlug::parse(&t.slug).ok()?;
+            Some(TenantBinding { binding: BindingName::for_tenant(&slug), database_id: t.database_id })
+        })
+        .collect()
 }
 
 /// Where a tenant's binding is served from: its host once it is on it, else the main Worker.

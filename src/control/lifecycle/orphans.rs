@@ -1,4 +1,5 @@
-//! The orphan scan: databases with our prefix that no tenant owns.
+//! The orphan scan: databases with our prefix that no tenant owns, and host scripts no host row
+//! names.
 
 use super::*;
 
@@ -26,9 +27,7 @@ impl<P: Platform> Lifecycle<P> {
         }
         Ok((orphans.into_iter().map(|d| d.name).collect(), removed))
     }
-}
 
-impl<P: Platform> Lifecycle<P> {
     /// Scripts of the hosts' namespace named like our hosts (`{script}-host-NNNN`) with no host
     /// row: left by a control plane restored from an older state, or by hand. Scripts named
     /// otherwise are not ours (a namespace may be shared) and are never touched. With

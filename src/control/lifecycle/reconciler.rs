@@ -8,30 +8,13 @@ impl<P: Platform> Lifecycle<P> {
     /// `None` when another invocation holds the bindings lease (it will include our rows: it
     /// derives the set after taking the lease).
     pub async fn reconcile_bindings(&self) -> Result<Option<BindingsReport>> {
-        for attempt in 0..20 {
-            if attempt > 0 {
-                self.clock.sleep(Duration::from_millis(150)).await;
-            }
-            if let Some(result) = self.holding("bindings", self.reconcile_bindings_locked()).await? {
-                return result.map(Some);
-            }
-        }
-        Ok(None)
+        self.holding_patiently("bindings", || self.reconcile_bindings_locked()).await
     }
 
     async fn reconcile_bindings_locked(&self) -> Result<BindingsReport> {
         let mut patches = 0;
         loop {
-            let wanted: Vec<TenantBinding> = self
-                .store
-                .wanted_bindings(self.clock.now_ms())
-                .await?
-                .into_iter()
-                .filter_map(|t| {
-                    let slug = TenantSlug::parse(&t.slug).ok()?;
-                    Some(TenantBinding { binding: BindingName::for_tenant(&slug), database_id: t.database_id })
-                })
-                .collect();
+            let wanted = tenant_bindings(self.store.wanted_bindings(self.clock.now_ms()).await?);
             let current = self.api.get_settings(&self.settings.script).await?.bindings;
             let BindingDiff { missing, extra, wrong_database } = bindings::diff(&current, &wanted);
             let converged = missing.is_empty() && extra.is_empty() && wrong_database.is_empty();
@@ -87,14 +70,19 @@ impl<P: Platform> Lifecycle<P> {
         self.pass(due).await
     }
 
-    async fn pass(&self, scan_orphans: bool) -> Result<Value> {
-        let strays = self.adopt_strays().await?;
-        // A binding set the API refuses (e.g. over a script's limit) must not stop the pass: the
-        // operations below fail the creates that asked for too much, and the set shrinks to fit.
-        let bindings = self.reconcile_main().await.unwrap_or_else(|e| {
+    /// The main Worker's reconcile for the scheduled pass. A binding set the API refuses (e.g. over
+    /// a script's limit) must not stop the pass: the operations it runs fail the creates that
+    /// asked for too much, and the set shrinks to fit.
+    async fn reconcile_main_or_log(&self) -> Option<BindingsReport> {
+        self.reconcile_main().await.unwrap_or_else(|e| {
             log::warn(&format!("reconcile: the main Worker's bindings: {e}"));
             None
-        });
+        })
+    }
+
+    async fn pass(&self, scan_orphans: bool) -> Result<Value> {
+        let strays = self.adopt_strays().await?;
+        let bindings = self.reconcile_main_or_log().await;
         // Every host is checked against its wanted set once a pass (drift, e.g. a hand edit), not
         // only the ones the control plane knows changed.
         let mut hosts = Vec::new();
@@ -133,10 +121,7 @@ impl<P: Platform> Lifecycle<P> {
             ops = busy;
         }
         // Binding changes made by the operations above are checked once more.
-        let bindings_after = self.reconcile_main().await.unwrap_or_else(|e| {
-            log::warn(&format!("reconcile: the main Worker's bindings: {e}"));
-            None
-        });
+        let bindings_after = self.reconcile_main_or_log().await;
         let hosts_after = self.reconcile_dirty_hosts().await?;
         // The upgrade from the single-script layout, a bounded batch a pass.
         let moved = self.move_from_main(100).await?;

@@ -43,7 +43,7 @@ impl<P: Platform> Lifecycle<P> {
     pub(super) async fn migrate(&self, tenant: &TenantRow) -> Result<StepOutcome> {
         let slug = parse_slug(tenant)?;
         if let Home::Host(host) = home(tenant) {
-            let Some(db) = self.bindings.database(Home::Host(host), &BindingName::for_tenant(&slug)) else {
+            let Some(db) = self.tenant_database(Home::Host(host), &slug) else {
                 return Ok(StepOutcome::Later(Wait::BindingNotLive));
             };
             return match tenant_db::prepare(&db, &slug).await {
@@ -73,8 +73,7 @@ impl<P: Platform> Lifecycle<P> {
     pub(super) async fn seed(&self, op: &OperationRow, tenant: &TenantRow) -> Result<StepOutcome> {
         match home(tenant) {
             Home::Host(host) => {
-                let slug = parse_slug(tenant)?;
-                let Some(db) = self.bindings.database(Home::Host(host), &BindingName::for_tenant(&slug)) else {
+                let Some(db) = self.tenant_database(Home::Host(host), &parse_slug(tenant)?) else {
                     return Ok(StepOutcome::Later(Wait::BindingNotLive));
                 };
                 self.seed_into(op, &db).await
