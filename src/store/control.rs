@@ -177,6 +177,28 @@ const OP_COLUMNS: &str =
 /// An operation still to be run.
 const OPEN: &str = "state IN ('pending', 'running')";
 
+/// The columns of a `hosts` row ([`HostRow`]).
+const HOST_COLUMNS: &str = "name, seq, state, used, wanted_gen, applied_gen, code";
+/// The host requests for a tenant go through: its host once it is on it, else NULL (the main
+/// Worker's own binding).
+const SERVED_HOST: &str = "CASE WHEN on_host = 1 THEN host END AS host";
+
+/// A tenant's `host` column.
+#[derive(Deserialize)]
+struct Host {
+    host: Option<String>,
+}
+
+/// Marks the host of tenant `slug` as having a new wanted binding set, when the statement before
+/// it in the batch changed a row.
+fn host_set_changed(slug: &str) -> Statement {
+    sql!(
+        "UPDATE hosts SET wanted_gen = wanted_gen + 1 WHERE name = (SELECT host FROM tenants WHERE slug = ?1) \
+         AND changes() > 0",
+        slug
+    )
+}
+
 /// Whether statement `index` of a batch changed a row.
 fn changed_in(results: &[Outcome], index: usize) -> bool {
     results.get(index).is_some_and(Outcome::changed)
@@ -289,9 +311,11 @@ impl<S: Sql> ControlStore<S> {
     pub async fn tenant_record(&self, slug: &str) -> Result<Option<TenantRecord>> {
         self.db
             .first(sql!(
-                "SELECT slug, status, plan, status_message, database_id, maintenance_message, maintenance_until, \
-                 (SELECT value FROM platform WHERE key = 'maintenance') AS fleet_maintenance, \
-                 CASE WHEN on_host = 1 THEN host END AS host FROM tenants WHERE slug = ?1",
+                format!(
+                    "SELECT slug, status, plan, status_message, database_id, maintenance_message, maintenance_until, \
+                     (SELECT value FROM platform WHERE key = 'maintenance') AS fleet_maintenance, \
+                     {SERVED_HOST} FROM tenants WHERE slug = ?1"
+                ),
                 slug
             ))
             .await
@@ -368,10 +392,6 @@ impl<S: Sql> ControlStore<S> {
             ),
             sql!("SELECT host FROM tenants WHERE slug = ?1", slug),
         ];
-        #[derive(Deserialize)]
-        struct Host {
-            host: Option<String>,
-        }
         let results = self.db.batch(batch).await?;
         Ok(results.last().map(|r| r.first::<Host>()).transpose()?.flatten().and_then(|h| h.host))
     }
@@ -380,10 +400,6 @@ impl<S: Sql> ControlStore<S> {
     /// host's count goes down once: only when the row still named it). Returns the host it was
     /// on, whose binding set must now be reconciled.
     pub async fn release_host(&self, slug: &str) -> Result<Option<String>> {
-        #[derive(Deserialize)]
-        struct Host {
-            host: Option<String>,
-        }
         let batch = vec![
             sql!("SELECT host FROM tenants WHERE slug = ?1", slug),
             sql!(
@@ -431,16 +447,11 @@ impl<S: Sql> ControlStore<S> {
 
     /// Every host, by number.
     pub async fn hosts(&self) -> Result<Vec<HostRow>> {
-        self.db.all(sql!("SELECT name, seq, state, used, wanted_gen, applied_gen, code FROM hosts ORDER BY seq")).await
+        self.db.all(sql!(format!("SELECT {HOST_COLUMNS} FROM hosts ORDER BY seq"))).await
     }
 
     pub async fn host(&self, name: &str) -> Result<Option<HostRow>> {
-        self.db
-            .first(sql!(
-                "SELECT name, seq, state, used, wanted_gen, applied_gen, code FROM hosts WHERE name = ?1",
-                name
-            ))
-            .await
+        self.db.first(sql!(format!("SELECT {HOST_COLUMNS} FROM hosts WHERE name = ?1"), name)).await
     }
 
     /// Hosts whose wanted binding set changed since their last converged reconcile.
@@ -697,11 +708,7 @@ impl<S: Sql> ControlStore<S> {
                     status.as_str()
                 ),
                 // The tenant's host (if any) has a new wanted set.
-                sql!(
-                    "UPDATE hosts SET wanted_gen = wanted_gen + 1 WHERE name = (SELECT host FROM tenants WHERE slug = ?1) \
-                     AND changes() > 0",
-                    slug
-                ),
+                host_set_changed(slug),
             ])
             .await?;
         Ok(changed_in(&results, 0))
@@ -760,9 +767,11 @@ impl<S: Sql> ControlStore<S> {
         let rows: Vec<Slug> = self
             .db
             .all(sql!(
-                "SELECT slug, CASE WHEN on_host = 1 THEN host END AS host FROM tenants WHERE status IN ('active', 'suspended') AND slug > ?1 \
-                 AND (schema_version < ?2 OR migration_error IS NOT NULL OR synced_version < ?4 OR sync_error IS NOT NULL) \
-                 ORDER BY slug LIMIT ?3",
+                format!(
+                    "SELECT slug, {SERVED_HOST} FROM tenants WHERE status IN ('active', 'suspended') AND slug > ?1 \
+                     AND (schema_version < ?2 OR migration_error IS NOT NULL OR synced_version < ?4 OR sync_error IS NOT NULL) \
+                     ORDER BY slug LIMIT ?3"
+                ),
                 after,
                 latest,
                 limit,
@@ -1123,11 +1132,7 @@ impl<S: Sql> ControlStore<S> {
                 reason
             ),
             // Its host (it keeps the slot, for a resumed create) no longer wants its binding.
-            sql!(
-                "UPDATE hosts SET wanted_gen = wanted_gen + 1 WHERE name = (SELECT host FROM tenants WHERE slug = ?1) \
-                 AND changes() > 0",
-                slug
-            ),
+            host_set_changed(slug),
         ];
         let results = self.db.batch(batch).await?;
         Ok(changed_in(&results, 0))
