@@ -57,6 +57,20 @@ pub fn tenant_binding(env: &Env, home: Home<'_>, binding: &BindingName) -> Optio
     }
 }
 
+impl From<worker::Error> for ApiError {
+    /// A tenant database through a binding host that lost its binding, or that could not be
+    /// reached (`host/client.mjs`), is a passing unavailability: 503 (read from the error as the
+    /// D1 layer reads it, `store::d1::error`). Anything else: 500.
+    fn from(e: worker::Error) -> Self {
+        let detail = e.to_string();
+        let sql = crate::store::d1::error(e);
+        if sql.unreachable || sql.not_bound {
+            return Self::from(sql);
+        }
+        Self::internal(detail)
+    }
+}
+
 impl From<crate::store::sql::SqlError> for ApiError {
     /// A tenant database that cannot be reached (or whose host lost its binding) is a passing
     /// unavailability, 503; any other trouble is ours: 500, logged with detail.

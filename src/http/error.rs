@@ -148,21 +148,6 @@ impl From<HostError> for ApiError {
     }
 }
 
-impl From<worker::Error> for ApiError {
-    /// A tenant database through a binding host that lost its binding, or that could not be
-    /// reached (`host/client.mjs`), is a passing unavailability: 503. Anything else: 500.
-    fn from(e: worker::Error) -> Self {
-        let text = match &e {
-            worker::Error::D1(d1) => d1.cause(),
-            other => other.to_string(),
-        };
-        if text.contains("D1_NOT_BOUND: ") || text.contains("D1_UNREACHABLE: ") {
-            return Self::tenant_unavailable().inspect_log(&format!("database unavailable: {text}"));
-        }
-        Self::internal(e)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

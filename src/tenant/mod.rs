@@ -239,11 +239,7 @@ async fn open(
             crate::log::error(&format!(
                 "tenant {slug}: its host does not hold its binding; the reconciler restores it"
             ));
-            Err(ApiError::Unavailable {
-                code: "tenant_unavailable",
-                message: "this tenant is temporarily unavailable; retry shortly".into(),
-                retry_after: RETRY_AFTER_SECONDS,
-            })
+            Err(ApiError::tenant_unavailable())
         }
         Err(e) => {
             crate::log::error(&format!("tenant {slug}: database not ready: {e}"));
@@ -263,12 +259,8 @@ fn binding(env: &Env, slug: &TenantSlug, host: Option<&str>) -> Result<D1Databas
     let name = BindingName::for_tenant(slug);
     edge::tenant_binding(env, Home::of(host), &name).ok_or_else(|| {
         heal::wanted(host);
-        ApiError::Unavailable {
-            code: "tenant_unavailable",
-            message: "this tenant is temporarily unavailable; retry shortly".into(),
-            retry_after: RETRY_AFTER_SECONDS,
-        }
-        .inspect_log(&format!("tenant {slug} is active but binding {name} is missing; the reconciler restores it"))
+        ApiError::tenant_unavailable()
+            .inspect_log(&format!("tenant {slug} is active but binding {name} is missing; the reconciler restores it"))
     })
 }
 
