@@ -298,12 +298,7 @@ pub mod endpoints {
         }
     }
     pub fn get_settings(script: &str) -> Endpoint {
-        Endpoint {
-            name: "scripts.settings.get",
-            method: Method::Get,
-            path: format!("/workers/scripts/{}/settings", enc(script)),
-            body: Body::None,
-        }
+        get_script_settings(None, script)
     }
     /// Where a script lives: the account's own Workers, or a dispatch namespace.
     fn script_path(namespace: Option<&str>, script: &str) -> String {
@@ -360,12 +355,7 @@ pub mod endpoints {
         }
     }
     pub fn patch_settings(script: &str, bindings: &[Value]) -> Endpoint {
-        Endpoint {
-            name: "scripts.settings.patch",
-            method: Method::Patch,
-            path: format!("/workers/scripts/{}/settings", enc(script)),
-            body: Body::Settings(json!({ "bindings": bindings })),
-        }
+        patch_script_settings(None, script, bindings)
     }
 }
 
@@ -510,12 +500,13 @@ impl<T: Transport> Client<T> {
         .await
     }
 
+    /// The settings of a script of the account.
     pub async fn get_settings(&self, script: &str) -> Result<ScriptSettings, CfError> {
-        Ok(self.call(&endpoints::get_settings(script)).await?.0)
+        self.get_script_settings(None, script).await
     }
 
     pub async fn patch_settings(&self, script: &str, bindings: &[Value]) -> Result<ScriptSettings, CfError> {
-        Ok(self.call(&endpoints::patch_settings(script, bindings)).await?.0)
+        self.patch_script_settings(None, script, bindings).await
     }
 
     /// The settings of a script of the account (`namespace: None`) or of a dispatch namespace.
