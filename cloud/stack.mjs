@@ -283,6 +283,28 @@ export function workerBuild(buildDir) {
   };
 }
 
+/**
+ * Uploads a one-module Worker (`index.js` = `source`) with a multipart PUT to `route` (below
+ * `/accounts/{account}`: an account script or a dispatch namespace's) of the local cloud at
+ * `cloudUrl`, as wrangler does; answers `{ status, body }`.
+ * @param {string} cloudUrl
+ * @param {string} route
+ * @param {string} source
+ * @param {{ bindings?: object[], compatibilityDate?: string, metadata?: object }} [opts]
+ */
+export async function uploadScript(cloudUrl, route, source, { bindings = [], compatibilityDate = "2025-06-01", metadata = {} } = {}) {
+  const form = new FormData();
+  const meta = { main_module: "index.js", compatibility_date: compatibilityDate, bindings, ...metadata };
+  form.set("metadata", new Blob([JSON.stringify(meta)], { type: "application/json" }));
+  form.set("index.js", new Blob([source], { type: "application/javascript+module" }), "index.js");
+  const res = await fetch(`${cloudUrl}/client/v4/accounts/${LOCAL_ACCOUNT_ID}${route}`, {
+    method: "PUT",
+    headers: { authorization: `Bearer ${LOCAL_TOKEN}` },
+    body: form,
+  });
+  return { status: res.status, body: /** @type {any} */ (await res.json()) };
+}
+
 /** A failed call of the local cloud's API: the HTTP status and the envelope's errors. */
 export class CloudApiError extends Error {
   /**

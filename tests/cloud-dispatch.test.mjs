@@ -11,7 +11,7 @@ import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
 import { NotDeployed } from "../cloud/runtime.mjs";
-import { LOCAL_ACCOUNT_ID, LOCAL_TOKEN, startCloud, wrangler } from "../cloud/stack.mjs";
+import { LOCAL_TOKEN, startCloud, uploadScript, wrangler } from "../cloud/stack.mjs";
 
 const MAX_BINDINGS = 3;
 
@@ -46,19 +46,8 @@ async function failure(promise, status, code) {
   return body.errors[0].message;
 }
 
-/** A multipart script upload to `route` (`/workers/scripts/x` or `/workers/dispatch/namespaces/n/scripts/x`). */
-async function upload(route, source, bindings = [], metadata = {}) {
-  const form = new FormData();
-  const meta = { main_module: "index.js", compatibility_date: "2025-06-01", bindings, ...metadata };
-  form.set("metadata", new Blob([JSON.stringify(meta)], { type: "application/json" }));
-  form.set("index.js", new Blob([source], { type: "application/javascript+module" }), "index.js");
-  const res = await fetch(`${cloud.apiBase}/accounts/${LOCAL_ACCOUNT_ID}${route}`, {
-    method: "PUT",
-    headers: { authorization: `Bearer ${LOCAL_TOKEN}` },
-    body: form,
-  });
-  return { status: res.status, body: /** @type {any} */ (await res.json()) };
-}
+/** Uploads a one-module script to `route` (see `uploadScript`). */
+const upload = (route, source, bindings = [], metadata = {}) => uploadScript(cloud.cloudUrl, route, source, { bindings, metadata });
 
 /** A settings PATCH (multipart `settings` part) answering `{ status, body }`. */
 async function patchSettings(route, bindings) {

@@ -4,68 +4,26 @@
 // it), then drops the main Worker's tenant bindings a grace minute later. Requests to every
 // tenant run throughout; none may fail.
 
-import { mkdtemp, rm } from "node:fs/promises";
-import os from "node:os";
-import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { afterAll, beforeAll, expect, test, vi } from "vitest";
-import { adminClient, hostRequest } from "../../cloud/client.mjs";
+import { expect, test, vi } from "vitest";
 import { tenantBindings } from "../../cloud/provision.mjs";
-import { HOSTS_NAMESPACE, startStack } from "../../cloud/stack.mjs";
+import { HOSTS_NAMESPACE } from "../../cloud/stack.mjs";
+import { ownStack } from "../own-stack.mjs";
 
-const PASSWORD = "a long enough password";
 const SLUGS = Array.from({ length: 12 }, (_, i) => `up-${i}`);
 
-let stateDir;
-/** @type {Awaited<ReturnType<typeof startStack>>} */
-let stack;
-let admin;
-let port;
-
-beforeAll(async () => {
-  stateDir = await mkdtemp(path.join(os.tmpdir(), "tenantry-upgrade-"));
-  stack = await startStack({ stateDir, hostsNamespace: "", hostCapacity: 5 });
-  admin = adminClient(stack.url, stack.adminToken);
-  port = Number(new URL(stack.url).port);
-}, 120_000);
-
-afterAll(async () => {
-  await stack?.stop();
-  await rm(stateDir, { recursive: true, force: true });
-});
-
-const login = (slug) =>
-  hostRequest(port, `${slug}.localhost`, "/api/auth/login", { method: "POST", body: { email: `admin@${slug}.test`, password: PASSWORD } });
+// Started in the single-script layout (no hosts namespace), hosts of 5 once it has one.
+const own = ownStack("upgrade", { hostsNamespace: "", hostCapacity: 5 });
 
 test("a single-script deployment moves to binding hosts with no tenant answering an error", { timeout: 300_000 }, async () => {
-  for (const slug of SLUGS) {
-    const res = await admin("POST", "/v1/tenants", { slug, name: slug, admin: { email: `admin@${slug}.test`, password: PASSWORD } });
-    expect([201, 202], res.text).toContain(res.status);
-  }
-  await vi.waitFor(
-    async () => {
-      for (const slug of SLUGS) {
-        await admin("GET", `/v1/tenants/${slug}`);
-        expect((await login(slug)).status, slug).toBe(200);
-      }
-    },
-    { timeout: 60_000, interval: 250 },
-  );
+  const { stack, admin } = own;
+  for (const slug of SLUGS) await own.createTenant(slug);
+  for (const slug of SLUGS) await own.serving(slug, 60_000);
   let bindings = await tenantBindings(stack.api);
   expect(bindings.map((b) => b.script)).toEqual(SLUGS.map(() => "main"));
 
   // Every tenant is asked for, in a loop, from here to the end.
-  let running = true;
-  const failures = [];
-  let requests = 0;
-  const loops = SLUGS.map(async (slug) => {
-    while (running) {
-      const res = await login(slug);
-      requests++;
-      if (res.status !== 200) failures.push(`${slug}: ${res.status} ${res.text.slice(0, 160)}`);
-      await sleep(20);
-    }
-  });
+  const stopAsking = own.keepAsking(SLUGS, 20);
 
   // The upgrade: the same code, redeployed with binding hosts configured.
   const started = Date.now();
@@ -93,8 +51,7 @@ test("a single-script deployment moves to binding hosts with no tenant answering
     { timeout: 150_000, interval: 2_000 },
   );
   await sleep(1_000);
-  running = false;
-  await Promise.all(loops);
+  const { failures, requests } = await stopAsking();
 
   expect(failures).toEqual([]);
   expect(requests).toBeGreaterThan(100);
