@@ -66,6 +66,9 @@ impl FetchTransport {
                 .map_err(js)?;
                 init.with_body(Some(form.into()));
             }
+            Body::Bytes(bytes) => {
+                init.with_body(Some(js_sys::Uint8Array::from(bytes.as_slice()).into()));
+            }
         }
         init.with_headers(headers);
         Request::new_with_init(&request.url, &init)

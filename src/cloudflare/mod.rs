@@ -61,6 +61,8 @@ pub enum Body {
         module_name: String,
         module: String,
     },
+    /// Raw bytes (an upload to a presigned URL: a D1 import's file).
+    Bytes(Vec<u8>),
 }
 
 /// One call of the API: where, how, and what it answers with (`R`).
@@ -220,6 +222,50 @@ pub struct ExportResult {
     pub signed_url: String,
 }
 
+/// An answer of the import protocol (`init`, `ingest`, `poll`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct ImportStep {
+    #[serde(default)]
+    pub success: Option<bool>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub at_bookmark: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub filename: Option<String>,
+    #[serde(default)]
+    pub upload_url: Option<String>,
+    #[serde(default)]
+    pub result: Option<ImportResult>,
+}
+
+/// A finished import.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct ImportResult {
+    #[serde(default)]
+    pub num_queries: u64,
+    #[serde(default)]
+    pub final_bookmark: Option<String>,
+}
+
+/// A Time Travel bookmark (`GET .../time_travel/bookmark`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Bookmark {
+    pub bookmark: String,
+}
+
+/// What a Time Travel restore did.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct TimeTravelRestore {
+    pub bookmark: String,
+    #[serde(default)]
+    pub previous_bookmark: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
 /// A Worker's settings; bindings are kept as JSON so unknown binding types pass through intact.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct ScriptSettings {
@@ -295,6 +341,34 @@ pub mod endpoints {
             method: Method::Post,
             path: format!("/d1/database/{}/export", enc(id)),
             body: Body::Json(body),
+        }
+    }
+    /// A step of the import protocol: `{action: "init", etag}`, `{action: "ingest", filename,
+    /// etag}` or `{action: "poll", current_bookmark}`.
+    pub fn import(id: &str, body: Value) -> Endpoint {
+        Endpoint {
+            name: "d1.import",
+            method: Method::Post,
+            path: format!("/d1/database/{}/import", enc(id)),
+            body: Body::Json(body),
+        }
+    }
+    /// The Time Travel bookmark of database `id` at `timestamp` (RFC 3339).
+    pub fn bookmark(id: &str, timestamp: &str) -> Endpoint {
+        Endpoint {
+            name: "d1.time_travel.bookmark",
+            method: Method::Get,
+            path: format!("/d1/database/{}/time_travel/bookmark?timestamp={}", enc(id), enc(timestamp)),
+            body: Body::None,
+        }
+    }
+    /// Restores database `id` in place to `bookmark`.
+    pub fn restore(id: &str, bookmark: &str) -> Endpoint {
+        Endpoint {
+            name: "d1.time_travel.restore",
+            method: Method::Post,
+            path: format!("/d1/database/{}/time_travel/restore?bookmark={}", enc(id), enc(bookmark)),
+            body: Body::None,
         }
     }
     pub fn get_settings(script: &str) -> Endpoint {
@@ -483,17 +557,48 @@ impl<T: Transport> Client<T> {
         Ok(self.call(&endpoints::export(id, bookmark)).await?.0)
     }
 
+    /// One step of the import protocol (see [`endpoints::import`]).
+    pub async fn import(&self, id: &str, body: Value) -> Result<ImportStep, CfError> {
+        Ok(self.call(&endpoints::import(id, body)).await?.0)
+    }
+
+    /// The Time Travel bookmark of database `id` at `timestamp` (RFC 3339).
+    pub async fn bookmark(&self, id: &str, timestamp: &str) -> Result<Bookmark, CfError> {
+        Ok(self.call(&endpoints::bookmark(id, timestamp)).await?.0)
+    }
+
+    /// Restores database `id` in place to `bookmark` (Time Travel). Running it twice with the
+    /// same bookmark gives the same state.
+    pub async fn time_travel_restore(&self, id: &str, bookmark: &str) -> Result<TimeTravelRestore, CfError> {
+        Ok(self.call(&endpoints::restore(id, bookmark)).await?.0)
+    }
+
+    /// Uploads `bytes` to a presigned URL (an import's file); no token is sent with it. Answers
+    /// the `ETag` the storage gave back, when it gave one.
+    pub async fn upload(&self, url: &str, bytes: Vec<u8>) -> Result<(), CfError> {
+        let endpoint = "d1.import.upload";
+        let request =
+            HttpRequest { method: Method::Put, url: url.to_owned(), authorization: None, body: Body::Bytes(bytes) };
+        self.presigned(endpoint, &request).await.map(drop)
+    }
+
     /// Downloads a presigned URL (no token is sent with it).
     pub async fn download(&self, url: &str) -> Result<Vec<u8>, CfError> {
-        let endpoint = "d1.export.download";
         let request = HttpRequest { method: Method::Get, url: url.to_owned(), authorization: None, body: Body::None };
+        self.presigned("d1.export.download", &request).await
+    }
+
+    /// A call to a presigned URL, retried like the API's.
+    async fn presigned(&self, endpoint: &'static str, request: &HttpRequest) -> Result<Vec<u8>, CfError> {
         self.retrying(|| async {
-            match self.transport.send(&request).await {
+            match self.transport.send(request).await {
                 Ok(r) if (200..300).contains(&r.status) => Ok(r.body),
                 Ok(r) if r.status >= 500 => {
                     Err(CfError::Server { endpoint, status: r.status, code: 0, message: String::new() })
                 }
-                Ok(r) => Err(CfError::Api { endpoint, status: r.status, code: 0, message: "download refused".into() }),
+                Ok(r) => {
+                    Err(CfError::Api { endpoint, status: r.status, code: 0, message: "presigned URL refused".into() })
+                }
                 Err(error) => Err(CfError::Transport { endpoint, error }),
             }
         })

@@ -91,6 +91,33 @@ pub struct HostsConfig {
     pub capacity: usize,
 }
 
+/// Scheduled backups and restores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupConfig {
+    /// A tenant is due for a scheduled backup this long after its last one (`BACKUP_INTERVAL_HOURS`, 24).
+    pub interval_ms: i64,
+    /// Which scheduled backups are kept (`BACKUP_RETENTION`, `daily=7,weekly=8`).
+    pub retention: super::backups::Retention,
+    /// Tenants backed up at once by a pass (`BACKUP_CONCURRENCY`, 4).
+    pub concurrency: usize,
+    /// How long the database a restore replaced is kept before it is dropped, unless the
+    /// operator confirms sooner (`RESTORE_KEEP_HOURS`, 72).
+    pub keep_replaced_ms: i64,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: 24 * HOUR_MS,
+            retention: Default::default(),
+            concurrency: 4,
+            keep_replaced_ms: 72 * HOUR_MS,
+        }
+    }
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
 /// Everything this deployment is configured with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -106,6 +133,7 @@ pub struct Config {
     pub remove_orphans: bool,
     pub migration_concurrency: usize,
     pub hosts: Option<HostsConfig>,
+    pub backups: BackupConfig,
 }
 
 impl Config {
@@ -170,6 +198,25 @@ impl Config {
                     .filter(|n| (1..=MAX_HOST_CAPACITY).contains(n))
                     .unwrap_or(DEFAULT_HOST_CAPACITY),
             }),
+            backups: {
+                let defaults = BackupConfig::default();
+                let hours =
+                    |name: &str| var(name).and_then(|v| v.parse::<f64>().ok()).filter(|h| *h > 0.0 && *h <= 87_600.0);
+                BackupConfig {
+                    interval_ms: hours("BACKUP_INTERVAL_HOURS")
+                        .map_or(defaults.interval_ms, |h| (h * HOUR_MS as f64) as i64),
+                    // A policy that does not parse keeps the default (and says so in the pass's report).
+                    retention: var("BACKUP_RETENTION")
+                        .and_then(|v| super::backups::Retention::parse(&v).ok())
+                        .unwrap_or(defaults.retention),
+                    concurrency: var("BACKUP_CONCURRENCY")
+                        .and_then(|v| v.parse().ok())
+                        .filter(|n| (1..=16).contains(n))
+                        .unwrap_or(defaults.concurrency),
+                    keep_replaced_ms: hours("RESTORE_KEEP_HOURS")
+                        .map_or(defaults.keep_replaced_ms, |h| (h * HOUR_MS as f64) as i64),
+                }
+            },
         })
     }
 }

@@ -135,6 +135,12 @@ impl FromStr for Plan {
 pub enum OperationKind {
     Create,
     Delete,
+    /// Time Travel: the tenant's database restored in place to a point in time.
+    RestorePointInTime,
+    /// A backup imported into a new database, checked, then switched to.
+    RestoreBackup,
+    /// A deleted tenant brought back from its backup under its slug (a new database).
+    Undelete,
 }
 
 /// One step of a saga. The order of [`OperationKind::steps`] is the order they run in.
@@ -160,6 +166,20 @@ pub enum Step {
     Unbind,
     /// Delete the D1 database (already gone counts as done).
     DropDatabase,
+    /// A restore: wait until no isolate can still be serving the tenant from what it cached
+    /// before the restore began (the tenant answers 503 `restoring` meanwhile).
+    Quiesce,
+    /// Find the Time Travel bookmark of the asked time and restore the database to it.
+    TimeTravel,
+    /// Import the backup's SQL into the restore's new database.
+    Import,
+    /// Check the imported database before anything is served from it: the slug stamp, the schema
+    /// (migrated up when older) and the row count of every table against the backup's.
+    CheckImport,
+    /// Point the tenant (and its binding) at the restored database; the old one is kept.
+    Switch,
+    /// Serve the tenant again.
+    Reopen,
 }
 
 impl Step {
@@ -175,6 +195,12 @@ impl Step {
             Self::Backup => "backup",
             Self::Unbind => "unbind",
             Self::DropDatabase => "drop_database",
+            Self::Quiesce => "quiesce",
+            Self::TimeTravel => "time_travel",
+            Self::Import => "import",
+            Self::CheckImport => "check_import",
+            Self::Switch => "switch",
+            Self::Reopen => "reopen",
         }
     }
 }
@@ -210,7 +236,15 @@ impl OperationKind {
         match self {
             Self::Create => "create",
             Self::Delete => "delete",
+            Self::RestorePointInTime => "restore_point_in_time",
+            Self::RestoreBackup => "restore_backup",
+            Self::Undelete => "undelete",
         }
+    }
+
+    /// A restore of some kind (the tenant is `restoring` while one of the in-place kinds runs).
+    pub fn is_restore(self) -> bool {
+        matches!(self, Self::RestorePointInTime | Self::RestoreBackup | Self::Undelete)
     }
 
     pub fn steps(self) -> &'static [Step] {
@@ -218,6 +252,19 @@ impl OperationKind {
             // Bound before it is migrated: on a host, migrations run through the binding.
             Self::Create => &[Step::Database, Step::Place, Step::Bind, Step::Migrations, Step::Seed, Step::Verify],
             Self::Delete => &[Step::Backup, Step::Unbind, Step::DropDatabase],
+            // Migrated after the restore: the point in time may be before a migration.
+            Self::RestorePointInTime => &[Step::Quiesce, Step::TimeTravel, Step::Migrations, Step::Reopen],
+            // The tenant keeps serving its old data until the import has been checked.
+            Self::RestoreBackup => &[
+                Step::Database,
+                Step::Import,
+                Step::CheckImport,
+                Step::Quiesce,
+                Step::Switch,
+                Step::Verify,
+                Step::Reopen,
+            ],
+            Self::Undelete => &[Step::Database, Step::Import, Step::CheckImport, Step::Place, Step::Bind, Step::Verify],
         }
     }
 
@@ -230,7 +277,10 @@ impl OperationKind {
 impl FromStr for OperationKind {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        [Self::Create, Self::Delete].into_iter().find(|k| k.as_str() == s).ok_or(())
+        [Self::Create, Self::Delete, Self::RestorePointInTime, Self::RestoreBackup, Self::Undelete]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or(())
     }
 }
 
@@ -328,6 +378,12 @@ mod tests {
             Step::Backup,
             Step::Unbind,
             Step::DropDatabase,
+            Step::Quiesce,
+            Step::TimeTravel,
+            Step::Import,
+            Step::CheckImport,
+            Step::Switch,
+            Step::Reopen,
         ];
         for step in all {
             assert_eq!(serde_json::to_value(step).unwrap(), step.as_str());

@@ -42,6 +42,35 @@ pub fn config(env: &Env) -> Result<Config, ApiError> {
     })
 }
 
+/// The Cloudflare API client of this deployment, and its configuration; a missing piece is a
+/// deployment error (503, logged).
+pub fn api_client(
+    env: &Env,
+) -> Result<
+    (crate::cloudflare::Client<crate::cloudflare::fetch::FetchTransport>, crate::core::config::CloudflareConfig),
+    ApiError,
+> {
+    let config = config(env)?;
+    let cloudflare = config.cloudflare.clone().map_err(|what| {
+        ApiError::Unavailable {
+            code: "lifecycle_not_configured",
+            message: "tenant provisioning is not configured on this deployment".into(),
+            retry_after: 60,
+        }
+        .inspect_log(&format!("lifecycle: {what}"))
+    })?;
+    let transport = crate::cloudflare::fetch::FetchTransport { timeout: std::time::Duration::from_secs(10) };
+    let token = crate::cloudflare::ApiToken::new(cloudflare.api_token.expose());
+    let client = crate::cloudflare::Client::new(
+        transport,
+        &cloudflare.api_base,
+        &cloudflare.account_id,
+        token,
+        crate::core::retry::RetryPolicy::default(),
+    );
+    Ok((client, cloudflare))
+}
+
 /// The control store over the `CONTROL_DB` binding.
 pub fn control(env: &Env) -> Result<ControlStore<D1Database>, ApiError> {
     Ok(ControlStore::new(env.d1(CONTROL_BINDING).map_err(ApiError::internal)?))
@@ -155,6 +184,28 @@ impl Backups for R2Backups {
         match object.body() {
             Some(body) => Ok(Some(body.bytes().await.map_err(r2)?)),
             None => Ok(None),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), BackupError> {
+        self.bucket_or_err()?.delete(key).await.map_err(r2)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, BackupError> {
+        let bucket = self.bucket_or_err()?;
+        let mut keys = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut request = bucket.list().prefix(prefix.to_owned());
+            if let Some(c) = cursor.take() {
+                request = request.cursor(c);
+            }
+            let page = request.execute().await.map_err(r2)?;
+            keys.extend(page.objects().iter().map(|o| o.key()));
+            match (page.truncated(), page.cursor()) {
+                (true, Some(next)) => cursor = Some(next),
+                _ => return Ok(keys),
+            }
         }
     }
 }

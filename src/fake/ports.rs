@@ -73,6 +73,16 @@ impl Backups for MemoryBackups {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackupError> {
         Ok(self.objects.borrow().get(key).map(|(bytes, _)| bytes.clone()))
     }
+
+    async fn delete(&self, key: &str) -> Result<(), BackupError> {
+        self.objects.borrow_mut().remove(key);
+        self.crash.after_effect().await;
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, BackupError> {
+        Ok(self.objects.borrow().keys().filter(|k| k.starts_with(prefix)).cloned().collect())
+    }
 }
 
 /// The tenant databases one invocation reaches by binding: every script (the main Worker and

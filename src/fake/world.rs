@@ -120,6 +120,7 @@ impl World {
                 holder: format!("invocation-{n}"),
                 remove_orphans: self.remove_orphans.get(),
                 migration_concurrency: 8,
+                backups: Default::default(),
                 hosts: self.hosts.borrow().clone(),
             },
         }

@@ -18,6 +18,9 @@ use crate::core::lifecycle::{OperationKind, OperationState, Plan, Step, TenantSt
 use crate::core::roles::RoleSpec;
 use crate::sql;
 
+mod restores;
+pub use restores::{BackupRow, NewBackup, RestoreStart, SpareDatabase};
+
 type Result<T> = std::result::Result<T, SqlError>;
 
 /// SQLite has no booleans: `0` / `1`.
@@ -63,6 +66,13 @@ pub struct TenantRow {
     pub on_host: bool,
     /// After a move to a host, the main Worker keeps the old binding until then (ms).
     pub main_until: Option<i64>,
+    /// The last scheduled backup (ms), its last attempt, and that attempt's error.
+    pub backed_up_at: Option<i64>,
+    pub backup_tried_at: Option<i64>,
+    pub backup_error: Option<String>,
+    /// The restore operation running on the tenant (requests get 503 meanwhile), since when (ms).
+    pub restoring: Option<String>,
+    pub restoring_since: Option<i64>,
 }
 
 /// A row of `operations`.
@@ -100,6 +110,9 @@ pub struct TenantRecord {
     pub fleet_maintenance: Option<String>,
     /// The binding host requests go through (`None`: the main Worker's own binding).
     pub host: Option<String>,
+    /// A restore is running: requests get 503 until it is done.
+    #[serde(default)]
+    pub restoring: Option<String>,
 }
 
 /// A binding host (a row of `hosts`).
@@ -171,7 +184,8 @@ const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 const TENANT_COLUMNS: &str =
     "slug, display_name, plan, status, database_name, database_id, binding_name, schema_version, \
      status_message, backup_location, backup_bytes, backup_sha256, last_error, bind_wanted, create_fingerprint, \
-     created_at, updated_at, deleted_at, maintenance_message, maintenance_until, host, on_host, main_until";
+     created_at, updated_at, deleted_at, maintenance_message, maintenance_until, host, on_host, main_until, \
+     backed_up_at, backup_tried_at, backup_error, restoring, restoring_since";
 const OP_COLUMNS: &str =
     "id, tenant_slug, kind, state, steps, attempts, last_error, input, next_step, created_at, updated_at, finished_at";
 /// An operation still to be run.
@@ -314,7 +328,7 @@ impl<S: Sql> ControlStore<S> {
                 format!(
                     "SELECT slug, status, plan, status_message, database_id, maintenance_message, maintenance_until, \
                      (SELECT value FROM platform WHERE key = 'maintenance') AS fleet_maintenance, \
-                     {SERVED_HOST} FROM tenants WHERE slug = ?1"
+                     {SERVED_HOST}, restoring FROM tenants WHERE slug = ?1"
                 ),
                 slug
             ))
@@ -519,13 +533,20 @@ impl<S: Sql> ControlStore<S> {
         Ok(count.map_or(0, |c| c.n))
     }
 
-    /// Database names every non-deleted tenant owns (for the orphan scan).
+    /// Database names every non-deleted tenant owns, and the spare databases of restores (for the
+    /// orphan scan; a spare is dropped by [`Self::spares_to_drop`]'s sweep, not as an orphan).
     pub async fn owned_database_names(&self) -> Result<Vec<String>> {
         #[derive(Deserialize)]
         struct Name {
             database_name: String,
         }
-        let rows: Vec<Name> = self.db.all(sql!("SELECT database_name FROM tenants WHERE status != 'deleted'")).await?;
+        let rows: Vec<Name> = self
+            .db
+            .all(sql!(
+                "SELECT database_name FROM tenants WHERE status != 'deleted' \
+                 UNION SELECT name AS database_name FROM spare_databases"
+            ))
+            .await?;
         Ok(rows.into_iter().map(|r| r.database_name).collect())
     }
 
@@ -618,7 +639,8 @@ impl<S: Sql> ControlStore<S> {
             ),
             sql!(
                 format!(
-                    "UPDATE tenants SET status = 'deleting', status_message = NULL, updated_at = {NOW} \
+                    "UPDATE tenants SET status = 'deleting', status_message = NULL, restoring = NULL, \
+                     restoring_since = NULL, updated_at = {NOW} \
                      WHERE slug = ?1 AND status IN ('provisioning', 'active', 'suspended', 'failed')"
                 ),
                 slug

@@ -96,7 +96,11 @@ pub async fn lookup<S: Sql>(store: &ControlStore<S>, slug: &TenantSlug, now: f64
 /// The background half of refresh-ahead: reads the row again and renews the entry. The database
 /// verification carries over when the row still names the verified database (bindings, and so
 /// what was verified, only change with a new Worker version, which starts new isolates).
+///
+/// The entry is timestamped with when the read *began*, so no row read before a change of the
+/// control plane (a restore's `restoring`) outlives that change by more than [`TTL_MS`].
 pub async fn refresh<S: Sql>(store: ControlStore<S>, slug: TenantSlug, now: impl Fn() -> f64) {
+    let began = now();
     let outcome = store.tenant_record(slug.as_str()).await;
     // Not in the set any more: the admin API forgot the tenant meanwhile, so what was read may
     // predate its change; the next request looks it up afresh.
@@ -106,10 +110,9 @@ pub async fn refresh<S: Sql>(store: ControlStore<S>, slug: TenantSlug, now: impl
     match outcome {
         Ok(record) => CACHE.with(|c| {
             let mut cache = c.borrow_mut();
-            let at = now();
             let verified =
-                cache.get(&slug, at).and_then(|e| e.verified).filter(|v| still_verified(v, record.as_ref(), at));
-            cache.insert(slug, Entry { record, verified }, at);
+                cache.get(&slug, now()).and_then(|e| e.verified).filter(|v| still_verified(v, record.as_ref(), began));
+            cache.insert(slug, Entry { record, verified }, began);
         }),
         // The entry expires on its own; the next request looks the tenant up on its path.
         Err(e) => crate::log::warn(&format!("background refresh of tenant {slug} failed: {e}")),

@@ -25,6 +25,10 @@ pub trait Backups {
     async fn exists(&self, key: &str) -> Result<bool, BackupError>;
     async fn put(&self, key: &str, bytes: Vec<u8>, metadata: &[(&str, &str)]) -> Result<(), BackupError>;
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackupError>;
+    /// Deletes object `key` (one already gone is not an error).
+    async fn delete(&self, key: &str) -> Result<(), BackupError>;
+    /// The keys under `prefix` (all pages).
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, BackupError>;
 }
 
 /// The tenant databases this invocation can reach by binding. A binding added by a settings

@@ -43,6 +43,11 @@ impl Platform {
     pub async fn settings_defaults(&self) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
         Ok(crate::edge::control(&self.0)?.settings_defaults().await?)
     }
+
+    /// The Cloudflare API client of this deployment (the export endpoint's).
+    pub fn api(&self) -> Result<crate::cloudflare::Client<crate::cloudflare::fetch::FetchTransport>, ApiError> {
+        Ok(crate::edge::api_client(&self.0)?.0)
+    }
 }
 
 impl TenantContext {
@@ -76,6 +81,11 @@ impl TenantContext {
 
     pub fn schema(&self) -> &[String] {
         self.tenant.schema()
+    }
+
+    /// The id of the tenant's database (as the control plane names it).
+    pub fn database_id(&self) -> Option<&str> {
+        self.record.database_id.as_deref()
     }
 
     /// Forgets user `id` from this isolate's user cache: call after changing or deleting them.

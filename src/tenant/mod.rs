@@ -14,6 +14,7 @@
 
 mod auth;
 mod context;
+mod export;
 pub mod heal;
 mod projects;
 mod roles;
@@ -97,6 +98,15 @@ async fn serve(
 ) -> Result<Response, ApiError> {
     let record = lookup.record.ok_or_else(|| not_found(&slug))?;
     if matches!(record.status, TenantStatus::Active | TenantStatus::Suspended) {
+        // A restore is running: nothing is read or written until it is done (see
+        // `control::lifecycle::restores` for why no cache can outlive it).
+        if record.restoring.is_some() {
+            return Err(ApiError::Unavailable {
+                code: "tenant_restoring",
+                message: "this tenant's data is being restored; retry shortly".into(),
+                retry_after: RETRY_AFTER_SECONDS.max(10),
+            });
+        }
         if let Some(maintenance) = maintenance(&record) {
             return Err(maintenance);
         }
@@ -152,6 +162,7 @@ async fn route(ctx: &TenantContext, req: &Request, segments: &[&str]) -> Result<
     match (segments, Method::of(req)) {
         (["api", "me"], Get) => users::me(ctx).await,
         (["api", "tenant"], Get) => tenant_info(ctx).await,
+        (["api", "export"], Get) => export::export(ctx).await,
         (["api", "users"], Get) => users::list(ctx, req).await,
         (["api", "users"], Post) => users::create(ctx, req).await,
         (["api", "users", id], Get) => users::get(ctx, id).await,
@@ -171,7 +182,7 @@ async fn route(ctx: &TenantContext, req: &Request, segments: &[&str]) -> Result<
         (["api", "settings"], Get) => settings::get(ctx).await,
         (["api", "settings"], Patch) => settings::update(ctx, req).await,
         (["api", "settings"], _) => Err(http::method_not_allowed("GET, PATCH")),
-        (["api", "me" | "tenant" | "audit-log"], _) => Err(http::method_not_allowed("GET")),
+        (["api", "me" | "tenant" | "audit-log" | "export"], _) => Err(http::method_not_allowed("GET")),
         (["api", "users" | "projects" | "roles"], _) => Err(http::method_not_allowed("GET, POST")),
         (["api", "users" | "projects", _], _) => Err(http::method_not_allowed("GET, PATCH, DELETE")),
         _ => Err(http::route_not_found()),

@@ -12,6 +12,10 @@
 //! | `DELETE /v1/tenants/{slug}` | delete (backup first): 200 when deleted, 202 + operation otherwise |
 //! | `GET /v1/tenants/{slug}/operations` | the tenant's lifecycle operations, newest first |
 //! | `GET /v1/tenants/{slug}/backup` | the backup taken when the tenant was deleted (a SQL dump) |
+//! | `GET/POST /v1/tenants/{slug}/backups` | every backup kept (verified, in R2), newest first / take one now |
+//! | `POST /v1/tenants/{slug}/restore` | `{"at"}` point in time, `{"backup": id}` from a backup; on a deleted tenant, undelete |
+//! | `POST /v1/tenants/{slug}/restore/confirm` | drop the databases the tenant's restores replaced now |
+//! | `POST /v1/backups/run` | one pass of the scheduled backups: `{limit?, concurrency?, max_age_seconds?}` |
 //! | `POST /v1/migrations/apply` | migrate tenants that are behind: `{after?, limit?, concurrency?}`, returns `next` to continue |
 //! | `GET /v1/migrations/status` | tenants per schema version, and the failures |
 //! | `GET/POST /v1/roles`, `GET/PATCH/DELETE /v1/roles/{name}` | system roles, synced into every tenant |
@@ -23,6 +27,7 @@
 //! `fleet` (migrations, maintenance, default settings). This file is the router and the admin
 //! token check. It may use the lifecycle and the fleet passes, the storage layer, `http` and `core`.
 
+mod backups;
 mod fleet;
 mod roles;
 mod tenants;
@@ -66,6 +71,23 @@ pub async fn handle(req: &Request, env: &Env, path: &str) -> Result<Response, Ap
         ["tenants", slug, "operations"] => match method {
             Method::Get => operations(env, &parse_slug(slug)?).await,
             _ => Err(http::method_not_allowed("GET")),
+        },
+        ["tenants", slug, "backups"] => match method {
+            Method::Get => backups::list(env, &parse_slug(slug)?).await,
+            Method::Post => backups::take(env, &parse_slug(slug)?).await,
+            _ => Err(http::method_not_allowed("GET, POST")),
+        },
+        ["tenants", slug, "restore"] => match method {
+            Method::Post => backups::restore(req, env, &parse_slug(slug)?).await,
+            _ => Err(http::method_not_allowed("POST")),
+        },
+        ["tenants", slug, "restore", "confirm"] => match method {
+            Method::Post => backups::confirm(env, &parse_slug(slug)?).await,
+            _ => Err(http::method_not_allowed("POST")),
+        },
+        ["backups", "run"] => match method {
+            Method::Post => backups::run(req, env).await,
+            _ => Err(http::method_not_allowed("POST")),
         },
         ["tenants", slug, "backup"] => match method {
             Method::Get => backup(env, &parse_slug(slug)?).await,

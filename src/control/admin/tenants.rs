@@ -149,6 +149,7 @@ pub fn tenant_view(t: &TenantRow) -> Value {
         "created_at": t.created_at,
         "updated_at": t.updated_at,
         "deleted_at": t.deleted_at,
+        "restoring": t.restoring.is_some(),
     })
 }
 
@@ -184,6 +185,26 @@ async fn standing(
         http::json(status, &json!({ "tenant": tenant_view(&tenant), "operation": op.as_ref().map(operation_view) }))?;
     let _ = response.headers_mut().set("Location", &format!("/v1/tenants/{slug}"));
     if status == 202 {
+        let _ = response.headers_mut().set("Retry-After", "2");
+    }
+    Ok(response)
+}
+
+/// Answers with where a tenant stands after a restore ran: `done_status` once its latest
+/// operation is closed (succeeded or failed: see its `state`), 202 while it is open.
+pub(super) async fn standing_of(
+    lc: &Lifecycle<WorkerPlatform>,
+    slug: &str,
+    done_status: u16,
+) -> Result<Response, ApiError> {
+    let tenant = lc.store.tenant(slug).await?.ok_or_else(|| not_found(slug))?;
+    let op = lc.store.current_operation_of(slug).await?;
+    let open = op.as_ref().is_some_and(|o| o.state.is_open());
+    let status = if open { 202 } else { done_status };
+    let mut response =
+        http::json(status, &json!({ "tenant": tenant_view(&tenant), "operation": op.as_ref().map(operation_view) }))?;
+    let _ = response.headers_mut().set("Location", &format!("/v1/tenants/{slug}"));
+    if open {
         let _ = response.headers_mut().set("Retry-After", "2");
     }
     Ok(response)
@@ -271,7 +292,7 @@ fn deleting(slug: &str) -> ApiError {
     ApiError::Conflict { code: "tenant_deleting", message: format!("tenant `{slug}` is being deleted") }
 }
 
-async fn run_logged(lc: &Lifecycle<WorkerPlatform>, op: &OperationRow) -> Result<Progress, ApiError> {
+pub(super) async fn run_logged(lc: &Lifecycle<WorkerPlatform>, op: &OperationRow) -> Result<Progress, ApiError> {
     let progress = lc.run(op).await?;
     match &progress {
         // The usual end of a create's first invocation: not worth a log line.
@@ -319,6 +340,9 @@ pub(super) async fn get(env: &Env, slug: &TenantSlug) -> Result<Response, ApiErr
     if let Some(op) = db.open_operation_of(slug.as_str()).await? {
         let lc = Lifecycle::from_env(env)?;
         run_logged(&lc, &op).await?;
+        if op.kind.is_restore() {
+            return standing_of(&lc, slug.as_str(), 200).await;
+        }
         let settled = if op.kind == OperationKind::Delete { TenantStatus::Deleted } else { TenantStatus::Active };
         return standing(&lc, slug.as_str(), settled, 200).await;
     }

@@ -25,6 +25,7 @@ mod error;
 mod hosts;
 mod orphans;
 mod reconciler;
+mod restores;
 mod runner;
 mod steps;
 mod worker;
@@ -36,10 +37,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 pub use error::LifecycleError;
+pub use restores::{BackupPass, RestoreInput, QUIESCE_MS};
 
 use crate::cloudflare::{CfError, Client};
 use crate::core::bindings::{self, BindingDiff, TenantBinding};
-use crate::core::config::HostsConfig;
+use crate::core::config::{BackupConfig, HostsConfig};
 use crate::core::lifecycle::{OperationKind, Step, TenantStatus};
 use crate::core::names::{BindingName, DatabaseName, DatabasePrefix};
 use crate::core::slug::TenantSlug;
@@ -140,6 +142,7 @@ pub struct Settings {
     pub migration_concurrency: usize,
     /// Binding hosts (`None`: tenant bindings live on `script` itself).
     pub hosts: Option<HostsConfig>,
+    pub backups: BackupConfig,
 }
 
 /// Everything the lifecycle needs, built once per invocation.
@@ -206,6 +209,11 @@ impl<P: Platform> Lifecycle<P> {
     /// Tenant binding of `slug` where `home` says it lives, as this invocation sees it.
     fn tenant_database(&self, home: Home<'_>, slug: &TenantSlug) -> Option<<P::Bindings as Bindings>::Db> {
         self.bindings.database(home, &BindingName::for_tenant(slug))
+    }
+
+    /// The wall clock, in ms.
+    pub fn now_ms(&self) -> f64 {
+        self.clock.now_ms()
     }
 
     /// A new unique id (for operations the reconciler opens).

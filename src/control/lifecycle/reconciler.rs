@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Scheduled backups a pass takes at most (each is an export, a download and two R2 calls).
+const BACKUPS_PER_PASS: u32 = 25;
+
 impl<P: Platform> Lifecycle<P> {
     /// Makes the Worker's tenant bindings exactly the control plane's `bind_wanted` tenants.
     /// `None` when another invocation holds the bindings lease (it will include our rows: it
@@ -133,6 +136,10 @@ impl<P: Platform> Lifecycle<P> {
         } else {
             Default::default()
         };
+        // Restores' spare databases no longer needed, and a bounded slice of scheduled backups.
+        let spares_dropped = self.drop_spares().await?;
+        let cfg = &self.settings.backups;
+        let backups = self.backup_pass(BACKUPS_PER_PASS, cfg.concurrency, cfg.interval_ms).await?;
         // One bounded migration pass per run, continuing where the last run stopped (so tenants
         // that keep failing at the front never starve the rest): a fleet catches up run by run.
         let cursor = self.store.platform_value("fleet_cursor").await?.unwrap_or_default();
@@ -157,6 +164,8 @@ impl<P: Platform> Lifecycle<P> {
                 "scripts": { "found": orphan_scripts, "removed": removed_scripts },
             },
             "migrations": { "processed": migrations.processed, "failed": migrations.failed.len(), "more": migrations.next.is_some() },
+            "backups": { "taken": backups.succeeded, "failed": backups.failed, "remaining": backups.remaining },
+            "spare_databases_dropped": spares_dropped,
         }))
     }
 }

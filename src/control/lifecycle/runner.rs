@@ -38,13 +38,25 @@ impl<P: Platform> Lifecycle<P> {
                 self.store.abandon_operation(&op.id, fence, "tenant row vanished").await?;
                 return Ok(Progress::Failed("tenant row vanished".into()));
             };
-            // A create is abandoned as soon as the tenant is no longer provisioning (deleted meanwhile).
-            if kind == OperationKind::Create && tenant.status != TenantStatus::Provisioning {
-                let why = format!("tenant is {}, not provisioning", tenant.status);
+            // A create (or undelete) is abandoned as soon as the tenant is no longer provisioning
+            // (deleted meanwhile); an in-place restore as soon as the tenant is not restoring
+            // under it any more.
+            let gone = match kind {
+                OperationKind::Create | OperationKind::Undelete if tenant.status != TenantStatus::Provisioning => {
+                    Some(format!("tenant is {}, not provisioning", tenant.status))
+                }
+                OperationKind::RestorePointInTime | OperationKind::RestoreBackup
+                    if tenant.restoring.as_deref() != Some(op.id.as_str()) =>
+                {
+                    Some(format!("tenant {} is not restoring under this operation", tenant.slug))
+                }
+                _ => None,
+            };
+            if let Some(why) = gone {
                 self.store.abandon_operation(&op.id, fence, &why).await?;
                 return Ok(Progress::Failed(why));
             }
-            match self.step(&op, &tenant, step).await {
+            match self.step(&op, &tenant, step, fence).await {
                 Ok(StepOutcome::Done) => {
                     done.push(step);
                     if !self.store.record_step(&op.id, fence, &done, kind.next_step(&done)).await? {
@@ -73,8 +85,12 @@ impl<P: Platform> Lifecycle<P> {
         }
         let slug = op.tenant_slug.as_str();
         let (from, to) = match kind {
-            OperationKind::Create => (TenantStatus::Provisioning, TenantStatus::Active),
+            OperationKind::Create | OperationKind::Undelete => (TenantStatus::Provisioning, TenantStatus::Active),
             OperationKind::Delete => (TenantStatus::Deleting, TenantStatus::Deleted),
+            OperationKind::RestorePointInTime | OperationKind::RestoreBackup => {
+                // Done by its Reopen step; a run cut after it finds the operation closed.
+                return Ok(Progress::Finished);
+            }
         };
         if self.store.complete_operation(&op.id, fence, slug, from, to).await? {
             return Ok(Progress::Finished);
@@ -89,7 +105,13 @@ impl<P: Platform> Lifecycle<P> {
     async fn fail(&self, op: &OperationRow, fence: &Fence<'_>, reason: &str) -> Result<Progress> {
         log::error(&format!("operation {} ({}) on {} failed: {reason}", op.id, op.kind.as_str(), op.tenant_slug));
         match op.kind {
-            OperationKind::Create => {
+            OperationKind::RestorePointInTime | OperationKind::RestoreBackup => {
+                if !self.store.fail_restore(&op.id, fence, &op.tenant_slug, reason).await? {
+                    return Ok(Progress::Busy);
+                }
+                Ok(Progress::Failed(reason.to_owned()))
+            }
+            OperationKind::Create | OperationKind::Undelete => {
                 if !self.store.fail_create(&op.id, fence, &op.tenant_slug, reason).await? {
                     return Ok(Progress::Busy);
                 }
@@ -105,9 +127,22 @@ impl<P: Platform> Lifecycle<P> {
         }
     }
 
-    async fn step(&self, op: &OperationRow, tenant: &TenantRow, step: Step) -> Result<StepOutcome> {
+    async fn step(&self, op: &OperationRow, tenant: &TenantRow, step: Step, fence: &Fence<'_>) -> Result<StepOutcome> {
         match step {
+            Step::Database if op.kind.is_restore() => self.restore_database(op, tenant).await,
             Step::Database => self.find_or_create_database(tenant).await,
+            Step::Quiesce => self.quiesce(tenant).await,
+            Step::TimeTravel => self.time_travel(op, tenant).await,
+            Step::Import => self.import(op, tenant).await,
+            Step::CheckImport => self.check_import(op, tenant).await,
+            Step::Switch => self.switch(op, tenant, fence).await,
+            Step::Reopen => {
+                if self.store.complete_restore(&op.id, fence, &tenant.slug, op.kind).await? {
+                    Ok(StepOutcome::Done)
+                } else {
+                    Err(LifecycleError::Permanent("the tenant stopped restoring under this operation".into()))
+                }
+            }
             Step::Place => self.place_step(tenant).await,
             Step::Migrations => self.migrate(tenant).await,
             Step::Seed => self.seed(op, tenant).await,

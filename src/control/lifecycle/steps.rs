@@ -195,41 +195,21 @@ impl<P: Platform> Lifecycle<P> {
             // Nothing was ever created: nothing to back up.
             return Ok(StepOutcome::Done);
         };
-        let id = id.as_str();
         let prefix = format!("r2://{}/", self.backups.bucket());
         if let Some(key) = tenant.backup_location.as_deref().and_then(|l| l.strip_prefix(prefix.as_str())) {
             if self.backups.exists(key).await? {
                 return Ok(StepOutcome::Done);
             }
         }
-        let mut poll = self.api.export(id, None).await?;
-        for _ in 0..EXPORT_POLLS {
-            if poll.status != "active" {
-                break;
+        let mut tenant = tenant.clone();
+        tenant.database_id = Some(id);
+        match self.take_backup(&tenant, "delete").await? {
+            Ok(done) => {
+                self.store.set_backup(&tenant.slug, &format!("{prefix}{}", done.key), done.bytes, &done.sha256).await?;
+                Ok(StepOutcome::Done)
             }
-            self.clock.sleep(Duration::from_millis(250)).await;
-            let bookmark = poll.at_bookmark.clone().unwrap_or_default();
-            poll = self.api.export(id, Some(&bookmark)).await?;
+            Err(reason) => Ok(later(reason)),
         }
-        let url = match (poll.status.as_str(), &poll.result) {
-            ("complete", Some(result)) => result.signed_url.clone(),
-            ("active", _) => return Ok(later("export still running")),
-            (status, _) => return Ok(later(format!("export {status}: {}", poll.error.unwrap_or_default()))),
-        };
-        let dump = self.api.download(&url).await?;
-        let sha256 = crate::crypto::sha256_hex(&dump);
-        let key = format!("{}/{}-{}.sql", tenant.slug, iso_for_key(self.clock.now_ms()), id);
-        let size = dump.len();
-        self.backups.put(&key, dump, &[("tenant", &tenant.slug), ("sha256", &sha256), ("database_id", id)]).await?;
-        // Verified: the object is there, with the checksum of what was downloaded.
-        let Some(stored) = self.backups.get(&key).await? else {
-            return Ok(later("backup object not readable yet"));
-        };
-        if crate::crypto::sha256_hex(&stored) != sha256 {
-            return Ok(later("backup object does not match the export"));
-        }
-        self.store.set_backup(&tenant.slug, &format!("{prefix}{key}"), size, &sha256).await?;
-        Ok(StepOutcome::Done)
     }
 }
 
@@ -238,7 +218,7 @@ fn parse_slug(tenant: &TenantRow) -> Result<TenantSlug> {
 }
 
 /// `2026-11-23T16-42-01-123Z`: an ISO 8601 time usable in an object key.
-fn iso_for_key(now_ms: f64) -> String {
+pub(super) fn iso_for_key(now_ms: f64) -> String {
     chrono::DateTime::from_timestamp_millis(now_ms as i64)
         .map(|t| t.format("%Y-%m-%dT%H-%M-%S-%3fZ").to_string())
         .unwrap_or_else(|| format!("{}", now_ms as i64))

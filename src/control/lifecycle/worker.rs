@@ -1,13 +1,8 @@
 //! The lifecycle on the Worker's platform, built from `Env` and the configuration root.
 
-use std::time::Duration;
-
 use worker::Env;
 
 use super::{Lifecycle, Settings};
-use crate::cloudflare::fetch::FetchTransport;
-use crate::cloudflare::{ApiToken, Client};
-use crate::core::retry::RetryPolicy;
 use crate::edge::{self, EnvBindings, JsClock, R2Backups, WorkerPlatform};
 use crate::http::ApiError;
 
@@ -16,19 +11,10 @@ impl Lifecycle<WorkerPlatform> {
     /// (503, logged).
     pub fn from_env(env: &Env) -> Result<Self, ApiError> {
         let config = edge::config(env)?;
-        let cloudflare = config.cloudflare.as_ref().map_err(|what| {
-            ApiError::Unavailable {
-                code: "lifecycle_not_configured",
-                message: "tenant provisioning is not configured on this deployment".into(),
-                retry_after: 60,
-            }
-            .inspect_log(&format!("lifecycle: {what}"))
-        })?;
-        let transport = FetchTransport { timeout: Duration::from_secs(10) };
-        let token = ApiToken::new(cloudflare.api_token.expose());
+        let (api, cloudflare) = edge::api_client(env)?;
         Ok(Self {
             store: edge::control(env)?,
-            api: Client::new(transport, &cloudflare.api_base, &cloudflare.account_id, token, RetryPolicy::default()),
+            api,
             backups: R2Backups::from_env(env),
             bindings: EnvBindings(env.clone()),
             clock: JsClock,
@@ -39,6 +25,7 @@ impl Lifecycle<WorkerPlatform> {
                 remove_orphans: config.remove_orphans,
                 migration_concurrency: config.migration_concurrency,
                 hosts: config.hosts.clone(),
+                backups: config.backups.clone(),
             },
         })
     }
