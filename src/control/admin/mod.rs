@@ -13,6 +13,7 @@
 //! | `GET /v1/tenants/{slug}/operations` | the tenant's lifecycle operations, newest first |
 //! | `GET /v1/tenants/{slug}/backup` | the backup taken when the tenant was deleted (a SQL dump) |
 //! | `GET/POST /v1/tenants/{slug}/backups` | every backup kept (verified, in R2), newest first / take one now |
+//! | `GET /v1/tenants/{slug}/backups/{id}` | one backup's SQL, checked against its SHA-256 |
 //! | `POST /v1/tenants/{slug}/restore` | `{"at"}` point in time, `{"backup": id}` from a backup; on a deleted tenant, undelete |
 //! | `POST /v1/tenants/{slug}/restore/confirm` | drop the databases the tenant's restores replaced now |
 //! | `POST /v1/backups/run` | one pass of the scheduled backups: `{limit?, concurrency?, max_age_seconds?}` |
@@ -76,6 +77,10 @@ pub async fn handle(req: &Request, env: &Env, path: &str) -> Result<Response, Ap
             Method::Get => backups::list(env, &parse_slug(slug)?).await,
             Method::Post => backups::take(env, &parse_slug(slug)?).await,
             _ => Err(http::method_not_allowed("GET, POST")),
+        },
+        ["tenants", slug, "backups", id] => match method {
+            Method::Get => backups::download(env, &parse_slug(slug)?, id).await,
+            _ => Err(http::method_not_allowed("GET")),
         },
         ["tenants", slug, "restore"] => match method {
             Method::Post => backups::restore(req, env, &parse_slug(slug)?).await,
