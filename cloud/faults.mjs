@@ -4,7 +4,8 @@
 // A rule: { endpoint, kind, times?, probability?, status?, retry_after?, delay_ms? }
 // - endpoint: "d1.create" | "d1.list" | "d1.get" | "d1.delete" | "d1.query" | "d1.raw" |
 //   "d1.export" | "d1.import" | "scripts.settings.get" | "scripts.settings.patch" | "*" | any other
-//   endpoint in ENDPOINTS (the Workers scripts API, dispatch namespaces and R2 buckets)
+//   endpoint in ENDPOINTS (the Workers scripts API, dispatch namespaces, R2 buckets, D1 Time
+//   Travel)
 // - kind:
 //   - "error": answer `status` (default 500) with a Cloudflare error envelope; nothing is done
 //   - "rate_limit": answer 429 with `Retry-After: retry_after` (default 1) and code 971
@@ -24,6 +25,8 @@ export const ENDPOINTS = [
   "d1.raw",
   "d1.export",
   "d1.import",
+  "d1.time_travel.bookmark",
+  "d1.time_travel.restore",
   "kv.namespaces.list",
   "r2.buckets.create",
   "r2.buckets.delete",
