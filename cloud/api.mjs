@@ -14,6 +14,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { D1 } from "./d1.mjs";
 import { Faults } from "./faults.mjs";
 import { ApiError, envelope, failure, malformed, parseJson } from "./http.mjs";
+import { R2_OPS, r2FaultAnswer } from "./r2-plugin.mjs";
 import { R2 } from "./r2.mjs";
 import { NotDeployed } from "./runtime.mjs";
 import { TimeTravel } from "./timetravel.mjs";
@@ -59,6 +60,8 @@ export class LocalCloud {
       blobDir: path.join(path.dirname(state.file), "modules"),
       subdomain: "tenantry-local",
       maxBindings,
+      // Every script's R2 bindings ask the local cloud whether to fail (once it listens).
+      r2Faults: () => (this.url ? { url: `${this.url}/__cloud/r2-faults`, token } : null),
       log,
     });
     /** @type {Record<string, number>} endpoint -> count, for tests and benchmarks */
@@ -178,6 +181,16 @@ export class LocalCloud {
         if (error) throw malformed(error);
         return envelope({ result: { rules: this.faults.rules } });
       }
+    }
+    if (url.pathname === "/__cloud/r2-faults" && method === "GET") {
+      // Asked by the scripts' R2 bindings before each operation (see r2-plugin.mjs).
+      const op = url.searchParams.get("op") ?? "";
+      if (!R2_OPS.includes(op)) throw malformed(`op must be one of ${R2_OPS.join(", ")}`);
+      const endpoint = `r2.${op}`;
+      this.requests[endpoint] = (this.requests[endpoint] ?? 0) + 1;
+      const fault = this.faults.pick(endpoint);
+      if (fault) this.log(`fault ${fault.kind} on ${endpoint} (${url.searchParams.get("bucket")}/${url.searchParams.get("key") ?? ""})`);
+      return envelope({ result: await r2FaultAnswer(op, fault) });
     }
     if (url.pathname === "/__cloud/scheduled" && method === "POST") {
       // What Cloudflare's cron trigger does: run the Worker's scheduled handler once.

@@ -94,8 +94,14 @@ export async function startCloud({
     timeTravelIntervalMs,
     log,
   });
-  await runtime.start(state.databases().map((d) => d.uuid));
+  // Listening first: the Workers' R2 bindings are given the local cloud's address.
   await listenOrExplain(() => cloud.listen(cloudPort), cloudPort, "CLOUD_PORT");
+  try {
+    await runtime.start(state.databases().map((d) => d.uuid));
+  } catch (e) {
+    await cloud.close();
+    throw e;
+  }
   cloud.timeTravel.start();
   return {
     state,
