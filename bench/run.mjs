@@ -413,6 +413,8 @@ async function main() {
     directSocket: true,
     inspectorPort: INSPECTOR_PORT,
     extraWorkers: () => (bareDatabase ? [bareWorker(bareDatabase)] : []),
+    // No Time Travel history: its poller would dump every tenant database the load writes to.
+    timeTravelIntervalMs: 0,
     log: onLog,
   });
   adminApi = adminClient(stack.url, stack.adminToken);

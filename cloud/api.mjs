@@ -14,8 +14,10 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { D1 } from "./d1.mjs";
 import { Faults } from "./faults.mjs";
 import { ApiError, envelope, failure, malformed, parseJson } from "./http.mjs";
+import { R2_OPS, r2FaultAnswer } from "./r2-plugin.mjs";
 import { R2 } from "./r2.mjs";
 import { NotDeployed } from "./runtime.mjs";
+import { TimeTravel } from "./timetravel.mjs";
 import { Workers } from "./workers.mjs";
 
 // Script uploads carry the wasm: the real limit is 10 MB compressed on the paid plan.
@@ -30,16 +32,27 @@ export class LocalCloud {
    * @param {string} opts.accountId
    * @param {number} [opts.maxDatabases] databases per account (50 000 on the paid plan)
    * @param {number} [opts.maxBindings] D1 bindings per script (5 000: Cloudflare's 1 MB of metadata)
+   * @param {number} [opts.timeTravelIntervalMs] how often Time Travel's detector looks for
+   *   changed databases (see timetravel.mjs); 0: never (history only at create, bookmark calls
+   *   and restores)
    * @param {(msg: string) => void} [opts.log]
    */
-  constructor({ state, runtime, token, accountId, maxDatabases = 50_000, maxBindings, log = () => {} }) {
+  constructor({ state, runtime, token, accountId, maxDatabases = 50_000, maxBindings, timeTravelIntervalMs = 200, log = () => {} }) {
     this.state = state;
     this.runtime = runtime;
     this.token = token;
     this.accountId = accountId;
     this.log = log;
     this.faults = new Faults();
-    this.d1 = new D1({ state, runtime, maxDatabases, baseUrl: () => this.url });
+    this.timeTravel = new TimeTravel({
+      dir: path.join(path.dirname(state.file), "time-travel"),
+      d1Dir: path.join(runtime.persistPath, "d1", "miniflare-D1DatabaseObject"),
+      d1: (id, mode, statements) => runtime.d1(id, mode, statements),
+      databases: () => state.databases().map((d) => d.uuid),
+      intervalMs: timeTravelIntervalMs,
+      log,
+    });
+    this.d1 = new D1({ state, runtime, maxDatabases, baseUrl: () => this.url, timeTravel: this.timeTravel, log });
     this.r2 = new R2({ state });
     this.workers = new Workers({
       state,
@@ -47,6 +60,8 @@ export class LocalCloud {
       blobDir: path.join(path.dirname(state.file), "modules"),
       subdomain: "tenantry-local",
       maxBindings,
+      // Every script's R2 bindings ask the local cloud whether to fail (once it listens).
+      r2Faults: () => (this.url ? { url: `${this.url}/__cloud/r2-faults`, token } : null),
       log,
     });
     /** @type {Record<string, number>} endpoint -> count, for tests and benchmarks */
@@ -65,9 +80,10 @@ export class LocalCloud {
     return this.url;
   }
 
-  close() {
+  async close() {
     this.server.closeAllConnections?.();
-    return new Promise((resolve) => this.server.close(resolve));
+    await new Promise((resolve) => this.server.close(resolve));
+    await this.timeTravel.stop();
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -165,6 +181,16 @@ export class LocalCloud {
         if (error) throw malformed(error);
         return envelope({ result: { rules: this.faults.rules } });
       }
+    }
+    if (url.pathname === "/__cloud/r2-faults" && method === "GET") {
+      // Asked by the scripts' R2 bindings before each operation (see r2-plugin.mjs).
+      const op = url.searchParams.get("op") ?? "";
+      if (!R2_OPS.includes(op)) throw malformed(`op must be one of ${R2_OPS.join(", ")}`);
+      const endpoint = `r2.${op}`;
+      this.requests[endpoint] = (this.requests[endpoint] ?? 0) + 1;
+      const fault = this.faults.pick(endpoint);
+      if (fault) this.log(`fault ${fault.kind} on ${endpoint} (${url.searchParams.get("bucket")}/${url.searchParams.get("key") ?? ""})`);
+      return envelope({ result: await r2FaultAnswer(op, fault) });
     }
     if (url.pathname === "/__cloud/scheduled" && method === "POST") {
       // What Cloudflare's cron trigger does: run the Worker's scheduled handler once.

@@ -1,6 +1,6 @@
 // The D1 endpoints of the local cloud: databases (create, list, get, delete), queries (`/query`,
-// `/raw`), and the export and import protocols wrangler uses, backed by Miniflare's real D1
-// through the runtime's helper Worker.
+// `/raw`), the export and import protocols wrangler uses, and Time Travel (timetravel.mjs),
+// backed by Miniflare's real D1 through the runtime's helper Worker.
 
 import { createHash, randomBytes } from "node:crypto";
 import { ApiError, intParam, malformed, parseJson } from "./http.mjs";
@@ -18,9 +18,13 @@ export class D1 {
    * @param {import("./runtime.mjs").Runtime} opts.runtime
    * @param {() => string} opts.baseUrl the local cloud's own address (for signed URLs)
    * @param {number} [opts.maxDatabases] databases per account (50 000 on the paid plan)
+   * @param {import("./timetravel.mjs").TimeTravel} opts.timeTravel
+   * @param {(msg: string) => void} [opts.log]
    */
-  constructor({ state, runtime, baseUrl, maxDatabases = 50_000 }) {
+  constructor({ state, runtime, baseUrl, maxDatabases = 50_000, timeTravel, log = () => {} }) {
     this.state = state;
+    this.timeTravel = timeTravel;
+    this.log = log;
     this.runtime = runtime;
     this.baseUrl = baseUrl;
     this.maxDatabases = maxDatabases;
@@ -47,6 +51,10 @@ export class D1 {
       const run = { export: this.export, import: this.import }[op];
       return on(`d1.${op}`, "POST", (r) => (run ? run.call(this, id, r) : this.query(id, op, r)));
     }
+    if (p.length === 3 && p[1] === "time_travel" && p[2] === "bookmark")
+      return on("d1.time_travel.bookmark", "GET", ({ url }) => this.bookmark(id, url));
+    if (p.length === 3 && p[1] === "time_travel" && p[2] === "restore")
+      return on("d1.time_travel.restore", "POST", ({ url }) => this.restore(id, url));
     return null;
   }
 
@@ -123,6 +131,9 @@ export class D1 {
     };
     this.state.data.databases[uuid] = db;
     await this.state.save();
+    // Time Travel's first bookmark: the empty database. Without it the history starts at the
+    // detector's first capture; the database itself is fine either way.
+    await this.timeTravel.created(uuid, Date.parse(db.created_at)).catch((e) => this.log(`time travel: ${e.message}`));
     return { result: db };
   }
 
@@ -176,7 +187,26 @@ export class D1 {
     delete this.state.data.databases[db.uuid];
     this.runtime.retire(db.uuid);
     await this.state.save();
+    await this.timeTravel.deleted(db.uuid);
     return { result: null };
+  }
+
+  /** `GET /time_travel/bookmark?timestamp=`: `{ bookmark }` (see timetravel.mjs). */
+  async bookmark(idOrName, url) {
+    const db = this.database(idOrName);
+    return { result: await this.timeTravel.bookmark(db.uuid, url.searchParams.get("timestamp")) };
+  }
+
+  /** `POST /time_travel/restore?bookmark=|timestamp=`: `{ bookmark, previous_bookmark, message }`. */
+  async restore(idOrName, url) {
+    const db = this.database(idOrName);
+    const result = await this.timeTravel.restore(db.uuid, {
+      bookmark: url.searchParams.get("bookmark"),
+      timestamp: url.searchParams.get("timestamp"),
+    });
+    await this.refreshStats(db);
+    await this.state.save();
+    return { result };
   }
 
   /** `/query` and `/raw`: one statement, several `;`-separated ones, or a `batch`. */

@@ -4,7 +4,10 @@
 // A rule: { endpoint, kind, times?, probability?, status?, retry_after?, delay_ms? }
 // - endpoint: "d1.create" | "d1.list" | "d1.get" | "d1.delete" | "d1.query" | "d1.raw" |
 //   "d1.export" | "d1.import" | "scripts.settings.get" | "scripts.settings.patch" | "*" | any other
-//   endpoint in ENDPOINTS (the Workers scripts API, dispatch namespaces and R2 buckets)
+//   endpoint in ENDPOINTS (the Workers scripts API, dispatch namespaces, R2 buckets, D1 Time
+//   Travel), or an operation of the Workers' R2 bucket bindings in BINDING_ENDPOINTS ("r2.put",
+//   "r2.get", "r2.head", "r2.list", "r2.delete": see r2-plugin.mjs). "*" means every endpoint of
+//   the REST API, not the bindings' operations: name those to fail them.
 // - kind:
 //   - "error": answer `status` (default 500) with a Cloudflare error envelope; nothing is done
 //   - "rate_limit": answer 429 with `Retry-After: retry_after` (default 1) and code 971
@@ -24,6 +27,8 @@ export const ENDPOINTS = [
   "d1.raw",
   "d1.export",
   "d1.import",
+  "d1.time_travel.bookmark",
+  "d1.time_travel.restore",
   "kv.namespaces.list",
   "r2.buckets.create",
   "r2.buckets.delete",
@@ -67,6 +72,8 @@ export const ENDPOINTS = [
   "dispatch.scripts.settings.get",
   "dispatch.scripts.settings.patch",
 ];
+/** Operations of the Workers' R2 bucket bindings (not REST endpoints: see r2-plugin.mjs). */
+export const BINDING_ENDPOINTS = ["r2.put", "r2.get", "r2.head", "r2.list", "r2.delete"];
 const KINDS = ["error", "rate_limit", "delay", "timeout", "lose_response"];
 
 export class Faults {
@@ -93,7 +100,8 @@ export class Faults {
     if (!Array.isArray(rules)) return "rules must be an array";
     for (const rule of rules) {
       if (!rule || typeof rule !== "object") return "each rule must be an object";
-      if (rule.endpoint !== "*" && !ENDPOINTS.includes(rule.endpoint)) return `unknown endpoint ${JSON.stringify(rule.endpoint)}`;
+      if (rule.endpoint !== "*" && !ENDPOINTS.includes(rule.endpoint) && !BINDING_ENDPOINTS.includes(rule.endpoint))
+        return `unknown endpoint ${JSON.stringify(rule.endpoint)}`;
       if (!KINDS.includes(rule.kind)) return `unknown kind ${JSON.stringify(rule.kind)}`;
       if (rule.times !== undefined && !(Number.isInteger(rule.times) && rule.times > 0)) return "times must be a positive integer";
       if (rule.probability !== undefined && !(rule.probability >= 0 && rule.probability <= 1)) return "probability must be within 0..1";
@@ -110,7 +118,7 @@ export class Faults {
   /** The fault to apply to this request to `endpoint`, if any (and spends it). */
   pick(endpoint) {
     for (const rule of this.rules) {
-      if (rule.endpoint !== "*" && rule.endpoint !== endpoint) continue;
+      if (rule.endpoint === "*" ? BINDING_ENDPOINTS.includes(endpoint) : rule.endpoint !== endpoint) continue;
       if (rule.times === 0) continue;
       if (rule.probability !== undefined && this.random() >= rule.probability) continue;
       if (rule.times !== undefined) rule.times--;

@@ -55,6 +55,8 @@ export function compatibilityDate() {
  * @param {(name: string) => object} [opts.extra] more Miniflare options for account script `name`
  * @param {() => object[]} [opts.extraWorkers] more Workers on the same workerd (see runtime.mjs)
  * @param {number} [opts.inspectorPort] open workerd's V8 inspector (see runtime.mjs)
+ * @param {number} [opts.timeTravelIntervalMs] D1 Time Travel's change detector period (default
+ *   200 ms; 0: off, see cloud/timetravel.mjs)
  * @param {(msg: string) => void} [opts.log]
  */
 export async function startCloud({
@@ -66,6 +68,7 @@ export async function startCloud({
   extra = () => ({}),
   extraWorkers,
   inspectorPort,
+  timeTravelIntervalMs,
   log = () => {},
 }) {
   await mkdir(stateDir, { recursive: true });
@@ -82,9 +85,24 @@ export async function startCloud({
     extraWorkers,
     inspectorPort,
   });
-  cloud = new LocalCloud({ state, runtime, token: LOCAL_TOKEN, accountId: LOCAL_ACCOUNT_ID, maxBindings: maxBindingsPerScript, log });
-  await runtime.start(state.databases().map((d) => d.uuid));
+  cloud = new LocalCloud({
+    state,
+    runtime,
+    token: LOCAL_TOKEN,
+    accountId: LOCAL_ACCOUNT_ID,
+    maxBindings: maxBindingsPerScript,
+    timeTravelIntervalMs,
+    log,
+  });
+  // Listening first: the Workers' R2 bindings are given the local cloud's address.
   await listenOrExplain(() => cloud.listen(cloudPort), cloudPort, "CLOUD_PORT");
+  try {
+    await runtime.start(state.databases().map((d) => d.uuid));
+  } catch (e) {
+    await cloud.close();
+    throw e;
+  }
+  cloud.timeTravel.start();
   return {
     state,
     runtime,
@@ -118,6 +136,7 @@ export async function startCloud({
  *   HOST_CAPACITY; default: wrangler.toml's)
  * @param {string} [opts.hostsNamespace] the Worker's HOSTS_NAMESPACE (default: wrangler.toml's;
  *   `""`: the single-script layout, every tenant binding on the main Worker)
+ * @param {number} [opts.timeTravelIntervalMs] see `startCloud`
  */
 export async function startStack({
   stateDir,
@@ -133,6 +152,7 @@ export async function startStack({
   maxBindingsPerScript,
   hostCapacity,
   hostsNamespace,
+  timeTravelIntervalMs,
 }) {
   const { state, runtime, cloud, api } = await startCloud({
     stateDir,
@@ -143,6 +163,7 @@ export async function startStack({
     extra: (name) => (name === SCRIPT_NAME && directSocket ? { unsafeDirectSockets: [{ host: "127.0.0.1", port: 0 }] } : {}),
     extraWorkers,
     inspectorPort,
+    timeTravelIntervalMs,
     log,
   });
 

@@ -30,6 +30,7 @@ import pLimit from "p-limit";
 import { Namespaces, namespaceInfo, namespaceWorkerName } from "./dispatch.mjs";
 import { dispatchBinding } from "./dispatch-plugin.mjs";
 import { ApiError, malformed, parseJson, parseMultipart } from "./http.mjs";
+import { r2Binding } from "./r2-plugin.mjs";
 import { BUCKET_NAME } from "./r2.mjs";
 import { HELPER } from "./runtime.mjs";
 
@@ -94,10 +95,13 @@ export class Workers {
    * @param {string} opts.blobDir where uploaded modules are kept (content-addressed)
    * @param {string} opts.subdomain the account's workers.dev subdomain
    * @param {number} [opts.maxBindings] D1 bindings a script may hold (MAX_BINDINGS)
+   * @param {() => ({ url: string, token: string } | null)} [opts.r2Faults] where the scripts' R2
+   *   bindings ask whether to fail an operation (see r2-plugin.mjs); null: plain R2 bindings
    * @param {(msg: string) => void} [opts.log]
    */
-  constructor({ state, runtime, blobDir, subdomain, maxBindings = MAX_BINDINGS, log = () => {} }) {
+  constructor({ state, runtime, blobDir, subdomain, maxBindings = MAX_BINDINGS, r2Faults = () => null, log = () => {} }) {
     this.state = state;
+    this.r2Faults = r2Faults;
     this.runtime = runtime;
     this.blobDir = blobDir;
     this.subdomain = subdomain;
@@ -263,6 +267,7 @@ export class Workers {
       ...bindingOptions(bindings, {
         worker: (service) => workerName(scope, service),
         dispatchTargets: (namespace) => this.#dispatchTargets(namespace),
+        r2Faults: this.r2Faults(),
       }),
       compatibilityDate: version.compatibility_date,
       compatibilityFlags: version.compatibility_flags,
@@ -1103,8 +1108,10 @@ function changedSecrets(a, b) {
  * @param {(service: string) => string} [how.worker] the Worker name a service binding's script runs under
  * @param {(namespace: string) => Record<string, string>} [how.dispatchTargets] the scripts a
  *   dispatch namespace binding reaches, each to the Worker name it runs under
+ * @param {{ url: string, token: string } | null} [how.r2Faults] where R2 bucket bindings ask
+ *   whether to fail an operation (r2-plugin.mjs); null: plain Miniflare R2 bindings
  */
-export function bindingOptions(bindings, { worker = (service) => service, dispatchTargets = () => ({}) } = {}) {
+export function bindingOptions(bindings, { worker = (service) => service, dispatchTargets = () => ({}), r2Faults = null } = {}) {
   const d1Databases = {};
   const r2Buckets = {};
   const kvNamespaces = {};
@@ -1113,6 +1120,7 @@ export function bindingOptions(bindings, { worker = (service) => service, dispat
   const vars = {};
   for (const b of bindings) {
     if (b.type === "d1") d1Databases[b.name] = b.id;
+    else if (b.type === "r2_bucket" && r2Faults) unsafeBindings.push(r2Binding(b.name, b.bucket_name, r2Faults));
     else if (b.type === "r2_bucket") r2Buckets[b.name] = b.bucket_name;
     else if (b.type === "kv_namespace") kvNamespaces[b.name] = b.namespace_id;
     else if (b.type === "service")

@@ -246,6 +246,24 @@ describe("delete", () => {
     expect((await admin("GET", `/v1/tenants/${slug}`)).json.tenant.status).toBe("deleted");
     expect((await api("GET", `/d1/database/${uuid}`, undefined, { raw: true })).status).toBe(404);
   });
+  test("a failing backup write (an R2 put fault) stops the delete before it unbinds; the reconciler finishes it", async () => {
+    const { slug, uuid, binding } = await createTenant();
+    await setFaults([{ endpoint: "r2.put", kind: "error" }]);
+    const res = await admin("DELETE", `/v1/tenants/${slug}`);
+    expect(res.status).toBe(202);
+    expect(res.json.tenant.status).toBe("deleting");
+    expect(res.json.tenant.last_error).toMatch(/We encountered an internal error/);
+    expect(res.json.operation.steps_done).toEqual([]);
+    // Nothing was undone yet: still bound, the database still there.
+    expect(await settingsNames()).toContain(binding);
+    expect((await api("GET", `/d1/database/${uuid}`, undefined, { raw: true })).status).toBe(200);
+    await setFaults([]);
+    expect((await admin("POST", "/v1/reconcile")).status).toBe(200);
+    const tenant = (await admin("GET", `/v1/tenants/${slug}`)).json.tenant;
+    expect(tenant.status).toBe("deleted");
+    expect(tenant.backup).toMatchObject({ location: expect.stringMatching(/^r2:\/\/BACKUPS\//) });
+    expect((await admin("GET", `/v1/tenants/${slug}/backup`)).status).toBe(200);
+  });
 });
 
 describe("bindings and the reconciler", () => {
