@@ -178,8 +178,6 @@ pub enum Step {
     CheckImport,
     /// Point the tenant (and its binding) at the restored database; the old one is kept.
     Switch,
-    /// Serve the tenant again.
-    Reopen,
 }
 
 impl Step {
@@ -200,7 +198,6 @@ impl Step {
             Self::Import => "import",
             Self::CheckImport => "check_import",
             Self::Switch => "switch",
-            Self::Reopen => "reopen",
         }
     }
 }
@@ -253,17 +250,12 @@ impl OperationKind {
             Self::Create => &[Step::Database, Step::Place, Step::Bind, Step::Migrations, Step::Seed, Step::Verify],
             Self::Delete => &[Step::Backup, Step::Unbind, Step::DropDatabase],
             // Migrated after the restore: the point in time may be before a migration.
-            Self::RestorePointInTime => &[Step::Quiesce, Step::TimeTravel, Step::Migrations, Step::Reopen],
+            // Each ends by serving the tenant again (`ControlStore::complete_restore`).
+            Self::RestorePointInTime => &[Step::Quiesce, Step::TimeTravel, Step::Migrations],
             // The tenant keeps serving its old data until the import has been checked.
-            Self::RestoreBackup => &[
-                Step::Database,
-                Step::Import,
-                Step::CheckImport,
-                Step::Quiesce,
-                Step::Switch,
-                Step::Verify,
-                Step::Reopen,
-            ],
+            Self::RestoreBackup => {
+                &[Step::Database, Step::Import, Step::CheckImport, Step::Quiesce, Step::Switch, Step::Verify]
+            }
             Self::Undelete => &[Step::Database, Step::Import, Step::CheckImport, Step::Place, Step::Bind, Step::Verify],
         }
     }
@@ -383,7 +375,6 @@ mod tests {
             Step::Import,
             Step::CheckImport,
             Step::Switch,
-            Step::Reopen,
         ];
         for step in all {
             assert_eq!(serde_json::to_value(step).unwrap(), step.as_str());

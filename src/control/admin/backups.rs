@@ -246,8 +246,10 @@ pub(super) async fn confirm(env: &Env, slug: &TenantSlug) -> Result<Response, Ap
     http::json(200, &json!({ "confirmed": n, "dropped": dropped }))
 }
 
-/// `POST /v1/backups/run {limit?, concurrency?, max_age_seconds?}`: one pass of the scheduled
-/// backups now; call again while `remaining > 0` (`npm run backup` does).
+/// `POST /v1/backups/run {limit?, concurrency?, max_age_seconds?, slugs?}`: one pass of the
+/// scheduled backups now (of the tenants due: last backed up more than `max_age_seconds` ago,
+/// the configured interval unless given; `slugs`: of these only); call again while
+/// `remaining > 0` (`npm run backup` does).
 pub(super) async fn run(req: &Request, env: &Env) -> Result<Response, ApiError> {
     let body = http::read_json(req).await?;
     let lc = Lifecycle::from_env(env)?;
@@ -266,12 +268,30 @@ pub(super) async fn run(req: &Request, env: &Env) -> Result<Response, ApiError> 
     let concurrency = number("concurrency", 16).map_or(lc.settings.backups.concurrency, |n| n.max(1) as usize);
     let max_age =
         number("max_age_seconds", 10 * 365 * 86_400).map_or(lc.settings.backups.interval_ms, |s| s as i64 * 1000);
-    if let Some(key) = body.keys().find(|k| !["limit", "concurrency", "max_age_seconds"].contains(&k.as_str())) {
+    let only = match body.get("slugs") {
+        None => None,
+        Some(Value::Array(items)) if items.len() <= 200 => {
+            let slugs: Vec<String> = items
+                .iter()
+                .filter_map(|v| v.as_str().and_then(|s| TenantSlug::parse(s).ok()).map(|s| s.as_str().to_owned()))
+                .collect();
+            if slugs.len() != items.len() {
+                errors.insert("slugs".to_owned(), "must all be tenant slugs".to_owned());
+            }
+            Some(slugs)
+        }
+        Some(_) => {
+            errors.insert("slugs".to_owned(), "must be a list of at most 200 tenant slugs".to_owned());
+            None
+        }
+    };
+    if let Some(key) = body.keys().find(|k| !["limit", "concurrency", "max_age_seconds", "slugs"].contains(&k.as_str()))
+    {
         errors.insert(key.clone(), "is not a field of a backup run".to_owned());
     }
     if !errors.is_empty() {
         return Err(ApiError::invalid_fields(errors));
     }
-    let pass = lc.backup_pass(limit, concurrency, max_age).await?;
+    let pass = lc.backup_pass(limit, concurrency, max_age, only.as_deref()).await?;
     http::json(200, &json!(pass))
 }

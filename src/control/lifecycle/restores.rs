@@ -142,14 +142,22 @@ impl<P: Platform> Lifecycle<P> {
     /// scheduled backups pruned to the retention policy.
     /// `max_age_ms`: a tenant is due when its last backup is older (the configured interval, or
     /// the operator's own for a run on demand).
-    pub async fn backup_pass(&self, limit: u32, concurrency: usize, max_age_ms: i64) -> Result<BackupPass> {
+    /// `only`: of these tenants only (an operator's run on demand).
+    pub async fn backup_pass(
+        &self,
+        limit: u32,
+        concurrency: usize,
+        max_age_ms: i64,
+        only: Option<&[String]>,
+    ) -> Result<BackupPass> {
         use futures_util::stream::{self, StreamExt};
         let now = self.clock.now_ms() as i64;
-        let due = self.store.backups_due(now, max_age_ms, limit).await?;
+        let only = only.map(|slugs| serde_json::to_string(slugs).unwrap_or_default());
+        let due = self.store.backups_due(now, max_age_ms, limit, only.as_deref()).await?;
         let outcomes: Vec<BackupOutcome> =
             stream::iter(due.iter().map(|t| self.backup_one(t))).buffer_unordered(concurrency.max(1)).collect().await;
         let (failed, backed_up): (Vec<_>, Vec<_>) = outcomes.into_iter().partition(|o| o.error.is_some());
-        let remaining = self.store.backups_due_count(now, max_age_ms).await?;
+        let remaining = self.store.backups_due_count(now, max_age_ms, only.as_deref()).await?;
         Ok(BackupPass {
             processed: failed.len() + backed_up.len(),
             succeeded: backed_up.len(),
@@ -369,12 +377,14 @@ impl<P: Platform> Lifecycle<P> {
         }
         let want: BTreeMap<String, u64> = serde_json::from_str(&backup.row_counts).unwrap_or_default();
         if !want.is_empty() {
-            let union = want
+            // One statement per table, in one batch (D1 caps the terms of a compound SELECT).
+            let counts: Vec<(String, Vec<Value>)> = want
                 .keys()
-                .map(|t| format!("SELECT '{}' AS t, count(*) AS n FROM {}", t.replace('\'', "''"), quoted(t)))
-                .collect::<Vec<_>>()
-                .join(" UNION ALL ");
-            let result = self.api.query(&target, &union, &[]).await.map_err(refused_is_permanent)?;
+                .map(|t| {
+                    (format!("SELECT '{}' AS t, count(*) AS n FROM {}", t.replace('\'', "''"), quoted(t)), Vec::new())
+                })
+                .collect();
+            let result = self.api.query_batch(&target, &counts).await.map_err(refused_is_permanent)?;
             let got: BTreeMap<String, u64> = result
                 .into_iter()
                 .flat_map(|r| r.results)

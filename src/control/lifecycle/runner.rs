@@ -88,8 +88,13 @@ impl<P: Platform> Lifecycle<P> {
             OperationKind::Create | OperationKind::Undelete => (TenantStatus::Provisioning, TenantStatus::Active),
             OperationKind::Delete => (TenantStatus::Deleting, TenantStatus::Deleted),
             OperationKind::RestorePointInTime | OperationKind::RestoreBackup => {
-                // Done by its Reopen step; a run cut after it finds the operation closed.
-                return Ok(Progress::Finished);
+                // Served again, and only then closed (one batch).
+                if self.store.complete_restore(&op.id, fence, slug, kind).await? {
+                    return Ok(Progress::Finished);
+                }
+                return Ok(Progress::Pending(Wait::Reason(format!(
+                    "tenant {slug} changed while its restore finished"
+                ))));
             }
         };
         if self.store.complete_operation(&op.id, fence, slug, from, to).await? {
@@ -136,13 +141,6 @@ impl<P: Platform> Lifecycle<P> {
             Step::Import => self.import(op, tenant).await,
             Step::CheckImport => self.check_import(op, tenant).await,
             Step::Switch => self.switch(op, tenant, fence).await,
-            Step::Reopen => {
-                if self.store.complete_restore(&op.id, fence, &tenant.slug, op.kind).await? {
-                    Ok(StepOutcome::Done)
-                } else {
-                    Err(LifecycleError::Permanent("the tenant stopped restoring under this operation".into()))
-                }
-            }
             Step::Place => self.place_step(tenant).await,
             Step::Migrations => self.migrate(tenant).await,
             Step::Seed => self.seed(op, tenant).await,

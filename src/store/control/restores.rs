@@ -100,26 +100,37 @@ impl<S: Sql> ControlStore<S> {
 
     /// Tenants in service whose last scheduled backup is older than `interval_ms` (or missing),
     /// least recently tried first.
-    pub async fn backups_due(&self, now_ms: i64, interval_ms: i64, limit: u32) -> Result<Vec<TenantRow>> {
+    /// `only`: of these slugs only (JSON array text).
+    pub async fn backups_due(
+        &self,
+        now_ms: i64,
+        interval_ms: i64,
+        limit: u32,
+        only: Option<&str>,
+    ) -> Result<Vec<TenantRow>> {
         self.db
             .all(sql!(
                 format!(
-                    "SELECT {TENANT_COLUMNS} FROM tenants WHERE {DUE} ORDER BY COALESCE(backup_tried_at, 0), slug LIMIT ?2"
+                    "SELECT {TENANT_COLUMNS} FROM tenants WHERE {DUE} \
+                     ORDER BY COALESCE(backup_tried_at, 0), slug LIMIT ?2"
                 ),
                 now_ms - interval_ms,
-                limit
+                limit,
+                only
             ))
             .await
     }
 
     /// How many tenants are due (see [`Self::backups_due`]).
-    pub async fn backups_due_count(&self, now_ms: i64, interval_ms: i64) -> Result<i64> {
+    pub async fn backups_due_count(&self, now_ms: i64, interval_ms: i64, only: Option<&str>) -> Result<i64> {
         #[derive(Deserialize)]
         struct Count {
             n: i64,
         }
-        let row: Option<Count> =
-            self.db.first(sql!(format!("SELECT count(*) AS n FROM tenants WHERE {DUE}"), now_ms - interval_ms)).await?;
+        let row: Option<Count> = self
+            .db
+            .first(sql!(format!("SELECT count(*) AS n FROM tenants WHERE {DUE}"), now_ms - interval_ms, 0_i64, only))
+            .await?;
         Ok(row.map_or(0, |c| c.n))
     }
 
@@ -412,8 +423,10 @@ impl<S: Sql> ControlStore<S> {
     }
 }
 
-/// A tenant due for a scheduled backup (`?1`: the newest `backed_up_at` that is due, in ms).
+/// A tenant due for a scheduled backup (`?1`: the newest `backed_up_at` that is due, in ms; `?3`:
+/// a JSON array of the slugs to consider, or NULL for all).
 /// A tenant never backed up is due once it is that old.
 const DUE: &str = "status IN ('active', 'suspended') AND restoring IS NULL AND database_id IS NOT NULL \
                    AND (backed_up_at < ?1 OR (backed_up_at IS NULL AND \
-                   created_at < strftime('%Y-%m-%dT%H:%M:%fZ', ?1 / 1000.0, 'unixepoch')))";
+                   created_at < strftime('%Y-%m-%dT%H:%M:%fZ', ?1 / 1000.0, 'unixepoch'))) \
+                   AND (?3 IS NULL OR slug IN (SELECT value FROM json_each(?3)))";
