@@ -123,6 +123,9 @@ export class LocalCloud {
     const text = typeof answer.body === "string" ? answer.body : JSON.stringify(answer.body);
     res.writeHead(answer.status ?? 200, {
       "content-type": answer.contentType ?? "application/json",
+      // As the real API and storage do: a download's length is known up front (R2 needs it to
+      // take a streamed body).
+      "content-length": Buffer.byteLength(text),
       ...answer.headers,
     });
     res.end(text);

@@ -35,11 +35,6 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
 }
 
-/// MD5, hex: only where an API asks for it as a checksum (a D1 import's `etag`).
-pub fn md5_hex(data: &[u8]) -> String {
-    hex(&md5::Md5::digest(data))
-}
-
 /// PBKDF2-HMAC-SHA256 through WebCrypto.
 pub async fn pbkdf2_sha256(password: &str, salt: &[u8], iterations: u32) -> worker::Result<Vec<u8>> {
     let subtle = crypto()?.subtle();

@@ -10,6 +10,8 @@ CREATE TABLE backups (
     schema_version  INTEGER NOT NULL,
     bytes           INTEGER NOT NULL,
     sha256          TEXT NOT NULL,
+    -- What D1's import asks for as the file's `etag` when the backup is restored.
+    md5             TEXT NOT NULL,
     -- JSON {table: rows} counted in the dump: what a restore from it must find again.
     row_counts      TEXT NOT NULL DEFAULT '{}',
     taken_at        INTEGER NOT NULL,

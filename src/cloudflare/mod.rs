@@ -573,15 +573,6 @@ impl<T: Transport> Client<T> {
         Ok(self.call(&endpoints::restore(id, bookmark)).await?.0)
     }
 
-    /// Uploads `bytes` to a presigned URL (an import's file); no token is sent with it. Answers
-    /// the `ETag` the storage gave back, when it gave one.
-    pub async fn upload(&self, url: &str, bytes: Vec<u8>) -> Result<(), CfError> {
-        let endpoint = "d1.import.upload";
-        let request =
-            HttpRequest { method: Method::Put, url: url.to_owned(), authorization: None, body: Body::Bytes(bytes) };
-        self.presigned(endpoint, &request).await.map(drop)
-    }
-
     /// Downloads a presigned URL (no token is sent with it).
     pub async fn download(&self, url: &str) -> Result<Vec<u8>, CfError> {
         let request = HttpRequest { method: Method::Get, url: url.to_owned(), authorization: None, body: Body::None };

@@ -17,7 +17,7 @@ use crate::core::config::Config;
 use crate::core::names::BindingName;
 use crate::http::ApiError;
 use crate::store::control::ControlStore;
-use crate::store::ports::{BackupError, Backups, Bindings, Clock, Home, Platform};
+use crate::store::ports::{BackupError, Backups, Bindings, Clock, Home, Platform, Stored};
 
 pub mod host;
 
@@ -162,6 +162,59 @@ fn r2(e: worker::Error) -> BackupError {
     BackupError(e.to_string())
 }
 
+#[wasm_bindgen::prelude::wasm_bindgen(module = "/src/edge/backups.mjs")]
+extern "C" {
+    #[wasm_bindgen(js_name = storeExport, catch)]
+    async fn store_export_js(
+        bucket: &wasm_bindgen::JsValue,
+        url: &str,
+        key: &str,
+        metadata: &wasm_bindgen::JsValue,
+    ) -> Result<wasm_bindgen::JsValue, wasm_bindgen::JsValue>;
+    #[wasm_bindgen(js_name = uploadObject, catch)]
+    async fn upload_object_js(
+        bucket: &wasm_bindgen::JsValue,
+        key: &str,
+        url: &str,
+    ) -> Result<wasm_bindgen::JsValue, wasm_bindgen::JsValue>;
+    #[wasm_bindgen(js_name = objectResponse, catch)]
+    async fn object_response_js(
+        bucket: &wasm_bindgen::JsValue,
+        key: &str,
+    ) -> Result<wasm_bindgen::JsValue, wasm_bindgen::JsValue>;
+}
+
+fn js_message(e: wasm_bindgen::JsValue) -> String {
+    js_sys::Reflect::get(&e, &"message".into()).ok().and_then(|m| m.as_string()).unwrap_or_else(|| format!("{e:?}"))
+}
+
+/// What `storeExport` answers.
+#[derive(serde::Deserialize)]
+struct StoredJs {
+    bytes: usize,
+    sha256: String,
+    md5: String,
+    rows: std::collections::BTreeMap<String, u64>,
+}
+
+impl R2Backups {
+    fn raw(&self) -> Result<wasm_bindgen::JsValue, BackupError> {
+        use wasm_bindgen::JsCast;
+        let bucket = self.bucket_or_err()?;
+        Ok(bucket.as_ref().unchecked_ref::<wasm_bindgen::JsValue>().clone())
+    }
+
+    /// Object `key` as a streamed response (`None` when it is missing): never held whole.
+    pub async fn object_response(&self, key: &str) -> Result<Option<worker::Response>, BackupError> {
+        let answer = object_response_js(&self.raw()?, key).await.map_err(|e| BackupError(js_message(e)))?;
+        if answer.is_null() || answer.is_undefined() {
+            return Ok(None);
+        }
+        use wasm_bindgen::JsCast;
+        Ok(Some(worker::Response::from(answer.unchecked_into::<web_sys::Response>())))
+    }
+}
+
 impl Backups for R2Backups {
     fn bucket(&self) -> &str {
         BACKUPS_BINDING
@@ -171,19 +224,27 @@ impl Backups for R2Backups {
         Ok(self.bucket_or_err()?.head(key).await.map_err(r2)?.is_some())
     }
 
-    async fn put(&self, key: &str, bytes: Vec<u8>, metadata: &[(&str, &str)]) -> Result<(), BackupError> {
-        let meta: std::collections::HashMap<String, String> =
-            metadata.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        self.bucket_or_err()?.put(key, bytes).custom_metadata(meta).execute().await.map_err(r2).map(drop)
+    async fn store_export(&self, url: &str, key: &str, metadata: &[(&str, &str)]) -> Result<Stored, BackupError> {
+        let meta = js_sys::Object::new();
+        for (k, v) in metadata {
+            let _ = js_sys::Reflect::set(&meta, &(*k).into(), &(*v).into());
+        }
+        let answer = store_export_js(&self.raw()?, url, key, &meta).await.map_err(|e| BackupError(js_message(e)))?;
+        let s: StoredJs = serde_wasm_bindgen::from_value(answer).map_err(|e| BackupError(e.to_string()))?;
+        Ok(Stored { bytes: s.bytes, sha256: s.sha256, md5: s.md5, rows: s.rows })
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackupError> {
-        let Some(object) = self.bucket_or_err()?.get(key).execute().await.map_err(r2)? else {
-            return Ok(None);
-        };
-        match object.body() {
-            Some(body) => Ok(Some(body.bytes().await.map_err(r2)?)),
-            None => Ok(None),
+    async fn upload_to(&self, key: &str, url: &str) -> Result<bool, BackupError> {
+        match upload_object_js(&self.raw()?, key, url).await {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let message = js_message(e);
+                if message.starts_with("missing:") {
+                    Ok(false)
+                } else {
+                    Err(BackupError(message))
+                }
+            }
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{Crash, FakeCloudflare, MemorySql};
 use crate::core::names::BindingName;
-use crate::store::ports::{BackupError, Backups, Bindings, Clock, Home};
+use crate::store::ports::{BackupError, Backups, Bindings, Clock, Home, Stored};
 use crate::store::sql::{Outcome, Sql, SqlError, Statement};
 
 /// An [`Sql`] whose writes are effects of a [`Crash`]: a batch that changed a row may be the last
@@ -31,16 +31,18 @@ impl<S: Sql> Sql for Crashing<S> {
 /// An object: its bytes and custom metadata.
 type Object = (Vec<u8>, HashMap<String, String>);
 
-/// Objects in memory, as an R2 bucket holds them.
-#[derive(Clone, Default)]
+/// Objects in memory, as an R2 bucket holds them. Exports are fetched from the fake Cloudflare
+/// (through its transport: download faults apply) and imports uploaded to it.
+#[derive(Clone)]
 pub struct MemoryBackups {
     objects: Rc<RefCell<BTreeMap<String, Object>>>,
+    cloud: FakeCloudflare,
     crash: Crash,
 }
 
 impl MemoryBackups {
-    pub fn new(crash: Crash) -> Self {
-        Self { objects: Rc::default(), crash }
+    pub fn new(cloud: FakeCloudflare, crash: Crash) -> Self {
+        Self { objects: Rc::default(), cloud, crash }
     }
 
     /// The keys stored, in order.
@@ -51,6 +53,11 @@ impl MemoryBackups {
     /// An object's custom metadata.
     pub fn metadata(&self, key: &str) -> Option<HashMap<String, String>> {
         self.objects.borrow().get(key).map(|(_, meta)| meta.clone())
+    }
+
+    /// An object's bytes.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.objects.borrow().get(key).map(|(bytes, _)| bytes.clone())
     }
 }
 
@@ -63,15 +70,36 @@ impl Backups for MemoryBackups {
         Ok(self.objects.borrow().contains_key(key))
     }
 
-    async fn put(&self, key: &str, bytes: Vec<u8>, metadata: &[(&str, &str)]) -> Result<(), BackupError> {
+    async fn store_export(&self, url: &str, key: &str, metadata: &[(&str, &str)]) -> Result<Stored, BackupError> {
+        use crate::cloudflare::{Body, HttpRequest, Method, Transport};
+        let request = HttpRequest { method: Method::Get, url: url.to_owned(), authorization: None, body: Body::None };
+        let response = self.cloud.send(&request).await.map_err(|e| BackupError(format!("download: {e:?}")))?;
+        if response.status != 200 {
+            return Err(BackupError(format!("the export's download answered HTTP {}", response.status)));
+        }
+        let bytes = response.body;
+        let stored = Stored {
+            bytes: bytes.len(),
+            sha256: crate::core::backups::sha256_hex(&bytes),
+            md5: crate::core::backups::md5_hex(&bytes),
+            rows: crate::core::backups::row_counts(&String::from_utf8_lossy(&bytes)),
+        };
         let meta = metadata.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         self.objects.borrow_mut().insert(key.to_owned(), (bytes, meta));
         self.crash.after_effect().await;
-        Ok(())
+        Ok(stored)
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackupError> {
-        Ok(self.objects.borrow().get(key).map(|(bytes, _)| bytes.clone()))
+    async fn upload_to(&self, key: &str, url: &str) -> Result<bool, BackupError> {
+        use crate::cloudflare::{Body, HttpRequest, Method, Transport};
+        let Some(bytes) = self.get(key) else { return Ok(false) };
+        let request =
+            HttpRequest { method: Method::Put, url: url.to_owned(), authorization: None, body: Body::Bytes(bytes) };
+        let response = self.cloud.send(&request).await.map_err(|e| BackupError(format!("upload: {e:?}")))?;
+        if !(200..300).contains(&response.status) {
+            return Err(BackupError(format!("the import's upload answered HTTP {}", response.status)));
+        }
+        Ok(true)
     }
 
     async fn delete(&self, key: &str) -> Result<(), BackupError> {

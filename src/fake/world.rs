@@ -66,10 +66,11 @@ impl World {
             json!({ "type": "r2_bucket", "name": "BACKUPS", "bucket_name": "tenantry-backups" }),
         ];
         let cloud = FakeCloudflare::new(SCRIPT, own).with_seed(seed).with_crash(crash.clone());
+        let backups = MemoryBackups::new(cloud.clone(), crash.clone());
         Self {
             control,
             cloud,
-            backups: MemoryBackups::new(crash.clone()),
+            backups,
             clock: VirtualClock::new(),
             crash,
             remove_orphans: Cell::new(false),

@@ -17,14 +17,29 @@ use crate::core::names::BindingName;
 #[error("backup storage: {0}")]
 pub struct BackupError(pub String);
 
-/// Where tenant backups go (an R2 bucket in the Worker).
+/// What [`Backups::store_export`] stored, as it read it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub bytes: usize,
+    pub sha256: String,
+    /// The MD5, hex: what D1's import asks for (`etag`) when it is restored.
+    pub md5: String,
+    /// Rows per table in the dump.
+    pub rows: std::collections::BTreeMap<String, u64>,
+}
+
+/// Where tenant backups go (an R2 bucket in the Worker). Dumps are streamed through, never held
+/// whole by the caller: a tenant database can be far larger than a Worker's memory.
 #[allow(async_fn_in_trait)]
 pub trait Backups {
     /// The binding the objects live under, for their `r2://{bucket}/{key}` locations.
     fn bucket(&self) -> &str;
     async fn exists(&self, key: &str) -> Result<bool, BackupError>;
-    async fn put(&self, key: &str, bytes: Vec<u8>, metadata: &[(&str, &str)]) -> Result<(), BackupError>;
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackupError>;
+    /// Streams the export at `url` into object `key`, then reads the object back and checks its
+    /// size and SHA-256 against what was downloaded (an error when they differ).
+    async fn store_export(&self, url: &str, key: &str, metadata: &[(&str, &str)]) -> Result<Stored, BackupError>;
+    /// Streams object `key` to an import's upload URL. `Ok(false)` when the object is missing.
+    async fn upload_to(&self, key: &str, url: &str) -> Result<bool, BackupError>;
     /// Deletes object `key` (one already gone is not an error).
     async fn delete(&self, key: &str) -> Result<(), BackupError>;
     /// The keys under `prefix` (all pages).

@@ -14,7 +14,6 @@ use crate::core::slug::TenantSlug;
 use crate::http::{self, ApiError};
 use crate::store::control::{BackupRow, RestoreStart};
 use crate::store::directory;
-use crate::store::ports::Backups as _;
 
 /// The public view of a backup.
 pub fn backup_view(b: &BackupRow) -> Value {
@@ -62,20 +61,18 @@ pub(super) async fn list(env: &Env, slug: &TenantSlug) -> Result<Response, ApiEr
     )
 }
 
-/// `GET /v1/tenants/{slug}/backups/{id}`: the backup's SQL, read from R2 and checked against the
-/// SHA-256 recorded when it was verified (a mismatch is a 500: the stored copy is damaged).
+/// `GET /v1/tenants/{slug}/backups/{id}`: the backup's SQL, streamed from R2, with the SHA-256 it
+/// was verified with (`X-Backup-Sha256`, for the client to check).
 pub(super) async fn download(env: &Env, slug: &TenantSlug, id: &str) -> Result<Response, ApiError> {
     let missing = || ApiError::not_found("backup_not_found", format!("tenant `{slug}` has no backup {id:.40}"));
     let id: i64 = id.parse().map_err(|_| missing())?;
     let db = crate::edge::control(env)?;
     db.tenant(slug.as_str()).await?.ok_or_else(|| not_found(slug.as_str()))?;
     let row = db.backup_of(slug.as_str(), id).await?.ok_or_else(missing)?;
-    let bytes = crate::edge::R2Backups::from_env(env).get(&row.object_key).await.map_err(ApiError::internal)?;
-    let bytes = bytes.ok_or_else(|| ApiError::internal(format!("backup object {} is missing", row.object_key)))?;
-    if crate::crypto::sha256_hex(&bytes) != row.sha256 {
-        return Err(ApiError::internal(format!("backup object {} fails its checksum", row.object_key)));
-    }
-    let mut response = Response::from_bytes(bytes)?;
+    let response =
+        crate::edge::R2Backups::from_env(env).object_response(&row.object_key).await.map_err(ApiError::internal)?;
+    let mut response =
+        response.ok_or_else(|| ApiError::internal(format!("backup object {} is missing", row.object_key)))?;
     let headers = response.headers_mut();
     headers.set("Content-Type", "application/sql")?;
     headers.set("Content-Disposition", &format!("attachment; filename=\"{slug}-{id}.sql\""))?;

@@ -17,7 +17,6 @@ use crate::edge::{self, WorkerPlatform};
 use crate::http::{self, ApiError};
 use crate::store::control::{CreateStart, NewTenant, OperationRow, TenantChanges, TenantRow};
 use crate::store::directory;
-use crate::store::ports::Backups as _;
 
 use super::fleet::{parse_maintenance, Maintenance};
 use super::not_found;
@@ -450,8 +449,8 @@ pub(super) async fn backup(env: &Env, slug: &TenantSlug) -> Result<Response, Api
     let none = || ApiError::not_found("backup_not_found", format!("tenant `{slug}` has no backup"));
     let prefix = format!("r2://{}/", edge::BACKUPS_BINDING);
     let key = tenant.backup_location.as_deref().and_then(|l| l.strip_prefix(prefix.as_str())).ok_or_else(none)?;
-    let bytes = edge::R2Backups::from_env(env).get(key).await.map_err(ApiError::internal)?.ok_or_else(none)?;
-    let mut response = Response::from_bytes(bytes)?;
+    let response = edge::R2Backups::from_env(env).object_response(key).await.map_err(ApiError::internal)?;
+    let mut response = response.ok_or_else(none)?;
     let headers = response.headers_mut();
     headers.set("Content-Type", "application/sql")?;
     headers.set("Content-Disposition", &format!("attachment; filename=\"{slug}.sql\""))?;

@@ -15,7 +15,6 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::core::backups::row_counts;
 use crate::core::slug::TenantSlug;
 use crate::store::control::{NewBackup, SpareDatabase};
 
@@ -103,22 +102,17 @@ impl<P: Platform> Lifecycle<P> {
             ("active", _) => return Ok(Err("export still running".into())),
             (status, _) => return Ok(Err(format!("export {status}: {}", poll.error.unwrap_or_default()))),
         };
-        let dump = self.api.download(&url).await?;
-        let sha256 = crate::crypto::sha256_hex(&dump);
-        let counts = serde_json::to_string(&row_counts(&String::from_utf8_lossy(&dump))).unwrap_or_default();
         let taken_at = self.clock.now_ms() as i64;
         let key = format!("{}/{}-{}-{}.sql", tenant.slug, steps_iso(taken_at as f64), kind, id);
-        let bytes = dump.len();
-        let meta = [("tenant", tenant.slug.as_str()), ("sha256", sha256.as_str()), ("database_id", id.as_str())];
-        self.backups.put(&key, dump, &meta).await?;
-        // Verified: the object reads back whole, with the checksum of what was downloaded.
-        let Some(stored) = self.backups.get(&key).await? else {
-            return Ok(Err("backup object not readable yet".into()));
+        let meta = [("tenant", tenant.slug.as_str()), ("database_id", id.as_str())];
+        // Streamed into R2 and read back there (size and SHA-256 compared): a trouble on the way is
+        // worth trying again.
+        let stored = match self.backups.store_export(&url, &key, &meta).await {
+            Ok(stored) => stored,
+            Err(e) => return Ok(Err(e.to_string())),
         };
-        if stored.len() != bytes || crate::crypto::sha256_hex(&stored) != sha256 {
-            return Ok(Err("backup object does not match the export".into()));
-        }
-        let done = NewBackupDone { key, bytes, sha256 };
+        let counts = serde_json::to_string(&stored.rows).unwrap_or_default();
+        let done = NewBackupDone { key, bytes: stored.bytes, sha256: stored.sha256 };
         self.store
             .record_backup(&NewBackup {
                 slug: &tenant.slug,
@@ -126,8 +120,9 @@ impl<P: Platform> Lifecycle<P> {
                 object_key: &done.key,
                 database_id: &id,
                 schema_version: tenant.schema_version,
-                bytes,
+                bytes: stored.bytes,
                 sha256: &done.sha256,
+                md5: &stored.md5,
                 row_counts: &counts,
                 taken_at,
                 verified_at: self.clock.now_ms() as i64,
@@ -319,21 +314,15 @@ impl<P: Platform> Lifecycle<P> {
                 return Ok(StepOutcome::Done);
             }
             let backup = self.backup_row(op).await?;
-            let Some(bytes) = self.backups.get(&backup.object_key).await? else {
-                return Err(LifecycleError::Permanent(format!("backup object {} is missing", backup.object_key)));
-            };
-            if crate::crypto::sha256_hex(&bytes) != backup.sha256 {
-                return Err(LifecycleError::Permanent(format!(
-                    "backup object {} fails its checksum",
-                    backup.object_key
-                )));
-            }
-            let etag = crate::crypto::md5_hex(&bytes);
+            let etag = backup.md5.clone();
             let init = self.api.import(&target, json!({ "action": "init", "etag": etag })).await?;
             let (Some(url), Some(filename)) = (init.upload_url, init.filename) else {
                 return Ok(later(format!("import init answered no upload URL: {}", init.error.unwrap_or_default())));
             };
-            self.api.upload(&url, bytes).await?;
+            // D1 checks the upload against `etag`: a damaged object is refused at the ingest.
+            if !self.backups.upload_to(&backup.object_key, &url).await? {
+                return Err(LifecycleError::Permanent(format!("backup object {} is missing", backup.object_key)));
+            }
             let ingest =
                 self.api.import(&target, json!({ "action": "ingest", "filename": filename, "etag": etag })).await?;
             if ingest.status.as_deref() == Some("error") || ingest.at_bookmark.is_none() {

@@ -14,6 +14,7 @@ pub struct NewBackup<'a> {
     pub schema_version: i64,
     pub bytes: usize,
     pub sha256: &'a str,
+    pub md5: &'a str,
     /// JSON `{table: rows}`.
     pub row_counts: &'a str,
     pub taken_at: i64,
@@ -31,13 +32,14 @@ pub struct BackupRow {
     pub schema_version: i64,
     pub bytes: i64,
     pub sha256: String,
+    pub md5: String,
     pub row_counts: String,
     pub taken_at: i64,
     pub verified_at: i64,
 }
 
-const BACKUP_COLUMNS: &str =
-    "id, tenant_slug, kind, object_key, database_id, schema_version, bytes, sha256, row_counts, taken_at, verified_at";
+const BACKUP_COLUMNS: &str = "id, tenant_slug, kind, object_key, database_id, schema_version, bytes, sha256, md5, \
+                              row_counts, taken_at, verified_at";
 
 /// A database a tenant holds besides its own (a row of `spare_databases`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,7 +69,7 @@ impl<S: Sql> ControlStore<S> {
     pub async fn record_backup(&self, b: &NewBackup<'_>) -> Result<()> {
         let mut batch = vec![sql!(
             "INSERT INTO backups (tenant_slug, kind, object_key, database_id, schema_version, bytes, sha256, \
-             row_counts, taken_at, verified_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+             md5, row_counts, taken_at, verified_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
              ON CONFLICT (object_key) DO NOTHING",
             b.slug,
             b.kind,
@@ -76,6 +78,7 @@ impl<S: Sql> ControlStore<S> {
             b.schema_version,
             b.bytes,
             b.sha256,
+            b.md5,
             b.row_counts,
             b.taken_at,
             b.verified_at
