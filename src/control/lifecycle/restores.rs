@@ -186,16 +186,30 @@ impl<P: Platform> Lifecycle<P> {
     }
 
     /// Deletes the tenant's scheduled backups the retention policy does not keep (object first,
-    /// then its row: a crash between leaves a row whose object is gone, pruned again next time).
+    /// then its row: a crash between leaves a row whose object is gone, pruned again next time),
+    /// and the tenant's objects no row names that are over an hour old (a backup whose process
+    /// died between storing the object and recording it; a younger one may be a backup that
+    /// another pass is still recording).
     async fn prune_backups(&self, slug: &str) -> Result<usize> {
-        let rows = self.store.backups_of(slug, Some("scheduled")).await?;
-        let taken: Vec<(i64, i64)> = rows.iter().map(|b| (b.id, b.taken_at)).collect();
-        let prune = self.settings.backups.retention.prune(&taken, self.clock.now_ms() as i64);
+        let rows = self.store.backups_of(slug, None).await?;
+        let scheduled: Vec<(i64, i64)> =
+            rows.iter().filter(|b| b.kind == "scheduled").map(|b| (b.id, b.taken_at)).collect();
+        let now = self.clock.now_ms() as i64;
+        let prune = self.settings.backups.retention.prune(&scheduled, now);
         for row in rows.iter().filter(|b| prune.contains(&b.id)) {
             self.backups.delete(&row.object_key).await?;
             self.store.forget_backup(row.id).await?;
         }
-        Ok(prune.len())
+        let named: std::collections::HashSet<&str> = rows.iter().map(|b| b.object_key.as_str()).collect();
+        let mut strays = 0;
+        for key in self.backups.list(&format!("{slug}/")).await? {
+            let old = key_time_ms(&key).is_some_and(|at| now - at > STRAY_AFTER_MS);
+            if old && !named.contains(key.as_str()) {
+                self.backups.delete(&key).await?;
+                strays += 1;
+            }
+        }
+        Ok(prune.len() + strays)
     }
 
     /// Drops the spare databases no restore needs any more (see `ControlStore::spares_to_drop`).
@@ -458,4 +472,25 @@ fn refused_is_permanent(e: CfError) -> LifecycleError {
 /// `2026-11-23T16-42-01-123Z`.
 fn steps_iso(now_ms: f64) -> String {
     super::steps::iso_for_key(now_ms)
+}
+
+/// An object no backup row names is a stray once it is this old.
+const STRAY_AFTER_MS: i64 = 3_600_000;
+
+/// When the backup in object `{slug}/{2026-11-23T16-42-01-123Z}-...` was taken (ms).
+fn key_time_ms(key: &str) -> Option<i64> {
+    let name = key.split_once('/')?.1;
+    let stamp = name.get(..24)?;
+    let iso = format!("{}T{}:{}:{}.{}Z", &stamp[..10], &stamp[11..13], &stamp[14..16], &stamp[17..19], &stamp[20..23]);
+    chrono::DateTime::parse_from_rfc3339(&iso).ok().map(|t| t.timestamp_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn key_times_parse() {
+        assert_eq!(super::key_time_ms("acme/2026-11-23T16-42-01-123Z-scheduled-db.sql"), Some(1_795_452_121_123));
+        assert_eq!(super::key_time_ms("acme/x.sql"), None);
+        assert_eq!(super::key_time_ms("nothing"), None);
+    }
 }
