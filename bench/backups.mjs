@@ -99,8 +99,9 @@ async function fanOut() {
   let backedUp = 0;
   let bytes = 0;
   const failures = [];
+  const before = new Date().toISOString();
   for (;;) {
-    const res = await admin("POST", "/v1/backups/run", { max_age_seconds: 0, limit: 200, concurrency: CONCURRENCY });
+    const res = await admin("POST", "/v1/backups/run", { before, limit: 200, concurrency: CONCURRENCY });
     if (res.status !== 200) throw new Error(`backup pass: ${res.status} ${res.text}`);
     passes++;
     backedUp += res.json.backed_up.length;

@@ -39,8 +39,8 @@ async function pass(body) {
 const body = {
   limit: Number(values.limit),
   ...(values.concurrency ? { concurrency: Number(values.concurrency) } : {}),
-  // `--all`: due when last backed up before this run started.
-  ...(values.all ? { max_age_seconds: 0 } : {}),
+  // `--all`: due when last backed up before this run started (so the run ends).
+  ...(values.all ? { before: new Date().toISOString() } : {}),
 };
 const started = performance.now();
 const failed = new Map();

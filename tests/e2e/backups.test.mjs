@@ -57,6 +57,7 @@ describe("scheduled backups", () => {
     const a = await createTenant();
     const b = await createTenant();
     await addProject(a, "alpha");
+    const before = new Date().toISOString();
     const res = await runBackups([a.slug, b.slug]);
     expect(res.status, res.text).toBe(200);
     expect(res.json.failed).toEqual([]);
@@ -75,9 +76,12 @@ describe("scheduled backups", () => {
     expect(Buffer.byteLength(file.text)).toBe(backup.bytes);
     expect(file.text).toContain("alpha");
 
-    // Backed up just now: not due again under the configured interval.
+    // Backed up just now: not due again under the configured interval, nor in a run that began
+    // before (a run's later passes end: what they backed up is not due again).
     const again = await runBackups([a.slug, b.slug], {});
     expect(again.json.backed_up.map((o) => o.slug)).not.toContain(a.slug);
+    const sameRun = await runBackups([a.slug, b.slug], { before });
+    expect(sameRun.json).toMatchObject({ backed_up: [], remaining: 0 });
   });
 
   test("faults in export and R2 are recorded on the tenant and retried by the next pass; nothing half-kept", async () => {
@@ -108,6 +112,8 @@ describe("scheduled backups", () => {
     expect((await runBackups([], { limit: -1 })).status).toBe(422);
     expect((await runBackups([], { concurrency: 99 })).status).toBe(422);
     expect((await runBackups([], { nope: 1 })).status).toBe(422);
+    expect((await runBackups([], { before: "soon" })).status).toBe(422);
+    expect((await runBackups([], { before: new Date().toISOString(), max_age_seconds: 1 })).status).toBe(422);
     expect((await runBackups(["Not A Slug"])).status).toBe(422);
     expect((await admin("POST", "/v1/backups/run", { slugs: "x" })).status).toBe(422);
     const t = await createTenant();

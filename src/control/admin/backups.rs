@@ -243,10 +243,11 @@ pub(super) async fn confirm(env: &Env, slug: &TenantSlug) -> Result<Response, Ap
     http::json(200, &json!({ "confirmed": n, "dropped": dropped }))
 }
 
-/// `POST /v1/backups/run {limit?, concurrency?, max_age_seconds?, slugs?}`: one pass of the
-/// scheduled backups now (of the tenants due: last backed up more than `max_age_seconds` ago,
-/// the configured interval unless given; `slugs`: of these only); call again while
-/// `remaining > 0` (`npm run backup` does).
+/// `POST /v1/backups/run {limit?, concurrency?, max_age_seconds? | before?, slugs?}`: one pass of
+/// the scheduled backups now, of the tenants due: last backed up more than `max_age_seconds` ago
+/// (the configured interval unless given), or before the time `before` (a run of several passes
+/// gives its start, so it ends); `slugs`: of these only. Call again while `remaining > 0`
+/// (`npm run backup` does).
 pub(super) async fn run(req: &Request, env: &Env) -> Result<Response, ApiError> {
     let body = http::read_json(req).await?;
     let lc = Lifecycle::from_env(env)?;
@@ -263,8 +264,22 @@ pub(super) async fn run(req: &Request, env: &Env) -> Result<Response, ApiError> 
     };
     let limit = number("limit", 200).unwrap_or(25).max(1) as u32;
     let concurrency = number("concurrency", 16).map_or(lc.settings.backups.concurrency, |n| n.max(1) as usize);
-    let max_age =
-        number("max_age_seconds", 10 * 365 * 86_400).map_or(lc.settings.backups.interval_ms, |s| s as i64 * 1000);
+    let max_age = number("max_age_seconds", 10 * 365 * 86_400).map(|s| s as i64 * 1000);
+    let before = match body.get("before") {
+        None => None,
+        Some(v) => match v.as_str().map(chrono::DateTime::parse_from_rfc3339) {
+            Some(Ok(at)) => Some(at.timestamp_millis()),
+            _ => {
+                errors.insert("before".to_owned(), "must be an RFC 3339 time".to_owned());
+                None
+            }
+        },
+    };
+    if max_age.is_some() && before.is_some() {
+        errors.insert("before".to_owned(), "give `before` or `max_age_seconds`, not both".to_owned());
+    }
+    let now = lc.now_ms() as i64;
+    let due_before = before.unwrap_or_else(|| now - max_age.unwrap_or(lc.settings.backups.interval_ms));
     let only = match body.get("slugs") {
         None => None,
         Some(Value::Array(items)) if items.len() <= 200 => {
@@ -282,13 +297,13 @@ pub(super) async fn run(req: &Request, env: &Env) -> Result<Response, ApiError> 
             None
         }
     };
-    if let Some(key) = body.keys().find(|k| !["limit", "concurrency", "max_age_seconds", "slugs"].contains(&k.as_str()))
-    {
+    let fields = ["limit", "concurrency", "max_age_seconds", "before", "slugs"];
+    if let Some(key) = body.keys().find(|k| !fields.contains(&k.as_str())) {
         errors.insert(key.clone(), "is not a field of a backup run".to_owned());
     }
     if !errors.is_empty() {
         return Err(ApiError::invalid_fields(errors));
     }
-    let pass = lc.backup_pass(limit, concurrency, max_age, only.as_deref()).await?;
+    let pass = lc.backup_pass(limit, concurrency, due_before, only.as_deref()).await?;
     http::json(200, &json!(pass))
 }

@@ -139,7 +139,8 @@ impl<P: Platform> Lifecycle<P> {
         // Restores' spare databases no longer needed, and a bounded slice of scheduled backups.
         let spares_dropped = self.drop_spares().await?;
         let cfg = &self.settings.backups;
-        let backups = self.backup_pass(BACKUPS_PER_PASS, cfg.concurrency, cfg.interval_ms, None).await?;
+        let due_before = self.clock.now_ms() as i64 - cfg.interval_ms;
+        let backups = self.backup_pass(BACKUPS_PER_PASS, cfg.concurrency, due_before, None).await?;
         // One bounded migration pass per run, continuing where the last run stopped (so tenants
         // that keep failing at the front never starve the rest): a fleet catches up run by run.
         let cursor = self.store.platform_value("fleet_cursor").await?.unwrap_or_default();

@@ -135,24 +135,23 @@ impl<P: Platform> Lifecycle<P> {
     /// least recently tried first. A failure is recorded on the tenant (`backup_error`) and sends
     /// it to the back of the queue; the next pass tries it again. Each tenant backed up has its
     /// scheduled backups pruned to the retention policy.
-    /// `max_age_ms`: a tenant is due when its last backup is older (the configured interval, or
-    /// the operator's own for a run on demand).
+    /// `due_before_ms`: a tenant is due when its last backup was taken before then (the cron: the
+    /// configured interval ago; an operator's run: when the run began, so a run's passes end).
     /// `only`: of these tenants only (an operator's run on demand).
     pub async fn backup_pass(
         &self,
         limit: u32,
         concurrency: usize,
-        max_age_ms: i64,
+        due_before_ms: i64,
         only: Option<&[String]>,
     ) -> Result<BackupPass> {
         use futures_util::stream::{self, StreamExt};
-        let now = self.clock.now_ms() as i64;
         let only = only.map(|slugs| serde_json::to_string(slugs).unwrap_or_default());
-        let due = self.store.backups_due(now, max_age_ms, limit, only.as_deref()).await?;
+        let due = self.store.backups_due(due_before_ms, limit, only.as_deref()).await?;
         let outcomes: Vec<BackupOutcome> =
             stream::iter(due.iter().map(|t| self.backup_one(t))).buffer_unordered(concurrency.max(1)).collect().await;
         let (failed, backed_up): (Vec<_>, Vec<_>) = outcomes.into_iter().partition(|o| o.error.is_some());
-        let remaining = self.store.backups_due_count(now, max_age_ms, only.as_deref()).await?;
+        let remaining = self.store.backups_due_count(due_before_ms, only.as_deref()).await?;
         Ok(BackupPass {
             processed: failed.len() + backed_up.len(),
             succeeded: backed_up.len(),

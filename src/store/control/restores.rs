@@ -101,23 +101,17 @@ impl<S: Sql> ControlStore<S> {
             .map(drop)
     }
 
-    /// Tenants in service whose last scheduled backup is older than `interval_ms` (or missing),
-    /// least recently tried first.
+    /// Tenants in service whose last scheduled backup was taken before `due_before_ms` (or who
+    /// have none and were created before it), least recently tried first.
     /// `only`: of these slugs only (JSON array text).
-    pub async fn backups_due(
-        &self,
-        now_ms: i64,
-        interval_ms: i64,
-        limit: u32,
-        only: Option<&str>,
-    ) -> Result<Vec<TenantRow>> {
+    pub async fn backups_due(&self, due_before_ms: i64, limit: u32, only: Option<&str>) -> Result<Vec<TenantRow>> {
         self.db
             .all(sql!(
                 format!(
                     "SELECT {TENANT_COLUMNS} FROM tenants WHERE {DUE} \
                      ORDER BY COALESCE(backup_tried_at, 0), slug LIMIT ?2"
                 ),
-                now_ms - interval_ms,
+                due_before_ms,
                 limit,
                 only
             ))
@@ -125,14 +119,14 @@ impl<S: Sql> ControlStore<S> {
     }
 
     /// How many tenants are due (see [`Self::backups_due`]).
-    pub async fn backups_due_count(&self, now_ms: i64, interval_ms: i64, only: Option<&str>) -> Result<i64> {
+    pub async fn backups_due_count(&self, due_before_ms: i64, only: Option<&str>) -> Result<i64> {
         #[derive(Deserialize)]
         struct Count {
             n: i64,
         }
         let row: Option<Count> = self
             .db
-            .first(sql!(format!("SELECT count(*) AS n FROM tenants WHERE {DUE}"), now_ms - interval_ms, 0_i64, only))
+            .first(sql!(format!("SELECT count(*) AS n FROM tenants WHERE {DUE}"), due_before_ms, 0_i64, only))
             .await?;
         Ok(row.map_or(0, |c| c.n))
     }
