@@ -166,12 +166,21 @@ describe("restore from a backup", () => {
     const t = await createTenant();
     await addProject(t, "kept");
     const backup = await backupNow(t.slug);
+    // While the import keeps failing, the tenant is served its old data (no downtime before the
+    // import is checked).
+    await setFaults([
+      { endpoint: "d1.import", kind: "error", status: 502 },
+      { endpoint: "d1.create", kind: "rate_limit", retry_after: 1, times: 1 },
+    ]);
+    const pending = await admin("POST", `/v1/tenants/${t.slug}/restore`, { backup: backup.id });
+    expect(pending.status, pending.text).toBe(202);
+    expect(await projects(t)).toEqual(["kept"]);
+    expect((await admin("GET", `/v1/tenants/${t.slug}`)).json.tenant.restoring).toBe(false);
     await setFaults([
       { endpoint: "d1.import", kind: "error", status: 502, times: 6 },
       { endpoint: "d1.import", kind: "lose_response", times: 1 },
-      { endpoint: "d1.create", kind: "rate_limit", retry_after: 1, times: 1 },
     ]);
-    await admin("POST", `/v1/tenants/${t.slug}/restore`, { backup: backup.id });
+    await admin("GET", `/v1/tenants/${t.slug}`);
     await setFaults([]);
     const op = await restoreSettled(t.slug, 90_000);
     expect(op.state, op.last_error).toBe("succeeded");

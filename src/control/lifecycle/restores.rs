@@ -234,9 +234,17 @@ impl<P: Platform> Lifecycle<P> {
 
     // --- the restore steps ------------------------------------------------------------------
 
-    /// Waits until [`QUIESCE_MS`] have passed since the tenant started restoring.
-    pub(super) async fn quiesce(&self, tenant: &TenantRow) -> Result<StepOutcome> {
-        let since = tenant.restoring_since.unwrap_or(0) as f64;
+    /// Stops serving the tenant (a restore from a backup: only now that its import has been
+    /// checked), then waits until [`QUIESCE_MS`] have passed since it stopped.
+    pub(super) async fn quiesce(&self, op: &OperationRow, tenant: &TenantRow) -> Result<StepOutcome> {
+        let mut since = tenant.restoring_since;
+        if tenant.restoring.is_none() {
+            if !self.store.begin_restoring(&tenant.slug, &op.id, self.clock.now_ms() as i64).await? {
+                return Err(LifecycleError::Permanent("the tenant cannot stop serving for the restore".into()));
+            }
+            since = self.store.tenant(&tenant.slug).await?.and_then(|t| t.restoring_since);
+        }
+        let since = since.unwrap_or(0) as f64;
         let left = since + QUIESCE_MS - self.clock.now_ms();
         if left > 0.0 {
             self.clock.sleep(Duration::from_millis(left.ceil() as u64)).await;

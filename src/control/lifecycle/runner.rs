@@ -45,10 +45,16 @@ impl<P: Platform> Lifecycle<P> {
                 OperationKind::Create | OperationKind::Undelete if tenant.status != TenantStatus::Provisioning => {
                     Some(format!("tenant is {}, not provisioning", tenant.status))
                 }
-                OperationKind::RestorePointInTime | OperationKind::RestoreBackup
-                    if tenant.restoring.as_deref() != Some(op.id.as_str()) =>
-                {
+                OperationKind::RestorePointInTime if tenant.restoring.as_deref() != Some(op.id.as_str()) => {
                     Some(format!("tenant {} is not restoring under this operation", tenant.slug))
+                }
+                // Serving until its quiesce step: only another restore's mark, or a tenant out of
+                // service (a delete superseded it), ends it.
+                OperationKind::RestoreBackup
+                    if tenant.restoring.as_deref().is_some_and(|r| r != op.id)
+                        || !matches!(tenant.status, TenantStatus::Active | TenantStatus::Suspended) =>
+                {
+                    Some(format!("tenant {} is {}, not restoring under this operation", tenant.slug, tenant.status))
                 }
                 _ => None,
             };
@@ -136,7 +142,7 @@ impl<P: Platform> Lifecycle<P> {
         match step {
             Step::Database if op.kind.is_restore() => self.restore_database(op, tenant).await,
             Step::Database => self.find_or_create_database(tenant).await,
-            Step::Quiesce => self.quiesce(tenant).await,
+            Step::Quiesce => self.quiesce(op, tenant).await,
             Step::TimeTravel => self.time_travel(op, tenant).await,
             Step::Import => self.import(op, tenant).await,
             Step::CheckImport => self.check_import(op, tenant).await,

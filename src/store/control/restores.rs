@@ -160,7 +160,8 @@ impl<S: Sql> ControlStore<S> {
     /// Opens a restore in one batch: the tenant's change (see [`RestoreStart`]), the operation,
     /// the spare database's row and the audit row, all only if the tenant could start it (an
     /// active or suspended tenant with no open operation and no restore running; or a deleted
-    /// one). Returns whether this call opened it.
+    /// one). A point-in-time restore marks the tenant `restoring` here; a restore from a backup
+    /// at its quiesce step ([`Self::begin_restoring`]). Returns whether this call opened it.
     #[allow(clippy::too_many_arguments)]
     pub async fn start_restore(
         &self,
@@ -173,15 +174,19 @@ impl<S: Sql> ControlStore<S> {
         audit_detail: &Value,
     ) -> Result<bool> {
         let mut batch = vec![match start {
-            RestoreStart::InPlace { .. } => sql!(
+            // A point-in-time restore stops serving at once; a restore from a backup keeps serving
+            // the old data until its import has been checked (its quiesce step stops serving).
+            RestoreStart::InPlace { spare } => sql!(
                 format!(
-                    "UPDATE tenants SET restoring = ?2, restoring_since = ?3, updated_at = {NOW} WHERE slug = ?1 \
-                     AND status IN ('active', 'suspended') AND restoring IS NULL AND NOT EXISTS \
+                    "UPDATE tenants SET restoring = CASE WHEN ?4 THEN restoring ELSE ?2 END, \
+                     restoring_since = CASE WHEN ?4 THEN restoring_since ELSE ?3 END, updated_at = {NOW} \
+                     WHERE slug = ?1 AND status IN ('active', 'suspended') AND restoring IS NULL AND NOT EXISTS \
                      (SELECT 1 FROM operations WHERE tenant_slug = ?1 AND {OPEN})"
                 ),
                 slug,
                 op_id,
-                now_ms
+                now_ms,
+                spare.is_some()
             ),
             RestoreStart::Undelete { database_name } => sql!(
                 format!(
@@ -218,6 +223,24 @@ impl<S: Sql> ControlStore<S> {
         batch.push(audit_if_changed("admin", &format!("tenant.{}", kind.as_str()), Some(slug), op_id, audit_detail));
         let results = self.db.batch(batch).await?;
         Ok(changed_in(&results, 1))
+    }
+
+    /// Stops serving tenant `slug` for restore `op_id` (from now, unless it already was for it).
+    /// Returns whether the tenant is restoring under `op_id`.
+    pub async fn begin_restoring(&self, slug: &str, op_id: &str, now_ms: i64) -> Result<bool> {
+        self.db
+            .run(sql!(
+                format!(
+                    "UPDATE tenants SET restoring = ?2, restoring_since = ?3, updated_at = {NOW} \
+                     WHERE slug = ?1 AND restoring IS NULL AND status IN ('active', 'suspended') AND EXISTS \
+                     (SELECT 1 FROM operations WHERE id = ?2 AND tenant_slug = ?1 AND {OPEN})"
+                ),
+                slug,
+                op_id,
+                now_ms
+            ))
+            .await?;
+        Ok(self.tenant(slug).await?.is_some_and(|t| t.restoring.as_deref() == Some(op_id)))
     }
 
     /// The spare database restore operation `op_id` imports into.
@@ -348,21 +371,23 @@ impl<S: Sql> ControlStore<S> {
                 op_id,
                 reason
             )),
-            sql!(
-                format!(
-                    "UPDATE tenants SET restoring = NULL, restoring_since = NULL, last_error = ?3, updated_at = {NOW} \
-                     WHERE slug = ?1 AND restoring = ?2 AND changes() > 0"
-                ),
-                slug,
-                op_id,
-                reason
-            ),
             audit_if_changed(
                 "lifecycle",
                 "tenant.restore.failed",
                 Some(slug),
                 op_id,
                 &serde_json::json!({ "operation": op_id, "error": reason }),
+            ),
+            // Served again (a restore from a backup that failed before its quiesce never stopped).
+            sql!(
+                format!(
+                    "UPDATE tenants SET restoring = NULL, restoring_since = NULL, last_error = ?3, updated_at = {NOW} \
+                     WHERE slug = ?1 AND EXISTS (SELECT 1 FROM operations WHERE id = ?2 AND state = 'failed') \
+                     AND (restoring = ?2 OR restoring IS NULL)"
+                ),
+                slug,
+                op_id,
+                reason
             ),
         ];
         let results = self.db.batch(batch).await?;
