@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Worker when build/index_bg.wasm is missing or older than anything it is built from
-# (src/, migrations/, build.rs, Cargo.toml, Cargo.lock), so a fresh clone's `npm run dev` works
+# (src/, host/, migrations/, build.rs, Cargo.toml, Cargo.lock), so a fresh clone's `npm run dev` works
 # without `npm test` having run first. Quiet when the build is current.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -12,7 +12,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 wasm=build/index_bg.wasm
 if [ -f "$wasm" ] && [ -f build/index.js ] \
-   && [ -z "$(find src migrations build.rs Cargo.toml Cargo.lock -newer "$wasm" -print -quit 2>/dev/null)" ]; then
+   && [ -z "$(find src host migrations build.rs Cargo.toml Cargo.lock -newer "$wasm" -print -quit 2>/dev/null)" ]; then
   exit 0
 fi
 echo "[build] the Worker is missing or older than its sources: building it (release wasm, about 2 minutes)"
