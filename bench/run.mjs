@@ -11,7 +11,7 @@
 import { convertV4MiniflareOptions, Miniflare } from "miniflare";
 import autocannon from "autocannon";
 import { once } from "node:events";
-import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -20,7 +20,8 @@ import pLimit from "p-limit";
 import { adminClient, hostRequest } from "../cloud/client.mjs";
 import { rollBackNewestSql, tenantMigrations } from "../cloud/provision.mjs";
 import { profileWorker } from "./profile.mjs";
-import { compatibilityDate, ROOT, startStack, workerBuild } from "../cloud/stack.mjs";
+import { namespaceWorkerName } from "../cloud/dispatch.mjs";
+import { compatibilityDate, HOSTS_NAMESPACE, ROOT, startStack, workerBuild } from "../cloud/stack.mjs";
 
 const knob = (name, fallback) => Number(process.env[name] ?? fallback);
 const CONNECTIONS = knob("BENCH_CONNECTIONS", 16);
@@ -137,10 +138,36 @@ async function login(slug) {
 // Load
 
 /**
+ * CPU time (user + system, ms) of this process's workerd children so far (Linux; `undefined`
+ * elsewhere). One workerd runs both Workers, the binding hosts and D1, and the runs come one after
+ * another, so a run's share of it is its requests' whole server-side cost, main Worker, host and
+ * D1 together. Unlike throughput it does not count time the cores spent on other processes (on a
+ * shared machine, contention still inflates it somewhat).
+ */
+async function workerdCpuMs() {
+  try {
+    let ticks = 0;
+    for (const pid of await readdir("/proc")) {
+      if (!/^\d+$/.test(pid)) continue;
+      const stat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
+      const close = stat.lastIndexOf(")");
+      if (!stat.slice(0, close).endsWith("(workerd")) continue;
+      const fields = stat.slice(close + 2).split(" "); // from field 3 (state) on
+      if (Number(fields[1]) !== process.pid) continue; // ppid
+      ticks += Number(fields[11]) + Number(fields[12]); // utime, stime
+    }
+    return ticks * 10; // USER_HZ is 100 on Linux
+  } catch {
+    return undefined;
+  }
+}
+
+/**
  * One run of the load generator against `url` (a Worker's own socket on workerd) as `host`.
  * Latencies are every response's own time in ms (autocannon's histogram rounds to whole ms).
  */
 async function loadRun({ url, host, headers = {}, expectBody, seconds }) {
+  const cpuBefore = await workerdCpuMs();
   const latencies = [];
   let controlQueries = 0;
   let responses = 0;
@@ -176,8 +203,10 @@ async function loadRun({ url, host, headers = {}, expectBody, seconds }) {
     latencies.push(ms);
   });
   const result = await new Promise((resolve, reject) => instance.on("done", resolve).on("error", reject));
+  const cpuAfter = await workerdCpuMs();
   const ok = statuses[200] ?? 0;
   return {
+    cpuUsPerRequest: cpuBefore === undefined || cpuAfter === undefined ? undefined : ((cpuAfter - cpuBefore) * 1000) / latencies.length,
     requests: latencies.length,
     ok,
     statuses,
@@ -239,7 +268,7 @@ async function benchmarkRead() {
       await loadRun({ ...sides[name], seconds: 1 });
       const run = await loadRun({ ...sides[name], seconds: SECONDS });
       progress(
-        `hot read: round ${round + 1} ${name}: ${run.rps.toFixed(0)} req/s, p50 ${run.p50.toFixed(2)} ms, p99 ${run.p99.toFixed(2)} ms, control-plane queries ${run.controlQueries} on the path, ${run.refreshes} in the background (reported by ${run.reported} of ${run.responses})`,
+        `hot read: round ${round + 1} ${name}: ${run.rps.toFixed(0)} req/s, p50 ${run.p50.toFixed(2)} ms, p99 ${run.p99.toFixed(2)} ms, workerd CPU ${run.cpuUsPerRequest?.toFixed(0)} µs/request, control-plane queries ${run.controlQueries} on the path, ${run.refreshes} in the background (reported by ${run.reported} of ${run.responses})`,
       );
       runs[name].push(run);
     }
@@ -248,12 +277,12 @@ async function benchmarkRead() {
   if (INSPECTOR_PORT) {
     // Where the time goes, per isolate: one more run of each side under the sampling profiler.
     profiles = {};
-    for (const [name, worker] of [
-      ["tenantry", "tenantry"],
-      ["bare", BARE],
-    ]) {
+    // The tenant's binding host too (its own isolate), while tenantry is under load.
+    const hostName = (await adminApi("GET", "/v1/tenants/bench")).json.tenant.host;
+    const host = hostName ? [["tenantry's binding host", namespaceWorkerName(HOSTS_NAMESPACE, hostName), "tenantry"]] : [];
+    for (const [name, worker, side = name] of [["tenantry", "tenantry"], ["bare", BARE], ...host]) {
       progress(`profiling ${name}`);
-      const { result, summary } = await profileWorker(INSPECTOR_PORT, worker, () => loadRun({ ...sides[name], seconds: SECONDS }), {
+      const { result, summary } = await profileWorker(INSPECTOR_PORT, worker, () => loadRun({ ...sides[side], seconds: SECONDS }), {
         top: knob("BENCH_PROFILE_TOP", 25),
       });
       profiles[name] = { ...summary, requests: result.ok, busyUsPerRequest: (summary.busyMs * 1000) / result.ok };
@@ -385,10 +414,16 @@ const kib = (bytes) => `${fmt(bytes)} B (${fmt(bytes / 1024, 1)} KiB)`;
 const met = (ok) => (ok ? "yes" : "**no**");
 
 function printRuns({ runs, profiles }) {
-  console.log("\nper run (req/s, p50 ms, p99 ms):");
+  console.log("\nper run (req/s, p50 ms, p99 ms, workerd CPU µs per request):");
   for (const [name, list] of Object.entries(runs)) {
-    console.log(`  ${name.padEnd(9)} ${list.map((r) => `${fmt(r.rps)} / ${fmt(r.p50, 2)} / ${fmt(r.p99, 2)}`).join("   ")}`);
+    console.log(
+      `  ${name.padEnd(9)} ${list.map((r) => `${fmt(r.rps)} / ${fmt(r.p50, 2)} / ${fmt(r.p99, 2)} / ${fmt(r.cpuUsPerRequest ?? NaN)}`).join("   ")}`,
+    );
   }
+  const ratio = (/** @type {(r: any) => number} */ f) => median(runs.tenantry.map((r, i) => f(r) / f(runs.bare[i]))).toFixed(2);
+  console.log(
+    `tenantry / bare, median of the rounds: throughput ${ratio((r) => r.rps)}, p50 ${ratio((r) => r.p50)}, p99 ${ratio((r) => r.p99)}, workerd CPU per request ${ratio((r) => r.cpuUsPerRequest)}`,
+  );
   for (const [name, p] of Object.entries(profiles ?? {})) {
     console.log(`\nprofile of ${name}'s isolate: ${fmt(p.busyUsPerRequest)} µs busy per request (${fmt(p.requests)} requests)`);
     console.log(
