@@ -22,6 +22,9 @@ import { Workers } from "./workers.mjs";
 
 // Script uploads carry the wasm: the real limit is 10 MB compressed on the paid plan.
 const MAX_BODY = 64 * 1024 * 1024;
+// A D1 import's file goes to a presigned URL (5 GB on Cloudflare). Here the file is held as one
+// JavaScript string to be split into statements, and V8 caps a string at about 512 MiB.
+const MAX_IMPORT_BODY = 500 * 1024 * 1024;
 
 export class LocalCloud {
   /**
@@ -93,7 +96,7 @@ export class LocalCloud {
     let answer;
     let fault = null;
     try {
-      const body = await readBody(req);
+      const body = await readBody(req, url.pathname.startsWith("/__cloud/uploads/") ? MAX_IMPORT_BODY : MAX_BODY);
       if (url.pathname.startsWith("/__cloud/")) {
         answer = await this.#control(req.method, url, req.headers, body);
       } else {
@@ -212,13 +215,14 @@ export class LocalCloud {
 
 // --- helpers --------------------------------------------------------------------------------
 
-function readBody(req) {
+/** @param {http.IncomingMessage} req @param {number} limit */
+function readBody(req, limit) {
   return new Promise((resolve, reject) => {
     const chunks = [];
     let size = 0;
     req.on("data", (c) => {
       size += c.length;
-      if (size > MAX_BODY) {
+      if (size > limit) {
         reject(new ApiError(413, 7400, "Request body too large"));
         req.destroy();
       } else chunks.push(c);

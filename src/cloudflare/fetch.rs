@@ -86,7 +86,7 @@ impl Transport for FetchTransport {
             let retry_after = response.headers().get("Retry-After")?;
             Ok::<_, worker::Error>(HttpResponse { status: response.status_code(), retry_after, body })
         };
-        let timeout = Delay::from(self.timeout);
+        let timeout = Delay::from(attempt_timeout(self.timeout, &request.url));
         match select(Box::pin(exchange), timeout).await {
             Either::Left((Ok(response), _)) => Ok(response),
             Either::Left((Err(e), _)) => Err(TransportError::Network(e.to_string())),
@@ -103,5 +103,17 @@ impl Transport for FetchTransport {
 
     fn random(&self) -> f64 {
         js_sys::Math::random()
+    }
+}
+
+/// How long one attempt may take: `default`, except for a Time Travel restore, which rewrites the
+/// whole database before it answers. Cut short, it would be sent again (and each one counts
+/// against D1's 10 restores per 10 minutes) while the first is still running.
+fn attempt_timeout(default: std::time::Duration, url: &str) -> std::time::Duration {
+    const RESTORE: std::time::Duration = std::time::Duration::from_secs(300);
+    if url.contains("/time_travel/restore") {
+        default.max(RESTORE)
+    } else {
+        default
     }
 }
