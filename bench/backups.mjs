@@ -111,6 +111,9 @@ async function fanOut() {
     if (res.json.remaining === 0 || res.json.backed_up.length === 0) break;
   }
   const seconds = (performance.now() - started) / 1000;
+  progress(
+    `fan-out: ${backedUp} backed up in ${seconds.toFixed(1)} s (${passes} passes, ${(bytes / 1e6).toFixed(1)} MB, ${failures.length} failed)`,
+  );
   return { tenants: FLEET, backedUp, failed: failures.length, passes, seconds, bytes };
 }
 
@@ -167,6 +170,9 @@ async function rto(mb) {
   await until(async () => (await admin("GET", `/v1/tenants/${slug}`)).json.tenant.status === "deleted", `${slug} deleted`);
   const deleteSeconds = (performance.now() - started) / 1000;
   const undelete = await timedRestore(slug, {});
+  progress(
+    `RTO ${mb} MB: backup ${backupSeconds.toFixed(1)} s, from a backup ${fromBackup.toFixed(1)} s, point in time ${pointInTime.toFixed(1)} s, delete ${deleteSeconds.toFixed(1)} s, undelete ${undelete.toFixed(1)} s`,
+  );
   return {
     mb,
     rows,
