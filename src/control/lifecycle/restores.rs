@@ -105,12 +105,9 @@ impl<P: Platform> Lifecycle<P> {
         let taken_at = self.clock.now_ms() as i64;
         let key = format!("{}/{}-{}-{}.sql", tenant.slug, steps_iso(taken_at as f64), kind, id);
         let meta = [("tenant", tenant.slug.as_str()), ("database_id", id.as_str())];
-        // Streamed into R2 and read back there (size and SHA-256 compared): a trouble on the way is
-        // worth trying again.
-        let stored = match self.backups.store_export(&url, &key, &meta).await {
-            Ok(stored) => stored,
-            Err(e) => return Ok(Err(e.to_string())),
-        };
+        // Streamed into R2 and read back there (size and SHA-256 compared); a trouble on the way is
+        // a (transient) error: the operation or the tenant records it, and it is tried again.
+        let stored = self.backups.store_export(&url, &key, &meta).await?;
         let counts = serde_json::to_string(&stored.rows).unwrap_or_default();
         let done = NewBackupDone { key, bytes: stored.bytes, sha256: stored.sha256 };
         self.store
