@@ -557,6 +557,25 @@ impl<T: Transport> Client<T> {
         Ok(self.call(&endpoints::export(id, bookmark)).await?.0)
     }
 
+    /// Exports database `id`: starts the export and polls it every 250 ms, at most `polls` times,
+    /// while it runs. `Ok(Err(reason))` when it is not complete: still running, or failed.
+    pub async fn export_url(&self, id: &str, polls: u32) -> Result<Result<String, String>, CfError> {
+        let mut poll = self.export(id, None).await?;
+        for _ in 0..polls {
+            if poll.status != "active" {
+                break;
+            }
+            self.transport.sleep(Duration::from_millis(250)).await;
+            let bookmark = poll.at_bookmark.clone().unwrap_or_default();
+            poll = self.export(id, Some(&bookmark)).await?;
+        }
+        Ok(match (poll.status.as_str(), poll.result) {
+            ("complete", Some(result)) => Ok(result.signed_url),
+            ("active", _) => Err("export still running".into()),
+            (status, _) => Err(format!("export {status}: {}", poll.error.unwrap_or_default())),
+        })
+    }
+
     /// One step of the import protocol (see [`endpoints::import`]).
     pub async fn import(&self, id: &str, body: Value) -> Result<ImportStep, CfError> {
         Ok(self.call(&endpoints::import(id, body)).await?.0)
@@ -571,29 +590,6 @@ impl<T: Transport> Client<T> {
     /// same bookmark gives the same state.
     pub async fn time_travel_restore(&self, id: &str, bookmark: &str) -> Result<TimeTravelRestore, CfError> {
         Ok(self.call(&endpoints::restore(id, bookmark)).await?.0)
-    }
-
-    /// Downloads a presigned URL (no token is sent with it).
-    pub async fn download(&self, url: &str) -> Result<Vec<u8>, CfError> {
-        let request = HttpRequest { method: Method::Get, url: url.to_owned(), authorization: None, body: Body::None };
-        self.presigned("d1.export.download", &request).await
-    }
-
-    /// A call to a presigned URL, retried like the API's.
-    async fn presigned(&self, endpoint: &'static str, request: &HttpRequest) -> Result<Vec<u8>, CfError> {
-        self.retrying(|| async {
-            match self.transport.send(request).await {
-                Ok(r) if (200..300).contains(&r.status) => Ok(r.body),
-                Ok(r) if r.status >= 500 => {
-                    Err(CfError::Server { endpoint, status: r.status, code: 0, message: String::new() })
-                }
-                Ok(r) => {
-                    Err(CfError::Api { endpoint, status: r.status, code: 0, message: "presigned URL refused".into() })
-                }
-                Err(error) => Err(CfError::Transport { endpoint, error }),
-            }
-        })
-        .await
     }
 
     /// The settings of a script of the account.

@@ -195,13 +195,6 @@ fn deleting_a_missing_database_is_done() {
 }
 
 #[test]
-fn downloads_never_carry_the_token() {
-    let fake = Fake::with(vec![Ok(HttpResponse { status: 200, retry_after: None, body: b"SQL".to_vec() })]);
-    assert_eq!(block_on(client(&fake).download("https://r2.example/x?sig=1")).unwrap(), b"SQL");
-    assert_eq!(fake.sent.borrow()[0].authorization, None);
-}
-
-#[test]
 fn the_token_never_appears_in_debug_output_or_errors() {
     let token = ApiToken::new(SECRET);
     assert!(!format!("{token:?}").contains(SECRET));

@@ -1386,7 +1386,10 @@ mod tests {
         assert_eq!(done.status, "complete");
         let result = done.result.unwrap();
         assert!(result.signed_url.starts_with(DOWNLOAD_BASE));
-        let bytes = api.download(&result.signed_url).await.unwrap();
+        // As a backup fetches it (the lifecycle's only download).
+        let backups = crate::fake::MemoryBackups::new(fake.clone(), crate::fake::Crash::default());
+        crate::store::ports::Backups::store_export(&backups, &result.signed_url, "k", &[]).await.unwrap();
+        let bytes = backups.get("k").unwrap();
         let dump = fake.database(&db.uuid).unwrap().dump();
         assert_eq!(String::from_utf8(bytes).unwrap(), dump);
         assert!(dump.contains("INSERT INTO \"t\" VALUES('it''s');"));

@@ -20,20 +20,11 @@ pub async fn export(ctx: &TenantContext) -> Result<Response, ApiError> {
     };
     let api = ctx.platform().api()?;
     let unavailable = |message: String| ApiError::Unavailable { code: "export_unavailable", message, retry_after: 5 };
-    let mut poll = api.export(id, None).await.map_err(|e| unavailable(format!("the export could not start: {e}")))?;
-    for _ in 0..POLLS {
-        if poll.status != "active" {
-            break;
-        }
-        worker::Delay::from(std::time::Duration::from_millis(250)).await;
-        let bookmark = poll.at_bookmark.clone().unwrap_or_default();
-        poll = api.export(id, Some(&bookmark)).await.map_err(|e| unavailable(format!("the export failed: {e}")))?;
-    }
-    let url = match (poll.status.as_str(), &poll.result) {
-        ("complete", Some(result)) => result.signed_url.clone(),
-        ("active", _) => return Err(unavailable("the export is still running; retry shortly".into())),
-        (status, _) => return Err(unavailable(format!("the export {status}: {}", poll.error.unwrap_or_default()))),
-    };
+    let url = api
+        .export_url(id, POLLS)
+        .await
+        .map_err(|e| unavailable(format!("the export failed: {e}")))?
+        .map_err(|reason| unavailable(format!("{reason}; retry shortly")))?;
     let url = Url::parse(&url).map_err(ApiError::internal)?;
     let download = Fetch::Url(url).send().await?;
     if download.status_code() != 200 {

@@ -88,19 +88,9 @@ impl<P: Platform> Lifecycle<P> {
         kind: &str,
     ) -> Result<std::result::Result<NewBackupDone, String>> {
         let Some(id) = tenant.database_id.clone() else { return Ok(Err("the tenant has no database".into())) };
-        let mut poll = self.api.export(&id, None).await?;
-        for _ in 0..EXPORT_POLLS {
-            if poll.status != "active" {
-                break;
-            }
-            self.clock.sleep(Duration::from_millis(250)).await;
-            let bookmark = poll.at_bookmark.clone().unwrap_or_default();
-            poll = self.api.export(&id, Some(&bookmark)).await?;
-        }
-        let url = match (poll.status.as_str(), &poll.result) {
-            ("complete", Some(result)) => result.signed_url.clone(),
-            ("active", _) => return Ok(Err("export still running".into())),
-            (status, _) => return Ok(Err(format!("export {status}: {}", poll.error.unwrap_or_default()))),
+        let url = match self.api.export_url(&id, EXPORT_POLLS).await? {
+            Ok(url) => url,
+            Err(reason) => return Ok(Err(reason)),
         };
         let taken_at = self.clock.now_ms() as i64;
         let key = format!("{}/{}-{}-{}.sql", tenant.slug, steps_iso(taken_at as f64), kind, id);
