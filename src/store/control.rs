@@ -1070,17 +1070,7 @@ impl<S: Sql> ControlStore<S> {
     /// Closes an open operation as failed without touching its tenant (an abandoned create whose
     /// tenant is being deleted, a tenant row gone). Fenced like [`Self::record_step`].
     pub async fn abandon_operation(&self, op_id: &str, fence: &Fence<'_>, error: &str) -> Result<bool> {
-        self.db
-            .changed(fence.bind(sql!(
-                format!(
-                    "UPDATE operations SET state = 'failed', last_error = ?2, next_step = NULL, finished_at = {NOW}, \
-                     updated_at = {NOW} WHERE id = ?1 AND {OPEN} AND {}",
-                    fence.sql(3)
-                ),
-                op_id,
-                error
-            )))
-            .await
+        self.db.changed(close_failed(op_id, fence, error)).await
     }
 
     /// Ends a saga that ran all its steps, in one batch: the tenant moves `from -> to` (a
@@ -1109,13 +1099,7 @@ impl<S: Sql> ControlStore<S> {
                 from.as_str(),
                 op_id
             )),
-            sql!(
-                format!(
-                    "UPDATE operations SET state = 'succeeded', next_step = NULL, finished_at = {NOW}, updated_at = {NOW} \
-                     WHERE id = ?1 AND {OPEN} AND changes() > 0"
-                ),
-                op_id
-            ),
+            close_succeeded_if_changed(op_id),
             audit_if_changed(
                 "lifecycle",
                 &format!("tenant.{}", to.as_str()),
@@ -1136,15 +1120,7 @@ impl<S: Sql> ControlStore<S> {
     /// lost or the operation was closed meanwhile: nothing changed.
     pub async fn fail_create(&self, op_id: &str, fence: &Fence<'_>, slug: &str, reason: &str) -> Result<bool> {
         let batch = vec![
-            fence.bind(sql!(
-                format!(
-                    "UPDATE operations SET state = 'failed', last_error = ?2, next_step = NULL, finished_at = {NOW}, \
-                     updated_at = {NOW} WHERE id = ?1 AND {OPEN} AND {}",
-                    fence.sql(3)
-                ),
-                op_id,
-                reason
-            )),
+            close_failed(op_id, fence, reason),
             sql!(
                 format!(
                     "UPDATE tenants SET status = 'failed', status_message = ?2, last_error = ?2, bind_wanted = 0, \
@@ -1269,6 +1245,31 @@ fn audit_if_changed(actor: &str, action: &str, slug: Option<&str>, request_id: &
         slug,
         request_id,
         detail.to_string()
+    )
+}
+
+/// Closes open operation `op_id` as failed with `reason`, while the runner holds `fence`.
+fn close_failed(op_id: &str, fence: &Fence<'_>, reason: &str) -> Statement {
+    fence.bind(sql!(
+        format!(
+            "UPDATE operations SET state = 'failed', last_error = ?2, next_step = NULL, finished_at = {NOW}, \
+             updated_at = {NOW} WHERE id = ?1 AND {OPEN} AND {}",
+            fence.sql(3)
+        ),
+        op_id,
+        reason
+    ))
+}
+
+/// Closes open operation `op_id` as succeeded when the statement before it in the batch changed a
+/// row (the change that ends it).
+fn close_succeeded_if_changed(op_id: &str) -> Statement {
+    sql!(
+        format!(
+            "UPDATE operations SET state = 'succeeded', next_step = NULL, finished_at = {NOW}, updated_at = {NOW} \
+             WHERE id = ?1 AND {OPEN} AND changes() > 0"
+        ),
+        op_id
     )
 }
 

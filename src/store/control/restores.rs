@@ -338,13 +338,7 @@ impl<S: Sql> ControlStore<S> {
                 slug,
                 op_id
             )),
-            sql!(
-                format!(
-                    "UPDATE operations SET state = 'succeeded', next_step = NULL, finished_at = {NOW}, updated_at = {NOW} \
-                     WHERE id = ?1 AND {OPEN} AND changes() > 0"
-                ),
-                op_id
-            ),
+            close_succeeded_if_changed(op_id),
             audit_if_changed(
                 "lifecycle",
                 &format!("tenant.{}.done", kind.as_str()),
@@ -362,15 +356,7 @@ impl<S: Sql> ControlStore<S> {
     /// switch had landed), and the restore's unswitched spare is left for the sweep to drop.
     pub async fn fail_restore(&self, op_id: &str, fence: &Fence<'_>, slug: &str, reason: &str) -> Result<bool> {
         let batch = vec![
-            fence.bind(sql!(
-                format!(
-                    "UPDATE operations SET state = 'failed', last_error = ?2, next_step = NULL, finished_at = {NOW}, \
-                     updated_at = {NOW} WHERE id = ?1 AND {OPEN} AND {}",
-                    fence.sql(3)
-                ),
-                op_id,
-                reason
-            )),
+            close_failed(op_id, fence, reason),
             audit_if_changed(
                 "lifecycle",
                 "tenant.restore.failed",
