@@ -27,13 +27,7 @@ pub fn random_id() -> worker::Result<String> {
     Ok(hex(&random_bytes(16)?))
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex(&Sha256::digest(data))
-}
+pub use crate::core::digest::hex;
 
 /// PBKDF2-HMAC-SHA256 through WebCrypto.
 pub async fn pbkdf2_sha256(password: &str, salt: &[u8], iterations: u32) -> worker::Result<Vec<u8>> {

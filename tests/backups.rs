@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::future::{select, Either};
 use tenantry::control::lifecycle::Progress;
-use tenantry::core::backups::sha256_hex;
+use tenantry::core::digest::sha256_hex;
 use tenantry::core::lifecycle::TenantStatus;
 use tenantry::fake::World;
 

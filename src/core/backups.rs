@@ -7,23 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sha2::Digest as _;
-
 use super::sql::split_statements;
-
-/// SHA-256, hex.
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex(&sha2::Sha256::digest(data))
-}
-
-/// MD5, hex: only where an API asks for it as a checksum (a D1 import's `etag`).
-pub fn md5_hex(data: &[u8]) -> String {
-    hex(&md5::Md5::digest(data))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 const DAY_MS: i64 = 86_400_000;
 const WEEK_MS: i64 = 7 * DAY_MS;

@@ -7,6 +7,7 @@ pub mod backups;
 pub mod bindings;
 pub mod cache;
 pub mod config;
+pub mod digest;
 pub mod host;
 pub mod lifecycle;
 pub mod migrations;

@@ -80,8 +80,8 @@ impl Backups for MemoryBackups {
         let bytes = response.body;
         let stored = Stored {
             bytes: bytes.len(),
-            sha256: crate::core::backups::sha256_hex(&bytes),
-            md5: crate::core::backups::md5_hex(&bytes),
+            sha256: crate::core::digest::sha256_hex(&bytes),
+            md5: crate::core::digest::md5_hex(&bytes),
             rows: crate::core::backups::row_counts(&String::from_utf8_lossy(&bytes)),
         };
         let meta = metadata.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 use worker::{Env, Request, Response};
 
 use crate::control::lifecycle::{CreateInput, Lifecycle, Progress, Wait};
@@ -37,7 +36,7 @@ impl CreateRequest {
     /// Identifies "the same create" for idempotent re-sends (the password is not part of it).
     pub fn fingerprint(&self) -> String {
         let text = format!("{}\n{}\n{}\n{}", self.slug, self.name, self.plan.as_str(), self.admin_email.to_lowercase());
-        crate::crypto::hex(&Sha256::digest(text.as_bytes()))
+        crate::core::digest::sha256_hex(text.as_bytes())
     }
 }
 
