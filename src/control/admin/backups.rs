@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 use worker::{Env, Request, Response};
 
 use super::not_found;
-use super::tenants::standing_of;
+use super::tenants::{standing, Settled};
 use crate::control::lifecycle::{Lifecycle, RestoreInput};
 use crate::core::lifecycle::{OperationKind, TenantStatus};
 use crate::core::names::DatabaseName;
@@ -179,7 +179,7 @@ pub(super) async fn restore(req: &Request, env: &Env, slug: &TenantSlug) -> Resu
     if let Some(op) = lc.store.operation(&op_id).await? {
         super::tenants::run_logged(&lc, &op).await?;
     }
-    standing_of(&lc, s, 200).await
+    standing(&lc, s, Settled::OperationClosed, 200).await
 }
 
 /// `{"at"}` or `{"backup"}` (on a deleted tenant, also `{}`), nothing else.

@@ -168,41 +168,33 @@ pub fn operation_view(op: &OperationRow) -> Value {
     })
 }
 
-/// Answers with where a tenant stands after running its operation: `settled_status` (201/200)
-/// when it got there, 202 with the operation otherwise.
-async fn standing(
-    lc: &Lifecycle<WorkerPlatform>,
-    slug: &str,
-    settled: TenantStatus,
-    settled_status: u16,
-) -> Result<Response, ApiError> {
-    let tenant = lc.store.tenant(slug).await?.ok_or_else(|| not_found(slug))?;
-    let op = lc.store.current_operation_of(slug).await?;
-    let status = if tenant.status == settled { settled_status } else { 202 };
-    let mut response =
-        http::json(status, &json!({ "tenant": tenant_view(&tenant), "operation": op.as_ref().map(operation_view) }))?;
-    let _ = response.headers_mut().set("Location", &format!("/v1/tenants/{slug}"));
-    if status == 202 {
-        let _ = response.headers_mut().set("Retry-After", "2");
-    }
-    Ok(response)
+/// When a request's operation counts as done: its tenant reaching a status (a create, a delete),
+/// or the operation closing, whatever its end (a restore, whose tenant keeps its status).
+#[derive(Clone, Copy)]
+pub(super) enum Settled {
+    At(TenantStatus),
+    OperationClosed,
 }
 
-/// Answers with where a tenant stands after a restore ran: `done_status` once its latest
-/// operation is closed (succeeded or failed: see its `state`), 202 while it is open.
-pub(super) async fn standing_of(
+/// Answers with where a tenant stands after running its operation: `done_status` (201/200) once
+/// it is `settled`, 202 with the operation otherwise.
+pub(super) async fn standing(
     lc: &Lifecycle<WorkerPlatform>,
     slug: &str,
+    settled: Settled,
     done_status: u16,
 ) -> Result<Response, ApiError> {
     let tenant = lc.store.tenant(slug).await?.ok_or_else(|| not_found(slug))?;
     let op = lc.store.current_operation_of(slug).await?;
-    let open = op.as_ref().is_some_and(|o| o.state.is_open());
-    let status = if open { 202 } else { done_status };
+    let done = match settled {
+        Settled::At(status) => tenant.status == status,
+        Settled::OperationClosed => !op.as_ref().is_some_and(|o| o.state.is_open()),
+    };
+    let status = if done { done_status } else { 202 };
     let mut response =
         http::json(status, &json!({ "tenant": tenant_view(&tenant), "operation": op.as_ref().map(operation_view) }))?;
     let _ = response.headers_mut().set("Location", &format!("/v1/tenants/{slug}"));
-    if open {
+    if status == 202 {
         let _ = response.headers_mut().set("Retry-After", "2");
     }
     Ok(response)
@@ -248,7 +240,9 @@ pub(super) async fn create(req: &Request, env: &Env) -> Result<Response, ApiErro
         Some(t) if t.create_fingerprint.as_deref() != Some(fingerprint.as_str()) => return Err(exists()),
         // The same create again: say where it stands, resuming it if it is not done.
         Some(t) => match t.status {
-            TenantStatus::Active | TenantStatus::Suspended => return standing(&lc, slug, t.status, 201).await,
+            TenantStatus::Active | TenantStatus::Suspended => {
+                return standing(&lc, slug, Settled::At(t.status), 201).await
+            }
             TenantStatus::Failed => CreateStart::Resume,
             TenantStatus::Provisioning => CreateStart::Join,
             TenantStatus::Deleting | TenantStatus::Deleted => return Err(deleting(slug)),
@@ -278,12 +272,12 @@ pub(super) async fn create(req: &Request, env: &Env) -> Result<Response, ApiErro
         TenantStatus::Provisioning => {}
         TenantStatus::Deleting | TenantStatus::Deleted => return Err(deleting(slug)),
         // Finished (or failed) by a twin meanwhile.
-        settled => return standing(&lc, slug, settled, 201).await,
+        settled => return standing(&lc, slug, Settled::At(settled), 201).await,
     }
     if let Some(op) = lc.store.open_operation_of(slug).await? {
         run_logged(&lc, &op).await?;
     }
-    standing(&lc, slug, TenantStatus::Active, 201).await
+    standing(&lc, slug, Settled::At(TenantStatus::Active), 201).await
 }
 
 fn deleting(slug: &str) -> ApiError {
@@ -339,10 +333,10 @@ pub(super) async fn get(env: &Env, slug: &TenantSlug) -> Result<Response, ApiErr
         let lc = Lifecycle::from_env(env)?;
         run_logged(&lc, &op).await?;
         if op.kind.is_restore() {
-            return standing_of(&lc, slug.as_str(), 200).await;
+            return standing(&lc, slug.as_str(), Settled::OperationClosed, 200).await;
         }
         let settled = if op.kind == OperationKind::Delete { TenantStatus::Deleted } else { TenantStatus::Active };
-        return standing(&lc, slug.as_str(), settled, 200).await;
+        return standing(&lc, slug.as_str(), Settled::At(settled), 200).await;
     }
     http::json(200, &json!({ "tenant": tenant_view(&tenant) }))
 }
@@ -440,7 +434,7 @@ pub(super) async fn delete(env: &Env, slug: &TenantSlug) -> Result<Response, Api
             run_logged(&lc, &op).await?;
         }
     }
-    standing(&lc, s, TenantStatus::Deleted, 200).await
+    standing(&lc, s, Settled::At(TenantStatus::Deleted), 200).await
 }
 
 pub(super) async fn backup(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
