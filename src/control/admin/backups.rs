@@ -90,7 +90,8 @@ pub(super) async fn take(env: &Env, slug: &TenantSlug) -> Result<Response, ApiEr
             message: format!("tenant `{slug}` is {}; only a tenant in service can be backed up", describe(&tenant)),
         });
     }
-    match lc.take_backup(&tenant, "manual").await? {
+    let id = tenant.database_id.as_deref().ok_or_else(ApiError::tenant_unavailable)?;
+    match lc.take_backup(&tenant, id, "manual").await? {
         Ok(done) => {
             let rows = lc.store.backups_of(slug.as_str(), Some("manual")).await?;
             let row = rows.iter().find(|b| b.object_key == done.key);

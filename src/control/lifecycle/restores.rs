@@ -85,16 +85,16 @@ impl<P: Platform> Lifecycle<P> {
     pub async fn take_backup(
         &self,
         tenant: &TenantRow,
+        id: &str,
         kind: &str,
     ) -> Result<std::result::Result<NewBackupDone, String>> {
-        let Some(id) = tenant.database_id.clone() else { return Ok(Err("the tenant has no database".into())) };
-        let url = match self.api.export_url(&id, EXPORT_POLLS).await? {
+        let url = match self.api.export_url(id, EXPORT_POLLS).await? {
             Ok(url) => url,
             Err(reason) => return Ok(Err(reason)),
         };
         let taken_at = self.clock.now_ms() as i64;
         let key = format!("{}/{}-{}-{}.sql", tenant.slug, steps_iso(taken_at as f64), kind, id);
-        let meta = [("tenant", tenant.slug.as_str()), ("database_id", id.as_str())];
+        let meta = [("tenant", tenant.slug.as_str()), ("database_id", id)];
         // Streamed into R2 and read back there (size and SHA-256 compared); a trouble on the way is
         // a (transient) error: the operation or the tenant records it, and it is tried again.
         let stored = self.backups.store_export(&url, &key, &meta).await?;
@@ -105,7 +105,7 @@ impl<P: Platform> Lifecycle<P> {
                 slug: &tenant.slug,
                 kind,
                 object_key: &done.key,
-                database_id: &id,
+                database_id: id,
                 schema_version: tenant.schema_version,
                 bytes: stored.bytes,
                 sha256: &done.sha256,
@@ -150,7 +150,11 @@ impl<P: Platform> Lifecycle<P> {
 
     async fn backup_one(&self, tenant: &TenantRow) -> BackupOutcome {
         let mut outcome = BackupOutcome { slug: tenant.slug.clone(), key: None, bytes: None, error: None, pruned: 0 };
-        let error = match self.take_backup(tenant, "scheduled").await {
+        let taken = match tenant.database_id.as_deref() {
+            Some(id) => self.take_backup(tenant, id, "scheduled").await,
+            None => Ok(Err("the tenant has no database".into())),
+        };
+        let error = match taken {
             Ok(Ok(done)) => {
                 outcome.key = Some(done.key);
                 outcome.bytes = Some(done.bytes);

@@ -201,9 +201,7 @@ impl<P: Platform> Lifecycle<P> {
                 return Ok(StepOutcome::Done);
             }
         }
-        let mut tenant = tenant.clone();
-        tenant.database_id = Some(id);
-        match self.take_backup(&tenant, "delete").await? {
+        match self.take_backup(tenant, &id, "delete").await? {
             Ok(done) => {
                 self.store.set_backup(&tenant.slug, &format!("{prefix}{}", done.key), done.bytes, &done.sha256).await?;
                 Ok(StepOutcome::Done)
