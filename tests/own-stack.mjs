@@ -21,6 +21,8 @@ export const PASSWORD = "a long enough password";
 export function ownStack(name, options = {}) {
   const own = {
     stateDir: "",
+    /** Set below: kills workerd and starts the stack again on the same state. */
+    crashAndRestart: async () => {},
     /** @type {Awaited<ReturnType<typeof startStack>>} */
     stack: undefined,
     /** @type {ReturnType<typeof adminClient>} */
@@ -73,11 +75,19 @@ export function ownStack(name, options = {}) {
       };
     },
   };
-  beforeAll(async () => {
-    own.stateDir = await mkdtemp(path.join(os.tmpdir(), `tenantry-${name}-`));
+  const start = async () => {
     own.stack = await startStack({ stateDir: own.stateDir, ...options });
     own.admin = adminClient(own.stack.url, own.stack.adminToken);
     own.port = Number(new URL(own.stack.url).port);
+  };
+  /** Kills workerd mid-flight (SIGKILL), then starts the stack again on the same state. */
+  own.crashAndRestart = async () => {
+    await own.stack.crash();
+    await start();
+  };
+  beforeAll(async () => {
+    own.stateDir = await mkdtemp(path.join(os.tmpdir(), `tenantry-${name}-`));
+    await start();
   }, 120_000);
   afterAll(async () => {
     await own.stack?.stop();

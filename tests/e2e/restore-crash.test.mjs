@@ -5,59 +5,28 @@
 //
 // This file runs its own stack (the shared one must not be killed under the other tests).
 
-import { mkdtemp, rm } from "node:fs/promises";
-import os from "node:os";
-import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
-import { adminClient, hostRequest } from "../../cloud/client.mjs";
-import { startStack } from "../../cloud/stack.mjs";
+import { describe, expect, test, vi } from "vitest";
+import { hostRequest } from "../../cloud/client.mjs";
+import { ownStack } from "../own-stack.mjs";
 
-const PASSWORD = "a long enough password";
-/** @type {string} */
-let stateDir;
-/** @type {Awaited<ReturnType<typeof startStack>>} */
-let stack;
-
-beforeAll(async () => {
-  stateDir = await mkdtemp(path.join(os.tmpdir(), "tenantry-restore-crash-"));
-  stack = await startStack({ stateDir });
-}, 120_000);
-
-afterAll(async () => {
-  await stack?.stop();
-  await rm(stateDir, { recursive: true, force: true });
-});
-
-const admin = () => adminClient(stack.url, stack.adminToken);
-const request = (host, pathname, opts) => hostRequest(Number(new URL(stack.url).port), host, pathname, opts);
+const own = ownStack("restore-crash");
+const admin = () => own.admin;
+const request = (host, pathname, opts) => hostRequest(own.port, host, pathname, opts);
 
 /** Rows of `statement` on the control plane, read through the local cloud (not the Worker). */
 async function control(statement, params = []) {
-  const out = await stack.api("POST", `/d1/database/${stack.controlDatabase.uuid}/query`, { sql: statement, params });
+  const out = await own.stack.api("POST", `/d1/database/${own.stack.controlDatabase.uuid}/query`, { sql: statement, params });
   return out.result[0].results;
-}
-
-async function crashAndRestart() {
-  await stack.crash();
-  stack = await startStack({ stateDir });
 }
 
 /** A tenant, active and signed in, with projects `names`. */
 async function tenantWith(slug, names) {
-  const email = `a@${slug}.test`;
-  await admin()("POST", "/v1/tenants", { slug, name: slug, admin: { email, password: PASSWORD } });
-  const token = await vi.waitFor(
-    async () => {
-      await admin()("GET", `/v1/tenants/${slug}`);
-      const r = await request(`${slug}.localhost`, "/api/auth/login", { method: "POST", body: { email, password: PASSWORD } });
-      if (r.status !== 200) throw new Error(`${slug} not serving: ${r.status}`);
-      return r.json.token;
-    },
-    { timeout: 30_000, interval: 200 },
-  );
+  await own.createTenant(slug);
+  await own.serving(slug);
+  const token = (await own.login(slug)).json.token;
   for (const name of names) await addProject(slug, token, name);
-  return { slug, email, token };
+  return { slug, token };
 }
 
 async function addProject(slug, token, name) {
@@ -70,10 +39,10 @@ async function addProject(slug, token, name) {
 }
 
 /** The tenant's projects, read by signing in again (a restore from a backup ends old sessions). */
-async function projectsOf(slug, email) {
+async function projectsOf(slug) {
   return vi.waitFor(
     async () => {
-      const login = await request(`${slug}.localhost`, "/api/auth/login", { method: "POST", body: { email, password: PASSWORD } });
+      const login = await own.login(slug);
       if (login.status !== 200) throw new Error(`${slug} not serving: ${login.status} ${login.text}`);
       const r = await request(`${slug}.localhost`, "/api/projects?limit=100", { headers: { authorization: `Bearer ${login.json.token}` } });
       if (r.status !== 200) throw new Error(`${slug} projects: ${r.status}`);
@@ -104,7 +73,7 @@ async function expectClean(slug) {
   expect(row).toMatchObject({ status: "active", restoring: null });
   const spares = await control("SELECT role FROM spare_databases WHERE tenant_slug = ?", [slug]);
   expect(spares.filter((s) => s.role === "restore")).toEqual([]);
-  const databases = (await stack.api("GET", "/d1/database?per_page=10000")).result.filter((d) => d.name.startsWith(`tenantry-${slug}`));
+  const databases = (await own.stack.api("GET", "/d1/database?per_page=10000")).result.filter((d) => d.name.startsWith(`tenantry-${slug}`));
   // The tenant's database, and at most the one it replaced.
   expect(databases.map((d) => d.uuid)).toContain(row.database_id);
   expect(databases.length).toBeLessThanOrEqual(1 + spares.length);
@@ -118,12 +87,12 @@ describe("a crash in the middle of a restore", () => {
     await addProject(t.slug, t.token, "after-backup");
     const started = admin()("POST", `/v1/tenants/${t.slug}/restore`, { backup: backup.json.backup.id }).catch(() => undefined);
     await sleep(900);
-    await crashAndRestart();
+    await own.crashAndRestart();
     await started;
     const op = await reconcileUntilClosed(t.slug);
     expect(op, op?.last_error).toMatchObject({ kind: "restore_backup", state: "succeeded" });
     await expectClean(t.slug);
-    expect(await projectsOf(t.slug, t.email)).toEqual(["in-backup"]);
+    expect(await projectsOf(t.slug)).toEqual(["in-backup"]);
   }, 180_000);
 
   test("point in time, killed around its Time Travel step: the reconciler finishes it at the asked time", async () => {
@@ -135,12 +104,12 @@ describe("a crash in the middle of a restore", () => {
     const started = admin()("POST", `/v1/tenants/${t.slug}/restore`, { at }).catch(() => undefined);
     // The quiesce wait is 11 s: the kill lands as the restore itself runs.
     await sleep(11_200);
-    await crashAndRestart();
+    await own.crashAndRestart();
     await started;
     const op = await reconcileUntilClosed(t.slug);
     expect(op, op?.last_error).toMatchObject({ kind: "restore_point_in_time", state: "succeeded" });
     await expectClean(t.slug);
-    expect(await projectsOf(t.slug, t.email)).toEqual(["early"]);
+    expect(await projectsOf(t.slug)).toEqual(["early"]);
   }, 180_000);
 
   test("undelete, killed midway: the reconciler brings the tenant back with its data", async () => {
@@ -155,11 +124,11 @@ describe("a crash in the middle of a restore", () => {
     );
     const started = admin()("POST", `/v1/tenants/${t.slug}/restore`, {}).catch(() => undefined);
     await sleep(700);
-    await crashAndRestart();
+    await own.crashAndRestart();
     await started;
     const op = await reconcileUntilClosed(t.slug);
     expect(op, op?.last_error).toMatchObject({ kind: "undelete", state: "succeeded" });
     await expectClean(t.slug);
-    expect(await projectsOf(t.slug, t.email)).toEqual(["kept"]);
+    expect(await projectsOf(t.slug)).toEqual(["kept"]);
   }, 180_000);
 });
