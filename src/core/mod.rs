@@ -3,6 +3,7 @@
 //! Everything that decides *which* tenant a request is for, and what that tenant's resources are
 //! called, lives here; the layers above only feed it strings from the request and `Env`.
 
+pub mod audit_chain;
 pub mod backups;
 pub mod bindings;
 pub mod cache;
