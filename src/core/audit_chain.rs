@@ -184,8 +184,9 @@ pub struct Walk {
 }
 
 /// Walks `rows` (consecutive rows of the log, by id) from `start`, and stops at the first broken
-/// link. Ids need not be consecutive: a gap is only a missing row when the chain says so (the next
-/// row was chained to a row that is not there).
+/// link. Ids are consecutive: `AUTOINCREMENT` never skips one (an insert rolled back gives its id
+/// back with its transaction), so a gap is rows deleted, even where the chain was sealed across it
+/// (rows deleted at the end before newer ones were sealed).
 pub fn verify(start: &Start, rows: &[ChainRow]) -> Walk {
     let mut walk = Walk::default();
     let (mut prev_id, mut prev_hash) = (start.id, start.hash.clone());
@@ -193,6 +194,19 @@ pub fn verify(start: &Start, rows: &[ChainRow]) -> Walk {
     for row in rows {
         walk.checked += 1;
         walk.last_id = Some(row.id);
+        if row.id != prev_id + 1 {
+            walk.first_broken = Some(Broken {
+                id: prev_id + 1,
+                reason: Reason::RowsMissing,
+                message: format!(
+                    "rows {} to {} are missing: the log goes from row {prev_id} to row {}",
+                    prev_id + 1,
+                    row.id - 1,
+                    row.id
+                ),
+            });
+            return walk;
+        }
         let Some(hash) = &row.hash else {
             unsealed_from.get_or_insert(row.id);
             walk.unsealed += 1;
@@ -217,26 +231,13 @@ pub fn verify(start: &Start, rows: &[ChainRow]) -> Walk {
             return walk;
         }
         if prev_hash.as_deref() != Some(stored_prev) {
-            walk.first_broken = Some(if row.id > prev_id + 1 {
-                Broken {
-                    id: prev_id + 1,
-                    reason: Reason::RowsMissing,
-                    message: format!(
-                        "rows {} to {} are missing: row {} was chained to a row that is not there",
-                        prev_id + 1,
-                        row.id - 1,
-                        row.id
-                    ),
-                }
-            } else {
-                Broken {
-                    id: row.id,
-                    reason: Reason::LinkBroken,
-                    message: format!(
-                        "row {} was not chained to the row before it as that row is now: that row was rewritten",
-                        row.id
-                    ),
-                }
+            walk.first_broken = Some(Broken {
+                id: row.id,
+                reason: Reason::LinkBroken,
+                message: format!(
+                    "row {} was not chained to the row before it as that row is now: that row was rewritten",
+                    row.id
+                ),
             });
             return walk;
         }
@@ -264,6 +265,8 @@ pub fn tail_missing(last_id: Option<i64>, sequence: Option<i64>) -> Option<Broke
 pub struct Anchor {
     pub last_id: i64,
     pub hash: String,
+    /// When it was recorded (the control plane's clock, RFC 3339).
+    pub anchored_at: String,
     /// The tenant's database was restored (or re-created) after the anchor was taken.
     pub restored_since: bool,
 }
@@ -494,12 +497,16 @@ mod tests {
     }
 
     #[test]
-    fn a_gap_the_chain_spans_is_not_a_missing_row() {
-        // Sealed across a gap (an id never committed): the chain links 4 to 6.
-        let mut rows: Vec<ChainRow> = [1, 2, 3, 4, 6, 7].iter().map(|&id| row(id, "a")).collect();
+    fn a_gap_is_missing_rows_even_where_the_chain_spans_it() {
+        // Rows 5 and 6 deleted before the rows after them were sealed: the chain links 4 to 7.
+        let mut rows: Vec<ChainRow> = [1, 2, 3, 4, 7, 8].iter().map(|&id| row(id, "a")).collect();
         let seals = seal(None, &genesis(SLUG), &rows);
         apply(&mut rows, &seals);
-        assert_eq!(broken(&rows), None);
+        assert_eq!(broken(&rows), Some((5, Reason::RowsMissing)));
+        // Unsealed rows too.
+        let mut rows = sealed(3);
+        rows.push(row(5, "a"));
+        assert_eq!(broken(&rows), Some((4, Reason::RowsMissing)));
     }
 
     #[test]
@@ -525,7 +532,12 @@ mod tests {
     #[test]
     fn an_anchor_catches_a_whole_tail_rewritten() {
         let rows = sealed(8);
-        let anchor = Anchor { last_id: 8, hash: rows[7].hash.clone().unwrap(), restored_since: false };
+        let anchor = Anchor {
+            last_id: 8,
+            hash: rows[7].hash.clone().unwrap(),
+            anchored_at: "2026-01-01T00:00:00.000Z".into(),
+            restored_since: false,
+        };
         assert_eq!(anchor_status(&anchor, Some(rows[7].hash.as_deref())), AnchorStatus::Held);
         // Row 5 edited and every later hash recomputed: the chain alone checks out ...
         let mut forged = rows.clone();

@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use super::sql::{Outcome, Sql, SqlError, Statement};
+use crate::core::audit_chain::Anchor;
 use crate::core::lifecycle::{OperationKind, OperationState, Plan, Step, TenantStatus};
 use crate::core::roles::RoleSpec;
 use crate::sql;
@@ -1231,6 +1232,78 @@ impl<S: Sql> ControlStore<S> {
     pub async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
         self.db.run(sql!("DELETE FROM leases WHERE name = ?1 AND holder = ?2", name, holder)).await.map(drop)
     }
+
+    // --- audit anchors --------------------------------------------------------------------------
+
+    /// The control plane's clock now, and tenant `slug`'s audit anchor if it has one, with whether
+    /// the tenant's database was restored (or re-created) since it was taken. One query.
+    pub async fn audit_anchor(&self, slug: &str) -> Result<(String, Option<Anchor>)> {
+        #[derive(Deserialize)]
+        struct Row {
+            now: String,
+            last_id: Option<i64>,
+            hash: Option<String>,
+            anchored_at: Option<String>,
+            #[serde(deserialize_with = "flag")]
+            restored_since: bool,
+        }
+        let row: Option<Row> = self
+            .db
+            .first(sql!(
+                format!(
+                    "SELECT {NOW} AS now, a.last_id, a.hash, a.anchored_at, EXISTS (SELECT 1 FROM operations o \
+                     WHERE o.tenant_slug = ?1 AND o.kind IN ({kinds}) AND o.state = 'succeeded' \
+                     AND o.finished_at >= a.anchored_at) AS restored_since \
+                     FROM (SELECT 1) LEFT JOIN audit_anchors a ON a.tenant_slug = ?1",
+                    kinds = new_database_kinds()
+                ),
+                slug
+            ))
+            .await?;
+        let row = row.ok_or_else(|| SqlError::new("the anchor query returned no row"))?;
+        let anchor = match (row.last_id, row.hash, row.anchored_at) {
+            (Some(last_id), Some(hash), Some(anchored_at)) => {
+                Some(Anchor { last_id, hash, anchored_at, restored_since: row.restored_since })
+            }
+            _ => None,
+        };
+        Ok((row.now, anchor))
+    }
+
+    /// Records `(last_id, hash)` as the head of tenant `slug`'s audit chain, read from database
+    /// `database_id` by a verification that began at `began` (the control plane's clock,
+    /// [`Self::audit_anchor`]). Only while that database is still the tenant's, in service, and no
+    /// restore (or re-creation) is running or has finished since `began`: an anchor never records
+    /// a head of data a restore has replaced. Whether it was recorded.
+    pub async fn record_audit_anchor(
+        &self,
+        slug: &str,
+        database_id: &str,
+        last_id: i64,
+        hash: &str,
+        began: &str,
+    ) -> Result<bool> {
+        self.db
+            .changed(sql!(
+                format!(
+                    "INSERT INTO audit_anchors (tenant_slug, database_id, last_id, hash, anchored_at) \
+                     SELECT ?1, ?2, ?3, ?4, {NOW} \
+                     WHERE EXISTS (SELECT 1 FROM tenants WHERE slug = ?1 AND database_id = ?2 \
+                       AND restoring IS NULL AND status IN ('active', 'suspended')) \
+                     AND NOT EXISTS (SELECT 1 FROM operations WHERE tenant_slug = ?1 AND kind IN ({kinds}) \
+                       AND ({OPEN} OR (state = 'succeeded' AND finished_at >= ?5))) \
+                     ON CONFLICT (tenant_slug) DO UPDATE SET database_id = excluded.database_id, \
+                     last_id = excluded.last_id, hash = excluded.hash, anchored_at = excluded.anchored_at",
+                    kinds = new_database_kinds()
+                ),
+                slug,
+                database_id,
+                last_id,
+                hash,
+                began
+            ))
+            .await
+    }
 }
 
 /// An audit row written only when the statement just before it in the batch changed a row
@@ -1246,6 +1319,16 @@ fn audit_if_changed(actor: &str, action: &str, slug: Option<&str>, request_id: &
         request_id,
         detail.to_string()
     )
+}
+
+/// The operations after which a tenant's database holds other data than before (a restore, or a
+/// create that may be a re-creation under the slug), as a quoted SQL list.
+fn new_database_kinds() -> String {
+    [OperationKind::Create, OperationKind::RestorePointInTime, OperationKind::RestoreBackup, OperationKind::Undelete]
+        .iter()
+        .map(|k| format!("'{}'", k.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Closes open operation `op_id` as failed with `reason`, while the runner holds `fence`.
