@@ -1,11 +1,14 @@
 //! What every tenant handler receives: the tenant, its database, the authenticated user and the
 //! request id. There is no other way for handler code to reach a tenant database.
 
+use std::cell::Cell;
+
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::JsValue;
 use worker::{D1Database, D1PreparedStatement, D1Result, Request, Response};
 
 use super::TenantDb;
+use crate::core::audit_chain::Anchor;
 use crate::core::lifecycle::Plan;
 use crate::core::plans::{self, Resource};
 use crate::core::slug::TenantSlug;
@@ -27,6 +30,8 @@ pub struct TenantContext {
     user: AuthUser,
     request_id: String,
     platform: Platform,
+    /// An audit statement was made for this request: its rows are sealed after the response.
+    audited: Cell<bool>,
 }
 
 /// Read-only access to what the platform defines for every tenant (default settings), without
@@ -44,6 +49,11 @@ impl Platform {
         Ok(crate::edge::control(&self.0)?.settings_defaults().await?)
     }
 
+    /// The operator's anchor of this tenant's audit chain, if any (one control-plane query).
+    pub async fn audit_anchor(&self, slug: &TenantSlug) -> Result<Option<Anchor>, ApiError> {
+        Ok(crate::edge::control(&self.0)?.audit_anchor(slug.as_str()).await?.1)
+    }
+
     /// The Cloudflare API client of this deployment (the export endpoint's).
     pub fn api(&self) -> Result<crate::cloudflare::Client<crate::cloudflare::fetch::FetchTransport>, ApiError> {
         Ok(crate::edge::api_client(&self.0)?.0)
@@ -58,7 +68,7 @@ impl TenantContext {
         request_id: &str,
         platform: Platform,
     ) -> Self {
-        Self { tenant, record, user, request_id: request_id.to_owned(), platform }
+        Self { tenant, record, user, request_id: request_id.to_owned(), platform, audited: Cell::new(false) }
     }
 
     /// What the platform defines for every tenant.
@@ -178,6 +188,11 @@ impl TenantContext {
         &self.request_id
     }
 
+    /// Whether this request made an audit statement (its rows wait to be sealed).
+    pub fn audited(&self) -> bool {
+        self.audited.get()
+    }
+
     /// An audit row for `action` on `target`, to run in the same batch as the change it records.
     pub fn audit(
         &self,
@@ -185,6 +200,7 @@ impl TenantContext {
         target: &str,
         detail: &serde_json::Value,
     ) -> Result<D1PreparedStatement, ApiError> {
+        self.audited.set(true);
         audit_statement(self.db(), Some(&self.user), action, target, &self.request_id, detail)
     }
 
@@ -197,6 +213,7 @@ impl TenantContext {
         target: &str,
         detail: &serde_json::Value,
     ) -> Result<D1PreparedStatement, ApiError> {
+        self.audited.set(true);
         let [actor_id, actor_email, action, target, request_id, detail] =
             audit_values(Some(&self.user), action, target, &self.request_id, detail);
         Ok(self.db().prepare(format!("{AUDIT_INSERT} SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE changes() > 0")).bind(&[
@@ -222,6 +239,7 @@ impl TenantContext {
         rows: &str,
         params: &[JsValue],
     ) -> Result<D1PreparedStatement, ApiError> {
+        self.audited.set(true);
         let [actor_id, actor_email, action, target, request_id, _] =
             audit_values(Some(&self.user), action, target, &self.request_id, &serde_json::Value::Null);
         let n = params.len();

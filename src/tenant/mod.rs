@@ -12,6 +12,7 @@
 //! Layer: below the router, beside the control plane (neither uses the other). It may use the
 //! storage layer (`store`, `edge`), the `http` toolkit and the core.
 
+mod audit;
 mod auth;
 mod context;
 mod export;
@@ -78,7 +79,7 @@ pub async fn handle(
     if refresh {
         ctx.wait_until(directory::refresh(edge::control(env)?, slug.clone(), js_sys::Date::now));
     }
-    let outcome = serve(req, env, &control, slug, request_id, lookup, &segments).await;
+    let outcome = serve(req, env, ctx, &control, slug, request_id, lookup, &segments).await;
     let mut response = outcome.unwrap_or_else(|e| http::error_response(&e));
     let _ = response.headers_mut().set(CONTROL_QUERIES_HEADER, &queries.to_string());
     if refresh {
@@ -87,9 +88,11 @@ pub async fn handle(
     Ok(response)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     req: &Request,
     env: &Env,
+    wctx: &Context,
     control: &ControlStore<D1Database>,
     slug: TenantSlug,
     request_id: &str,
@@ -140,14 +143,26 @@ async fn serve(
 
     // The one unauthenticated tenant route.
     if segments == ["api", "auth", "login"] {
-        return match Method::of(req) {
-            Method::Post => auth::login(req, env, &tenant, &record, request_id).await,
-            _ => Err(http::method_not_allowed("POST")),
+        let Method::Post = Method::of(req) else {
+            return Err(http::method_not_allowed("POST"));
         };
+        let outcome = auth::login(req, env, &tenant, &record, request_id).await;
+        // A sign-in writes an audit row whether it succeeds or fails its password check.
+        let audited = match &outcome {
+            Ok(response) => response.status_code() == 200,
+            Err(e) => e.status() == 401,
+        };
+        if audited {
+            audit::seal_later(wctx, tenant.db(), tenant.slug());
+        }
+        return outcome;
     }
     let host = record.host.clone();
     let ctx = auth::authenticate(req, env, tenant, record, request_id).await?;
     let outcome = route(&ctx, req, segments).await;
+    if ctx.audited() {
+        audit::seal_later(wctx, ctx.db(), ctx.slug());
+    }
     if let Err(ApiError::Unavailable { code: "tenant_unavailable", .. }) = &outcome {
         // A database verified earlier that stopped answering through its host (its binding
         // removed there): have the host's bindings checked.
@@ -174,6 +189,7 @@ async fn route(ctx: &TenantContext, req: &Request, segments: &[&str]) -> Result<
         (["api", "projects", id], Patch) => projects::update(ctx, req, id).await,
         (["api", "projects", id], Delete) => projects::delete(ctx, id).await,
         (["api", "audit-log"], Get) => context::audit_log(ctx, req).await,
+        (["api", "audit-log", "verify"], Get) => audit::verify(ctx, req).await,
         (["api", "roles"], Get) => roles::list(ctx).await,
         (["api", "roles"], Post) => roles::create(ctx, req).await,
         (["api", "roles", name], Patch) => roles::update(ctx, req, name).await,
@@ -183,6 +199,7 @@ async fn route(ctx: &TenantContext, req: &Request, segments: &[&str]) -> Result<
         (["api", "settings"], Patch) => settings::update(ctx, req).await,
         (["api", "settings"], _) => Err(http::method_not_allowed("GET, PATCH")),
         (["api", "me" | "tenant" | "audit-log" | "export"], _) => Err(http::method_not_allowed("GET")),
+        (["api", "audit-log", "verify"], _) => Err(http::method_not_allowed("GET")),
         (["api", "users" | "projects" | "roles"], _) => Err(http::method_not_allowed("GET, POST")),
         (["api", "users" | "projects", _], _) => Err(http::method_not_allowed("GET, PATCH, DELETE")),
         _ => Err(http::route_not_found()),

@@ -11,6 +11,7 @@
 //! | `PATCH /v1/tenants/{slug}` | name, plan, suspend (`status: "suspended"`, `message`) or resume |
 //! | `DELETE /v1/tenants/{slug}` | delete (backup first): 200 when deleted, 202 + operation otherwise |
 //! | `GET /v1/tenants/{slug}/operations` | the tenant's lifecycle operations, newest first |
+//! | `GET /v1/tenants/{slug}/audit/verify` | verify the tenant's audit chain (a page), check and move its anchor |
 //! | `GET /v1/tenants/{slug}/backup` | the backup taken when the tenant was deleted (a SQL dump) |
 //! | `GET/POST /v1/tenants/{slug}/backups` | every backup kept (verified, in R2), newest first / take one now |
 //! | `GET /v1/tenants/{slug}/backups/{id}` | one backup's SQL, checked against its SHA-256 |
@@ -25,9 +26,10 @@
 //! | `POST /v1/reconcile` | run the scheduled reconciler now, and report |
 //!
 //! One file per resource: `tenants` (the registry and the lifecycle's entry points), `roles`,
-//! `fleet` (migrations, maintenance, default settings). This file is the router and the admin
+//! `fleet` (migrations, maintenance, default settings), `backups`, `audit` (tenant audit chains). This file is the router and the admin
 //! token check. It may use the lifecycle and the fleet passes, the storage layer, `http` and `core`.
 
+mod audit;
 mod backups;
 mod fleet;
 mod roles;
@@ -71,6 +73,10 @@ pub async fn handle(req: &Request, env: &Env, path: &str) -> Result<Response, Ap
         }
         ["tenants", slug, "operations"] => match method {
             Method::Get => operations(env, &parse_slug(slug)?).await,
+            _ => Err(http::method_not_allowed("GET")),
+        },
+        ["tenants", slug, "audit", "verify"] => match method {
+            Method::Get => audit::verify(req, env, &parse_slug(slug)?).await,
             _ => Err(http::method_not_allowed("GET")),
         },
         ["tenants", slug, "backups"] => match method {
