@@ -404,7 +404,8 @@ mod tests {
     #[test]
     fn each_kind_of_tampering_is_found_at_its_row() {
         type Tamper = fn(&mut Vec<ChainRow>);
-        let cases: &[(&str, Tamper, Option<(i64, Reason)>)] = &[
+        type Found = Option<(i64, Reason)>;
+        let cases: &[(&str, Tamper, Found)] = &[
             ("untouched", |_| {}, None),
             ("content edited", |r| r[4].detail = json!("{\"name\":\"other\"}"), Some((5, Reason::ContentChanged))),
             ("actor edited", |r| r[0].actor_email = json!("mallory@x.test"), Some((1, Reason::ContentChanged))),

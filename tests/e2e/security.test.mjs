@@ -49,6 +49,7 @@ function endpoints(t) {
     ["PATCH", `/api/projects/${t.projectId}`, { description: t.marker }],
     ["DELETE", "/api/projects/999999"],
     ["GET", "/api/audit-log"],
+    ["GET", "/api/audit-log/verify"],
     ["GET", "/api/roles"],
     ["POST", "/api/roles", { name: `r-${Math.random().toString(36).slice(2, 10)}`, description: t.marker }],
     ["GET", "/api/settings"],
