@@ -48,15 +48,36 @@ export async function tenantBindings(api) {
 }
 
 /**
+ * What the newest tenant migration adds, in file order: the tables, indexes, views and triggers it
+ * creates (`{ kind, name }`) and the columns it adds (`{ kind: "column", table, name }`).
+ * @returns {({ kind: "table" | "index" | "view" | "trigger", name: string } | { kind: "column", table: string, name: string })[]}
+ */
+export function newestMigrationAdds() {
+  const newest = tenantMigrations().at(-1);
+  const pattern =
+    /^\s*(?:CREATE\s+(?:UNIQUE\s+)?(TABLE|INDEX|VIEW|TRIGGER)\s+(?:IF\s+NOT\s+EXISTS\s+)?["`]?(\w+)|ALTER\s+TABLE\s+["`]?(\w+)["`]?\s+ADD\s+(?:COLUMN\s+)?["`]?(\w+))/gim;
+  return [...newest.sql.matchAll(pattern)].map(([, kind, name, table, column]) =>
+    kind
+      ? { kind: /** @type {"table" | "index" | "view" | "trigger"} */ (kind.toLowerCase()), name }
+      : { kind: /** @type {"column"} */ ("column"), table, name: column },
+  );
+}
+
+/**
  * The SQL that puts a tenant database back at the version before the newest tenant migration,
- * as if that migration had just shipped: drops the tables, indexes, views and triggers it creates
- * and removes its ledger row. (Tenant migrations only add objects; one that alters existing ones
- * would need its own undo here.)
+ * as if that migration had just shipped: undoes what it adds, last first (drops the tables,
+ * indexes, views and triggers it creates, and the columns it adds) and removes its ledger row.
+ * (Tenant migrations only add; one that changes existing objects otherwise would need its own
+ * undo here.)
  */
 export function rollBackNewestSql() {
   const newest = tenantMigrations().at(-1);
-  const drops = [...newest.sql.matchAll(/^\s*CREATE\s+(?:UNIQUE\s+)?(TABLE|INDEX|VIEW|TRIGGER)\s+(?:IF\s+NOT\s+EXISTS\s+)?["`]?(\w+)/gim)]
-    .map(([, kind, name]) => `DROP ${kind.toUpperCase()} IF EXISTS ${name};`)
+  const drops = newestMigrationAdds()
+    .map((added) =>
+      added.kind === "column"
+        ? `ALTER TABLE ${added.table} DROP COLUMN ${added.name};`
+        : `DROP ${added.kind.toUpperCase()} IF EXISTS ${added.name};`,
+    )
     .reverse();
   return `${drops.join(" ")} DELETE FROM d1_migrations WHERE name = '${newest.name}'`;
 }

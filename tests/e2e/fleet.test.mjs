@@ -7,12 +7,15 @@ import path from "node:path";
 import pLimit from "p-limit";
 import { beforeAll, expect, test } from "vitest";
 import { ROOT } from "../../cloud/stack.mjs";
-import { rollBackNewestSql, tenantMigrations } from "../../cloud/provision.mjs";
+import { newestMigrationAdds, rollBackNewestSql, tenantMigrations } from "../../cloud/provision.mjs";
 import { admin, authed, createTenant, freshSlug, setBindings, sql, stack } from "../helpers.mjs";
 
 const FLEET = 50;
 const LATEST = tenantMigrations().length;
 const NEWEST = tenantMigrations().at(-1).name;
+/** What the newest migration adds: the last of it is made to fail on some tenants, the rest must then not be there. */
+const ADDS = newestMigrationAdds();
+const CONFLICT = /** @type {(typeof ADDS)[number]} */ (ADDS.at(-1));
 let fleet;
 
 beforeAll(async () => {
@@ -25,6 +28,31 @@ beforeAll(async () => {
 async function rollBack(t) {
   await sql(t.uuid, rollBackNewestSql());
   await sql(stack.controlDatabaseId, "UPDATE tenants SET schema_version = ?1 WHERE slug = ?2", [LATEST - 1, t.slug]);
+}
+
+/** The SQL that makes the newest migration fail on a tenant (its last addition is there already), and the fix. */
+const conflict =
+  CONFLICT.kind === "column"
+    ? {
+        make: `ALTER TABLE ${CONFLICT.table} ADD COLUMN ${CONFLICT.name} INTEGER`,
+        fix: `ALTER TABLE ${CONFLICT.table} DROP COLUMN ${CONFLICT.name}`,
+      }
+    : { make: `CREATE TABLE ${CONFLICT.name} (conflicting INTEGER)`, fix: `DROP TABLE ${CONFLICT.name}` };
+
+/**
+ * How many of the newest migration's additions other than the conflicting one tenant `t` has.
+ * @param {{ uuid: string }} t
+ */
+async function partlyMigrated(t) {
+  let found = 0;
+  for (const added of ADDS.slice(0, -1)) {
+    const [statement, params] =
+      added.kind === "column"
+        ? ["SELECT count(*) AS n FROM pragma_table_info(?1) WHERE name = ?2", [added.table, added.name]]
+        : ["SELECT count(*) AS n FROM sqlite_master WHERE name = ?1 AND type = ?2", [added.name, added.kind]];
+    found += (await sql(t.uuid, statement, params))[0].results[0].n;
+  }
+  return found;
 }
 
 /** A new Worker version starts fresh isolates (this is what a deploy does). */
@@ -42,9 +70,9 @@ const ledger = async (t) => (await sql(t.uuid, "SELECT name FROM d1_migrations O
 test("a migration reaches every tenant; failures are isolated, recorded, and fixed by running again", { timeout: 300_000 }, async () => {
   expect(fleet).toHaveLength(FLEET);
   await Promise.all(fleet.map(rollBack));
-  // Five tenants hold a table that makes the new migration fail there.
+  // Five tenants hold an object that makes the new migration fail there.
   const broken = fleet.slice(0, 5);
-  for (const t of broken) await sql(t.uuid, "CREATE TABLE settings (conflicting INTEGER)");
+  for (const t of broken) await sql(t.uuid, conflict.make);
   await redeploy();
 
   const before = await admin("GET", "/v1/migrations/status");
@@ -67,12 +95,13 @@ test("a migration reaches every tenant; failures are isolated, recorded, and fix
   expect(failedSlugs).toEqual(broken.map((t) => t.slug).sort());
   for (const f of after.json.failures) {
     expect(f.schema_version).toBe(LATEST - 1);
-    expect(f.migration_error).toMatch(new RegExp(`${NEWEST}.*settings`));
+    expect(f.migration_error).toMatch(new RegExp(`${NEWEST}.*${CONFLICT.name}`));
   }
-  // Atomic: a failed tenant has none of the migration (no roles table), and is not served.
+  // Atomic: a failed tenant has none of the migration (not even what comes before the failing
+  // statement), and is not served.
   for (const t of broken) {
     expect(await ledger(t)).not.toContain(NEWEST);
-    expect((await sql(t.uuid, "SELECT count(*) AS n FROM sqlite_master WHERE name = 'roles'"))[0].results[0].n).toBe(0);
+    expect(await partlyMigrated(t)).toBe(0);
     const res = await authed(t.slug, t.token, "/api/projects");
     expect([res.status, res.json.error.code]).toEqual([503, "tenant_migrating"]);
   }
@@ -80,7 +109,7 @@ test("a migration reaches every tenant; failures are isolated, recorded, and fix
   expect((await authed(fleet[10].slug, fleet[10].token, "/api/projects")).status).toBe(200);
 
   // The fix, then the same command again.
-  for (const t of broken) await sql(t.uuid, "DROP TABLE settings");
+  for (const t of broken) await sql(t.uuid, conflict.fix);
   const again = migrateCli();
   expect(again.status, again.stdout).toBe(0);
   const final = await admin("GET", "/v1/migrations/status");
