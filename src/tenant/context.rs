@@ -309,12 +309,14 @@ struct AuditRow {
     target: Option<String>,
     request_id: String,
     detail: String,
+    hash: Option<String>,
 }
 
-/// `GET /api/audit-log?limit=&cursor=` (admins): newest first.
+/// `GET /api/audit-log?limit=&cursor=` (admins): newest first, each entry with its chain hash
+/// (`null` until sealed), which a client may keep to check the log against later.
 pub async fn audit_log(ctx: &TenantContext, req: &Request) -> Result<Response, ApiError> {
     ctx.require_admin()?;
-    let select = "SELECT id, at, actor_id, actor_email, action, target, request_id, detail FROM audit_log";
+    let select = "SELECT id, at, actor_id, actor_email, action, target, request_id, detail, hash FROM audit_log";
     let (rows, next) = ctx.page(req, select, 200, true, |r: &AuditRow| r.id).await?;
     let entries: Vec<serde_json::Value> = rows
         .iter()
@@ -322,7 +324,7 @@ pub async fn audit_log(ctx: &TenantContext, req: &Request) -> Result<Response, A
             serde_json::json!({
                 "id": r.id, "at": r.at, "actor": { "id": r.actor_id, "email": r.actor_email }, "action": r.action,
                 "target": r.target, "request_id": r.request_id,
-                "detail": serde_json::from_str::<serde_json::Value>(&r.detail).unwrap_or_default(),
+                "detail": serde_json::from_str::<serde_json::Value>(&r.detail).unwrap_or_default(), "hash": r.hash,
             })
         })
         .collect();

@@ -94,6 +94,10 @@ describe("sealing", () => {
       if (i > 0) expect(row.prev_hash).toBe(log[i - 1].hash);
     });
 
+    // The listing shows each entry's hash (a client may keep the newest to check against later).
+    const newest = await authed(t.slug, t.token, "/api/audit-log?limit=1");
+    expect(newest.json.entries[0]).toMatchObject({ id: log.length, hash: log[log.length - 1].hash });
+
     const verified = await tenantVerify(t);
     expect(verified.status, verified.text).toBe(200);
     expect(verified.json).toMatchObject({
