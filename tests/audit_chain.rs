@@ -244,3 +244,54 @@ async fn no_anchor_is_recorded_while_a_restore_runs_or_for_another_database() {
     store.sql().run(sql!("UPDATE operations SET state = 'failed' WHERE id = 'op-b'")).await.unwrap();
     assert!(store.record_audit_anchor(SLUG, "db-1", head.0, &head.1, &began).await.unwrap());
 }
+
+/// Tenant `slug`'s database as a new invocation reaches it.
+async fn database_of(world: &tenantry::fake::World, slug: &str) -> MemorySql {
+    use tenantry::core::names::BindingName;
+    use tenantry::store::ports::{Bindings, Home};
+    let record = world.store().tenant_record(slug).await.unwrap().unwrap();
+    let parsed = TenantSlug::parse(slug).unwrap();
+    world.invocation().bindings.database(Home::of(record.host.as_deref()), &BindingName::for_tenant(&parsed)).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_scheduled_pass_anchors_every_tenant_in_turn_and_reports_a_broken_chain() {
+    let world = tenantry::fake::World::with_hosts(7, 10).await;
+    let slugs: Vec<String> = (0..4).map(|i| format!("anchor-{i}")).collect();
+    for slug in &slugs {
+        let op = world.request_create(slug).await;
+        world.invocation().run(&op).await.unwrap();
+    }
+    world.converge(5).await;
+    for (i, slug) in slugs.iter().enumerate() {
+        insert(&database_of(&world, slug).await, 3 + i).await;
+    }
+    // Passes of 3 tenants: the first anchors 3, the second the last one (and comes round again).
+    let first = world.invocation().anchor_pass(3, 2).await.unwrap();
+    assert_eq!((first.anchored, first.broken.len(), first.failed, first.more), (3, 0, 0, true));
+    let second = world.invocation().anchor_pass(3, 2).await.unwrap();
+    assert_eq!((second.anchored, second.more), (1, false));
+    for (i, slug) in slugs.iter().enumerate() {
+        let (_, anchor) = world.store().audit_anchor(slug).await.unwrap();
+        assert_eq!(anchor.map(|a| a.last_id), Some(3 + i as i64), "{slug}: every row sealed and anchored");
+    }
+
+    // New rows: the next round verifies from the anchor on and moves it.
+    let db = database_of(&world, "anchor-0").await;
+    insert(&db, 2).await;
+    // A tail rewritten with its hashes on another tenant: found against its anchor.
+    let other = database_of(&world, "anchor-1").await;
+    other.run(sql!("UPDATE audit_log SET detail = '{\"forged\":1}' WHERE id = 2")).await.unwrap();
+    other.run(sql!("UPDATE audit_log SET hash = NULL, prev_hash = NULL WHERE id >= 2")).await.unwrap();
+    let round = world.invocation().anchor_pass(10, 2).await.unwrap();
+    assert_eq!(round.anchored, 3);
+    assert_eq!(round.broken.len(), 1);
+    assert_eq!(
+        (round.broken[0].0.as_str(), round.broken[0].1.id, round.broken[0].1.reason),
+        ("anchor-1", 4, Reason::AnchorMismatch)
+    );
+    let (_, moved) = world.store().audit_anchor("anchor-0").await.unwrap();
+    assert_eq!(moved.map(|a| a.last_id), Some(5));
+    let (_, kept) = world.store().audit_anchor("anchor-1").await.unwrap();
+    assert_eq!(kept.map(|a| a.last_id), Some(4), "a broken chain's anchor stays");
+}

@@ -145,6 +145,11 @@ pub struct Report {
     /// and found nothing broken: what an anchor may record.
     #[serde(skip)]
     pub head: Option<(i64, String)>,
+    /// The last row of this page that checked out and its hash, when nothing in the page (nor the
+    /// anchor) is broken, whether or not the page reached the end: a checkpoint the scheduled
+    /// anchoring moves its anchor to, page by page.
+    #[serde(skip)]
+    pub page_head: Option<(i64, String)>,
 }
 
 /// Verifies up to `limit` rows after row `cursor` (from the first row when `None`), the tail
@@ -192,9 +197,13 @@ pub async fn verify<S: Sql>(
         (a, status)
     });
     let anchor_broken = anchor_view.and_then(|(a, status)| audit_chain::anchor_broken(a, status));
-    let first_broken = walk.first_broken.clone().or(tail).or(anchor_broken);
+    let first_broken = walk.first_broken.clone().or(tail).or(anchor_broken.clone());
     let head = match (&first_broken, at_end, walk.sealed_through, &walk.head_hash) {
         (None, true, Some(id), Some(hash)) => Some((id, hash.clone())),
+        _ => None,
+    };
+    let page_head = match (&walk.first_broken, &anchor_broken, walk.sealed_through, &walk.head_hash) {
+        (None, None, Some(id), Some(hash)) => Some((id, hash.clone())),
         _ => None,
     };
     let next_cursor = if more || walk.first_broken.is_some() {
@@ -216,5 +225,6 @@ pub async fn verify<S: Sql>(
         }),
         next_cursor,
         head,
+        page_head,
     })
 }

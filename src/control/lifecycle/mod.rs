@@ -18,9 +18,11 @@
 //!
 //! Files: this one holds the configuration, the lease helper and the types; `error` the sagas'
 //! error; `runner` runs a saga's steps, `steps` holds each step, `reconciler` the bindings
-//! reconciler and the scheduled pass, `orphans` the orphan scan. The lifecycle may use the storage
-//! layer, the Cloudflare client and the core; the admin API maps its errors to HTTP.
+//! reconciler and the scheduled pass, `orphans` the orphan scan, `audit` the scheduled anchoring of
+//! tenants' audit chains. The lifecycle may use the storage layer, the Cloudflare client and the
+//! core; the admin API maps its errors to HTTP.
 
+mod audit;
 mod error;
 mod hosts;
 mod orphans;
@@ -36,6 +38,7 @@ use futures_util::future::{self, Either};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+pub use audit::{AnchorPass, ANCHORS_PER_PASS};
 pub use error::LifecycleError;
 pub use restores::{BackupPass, RestoreInput, QUIESCE_MS};
 

@@ -153,6 +153,8 @@ impl<P: Platform> Lifecycle<P> {
         )
         .await?;
         self.store.set_platform_value("fleet_cursor", migrations.next.as_deref()).await?;
+        // The next few tenants' audit chains verified from their anchors, and anchored anew.
+        let anchors = self.anchor_pass(super::ANCHORS_PER_PASS, self.settings.migration_concurrency).await?;
         Ok(json!({
             "bindings": bindings_after.or(bindings),
             "hosts": host_reports(hosts, hosts_after),
@@ -167,6 +169,7 @@ impl<P: Platform> Lifecycle<P> {
             "migrations": { "processed": migrations.processed, "failed": migrations.failed.len(), "more": migrations.next.is_some() },
             "backups": { "taken": backups.succeeded, "failed": backups.failed, "remaining": backups.remaining },
             "spare_databases_dropped": spares_dropped,
+            "audit_anchors": anchors,
         }))
     }
 }
