@@ -50,7 +50,8 @@ class HostDatabase {
       throw d1Error("D1_UNREACHABLE", `binding host ${this.host} answered HTTP ${response.status}`);
     }
     if (response.status === 200 && Array.isArray(answer?.results)) {
-      return answer.results.map((r) => ({ results: r.rows, success: true, meta: { changes: r.changes } }));
+      // host-2 answers D1's meta; a host-1 host still being replaced, its `changes` only.
+      return answer.results.map((r) => ({ results: r.rows, success: true, meta: r.meta ?? { changes: r.changes } }));
     }
     if (response.status === 404 && answer?.error === "not_bound") {
       throw d1Error("D1_NOT_BOUND", `binding host ${this.host} does not hold ${this.binding}`);

@@ -5,14 +5,23 @@
 // tenant logic, so a code deploy of tenantry never has to reach the hosts.
 //
 // Protocol: `POST /sql` with `{"binding": "TENANT_ACME", "statements": [{"sql", "params"}]}` runs
-// the statements as one batch (one transaction) and answers `{"results": [{"rows", "changes"}]}`;
+// the statements as one batch (one transaction) and answers `{"results": [{"rows", "meta"}]}`
+// (`meta`: D1's changes, rows_read, rows_written and size_after; host-1 answered `changes` only);
 // an unknown binding answers 404 `{"error": "not_bound"}`, a refused statement 400
 // `{"error": "<D1's message>"}`. `GET /` answers `{"code", "bindings"}`.
 
-const CODE = "host-1";
+const CODE = "host-2";
 
 /** @param {unknown} e */
 const message = (e) => String(e instanceof Error ? e.message : e).replace(/^D1_ERROR: /, "");
+
+/** The parts of D1's `meta` the main Worker uses (its writes' effects and its metering). */
+const metaOf = (/** @type {any} */ meta) => ({
+  changes: meta?.changes ?? 0,
+  rows_read: meta?.rows_read ?? 0,
+  rows_written: meta?.rows_written ?? 0,
+  ...(typeof meta?.size_after === "number" ? { size_after: meta.size_after } : {}),
+});
 
 export default {
   /**
@@ -45,7 +54,7 @@ export default {
     try {
       const prepared = input.statements.map((s) => db.prepare(s.sql).bind(...(s.params ?? [])));
       const results = prepared.length === 1 ? [await prepared[0].all()] : await db.batch(prepared);
-      return Response.json({ results: results.map((r) => ({ rows: r.results ?? [], changes: r.meta?.changes ?? 0 })) });
+      return Response.json({ results: results.map((r) => ({ rows: r.results ?? [], meta: metaOf(r.meta) })) });
     } catch (e) {
       return Response.json({ error: message(e) }, { status: 400 });
     }
