@@ -32,6 +32,7 @@ import { dispatchBinding } from "./dispatch-plugin.mjs";
 import { ApiError, malformed, parseJson, parseMultipart } from "./http.mjs";
 import { r2Binding } from "./r2-plugin.mjs";
 import { BUCKET_NAME } from "./r2.mjs";
+import { ratelimitBinding } from "./ratelimit-plugin.mjs";
 import { HELPER } from "./runtime.mjs";
 
 const SCRIPT_NAME = /^[a-z0-9_][a-z0-9_-]{0,62}$/;
@@ -1126,8 +1127,6 @@ export function bindingOptions(bindings, { worker = (service) => service, dispat
   const kvNamespaces = {};
   const serviceBindings = {};
   const unsafeBindings = [];
-  /** @type {Record<string, { namespace_id: string, simple: { limit: number, period: number } }>} */
-  const ratelimits = {};
   const vars = {};
   for (const b of bindings) {
     if (b.type === "d1") d1Databases[b.name] = b.id;
@@ -1137,7 +1136,8 @@ export function bindingOptions(bindings, { worker = (service) => service, dispat
     else if (b.type === "service")
       serviceBindings[b.name] = b.entrypoint ? { name: worker(b.service), entrypoint: b.entrypoint } : worker(b.service);
     else if (b.type === "dispatch_namespace") unsafeBindings.push(dispatchBinding(b.name, b.namespace, dispatchTargets(b.namespace)));
-    else if (b.type === "ratelimit") ratelimits[b.name] = { namespace_id: String(b.namespace_id), simple: b.simple };
+    // In the Worker's own isolate, as on Cloudflare (see ratelimit-plugin.mjs), not Miniflare's.
+    else if (b.type === "ratelimit") unsafeBindings.push(ratelimitBinding(b.name, b.simple));
     else if (b.type === "json") vars[b.name] = b.json;
     else vars[b.name] = b.text;
   }
@@ -1147,7 +1147,6 @@ export function bindingOptions(bindings, { worker = (service) => service, dispat
     kvNamespaces,
     serviceBindings,
     ...(unsafeBindings.length ? { unsafeBindings } : {}),
-    ...(Object.keys(ratelimits).length ? { ratelimits } : {}),
     bindings: vars,
   };
 }

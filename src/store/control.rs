@@ -622,7 +622,8 @@ impl<S: Sql> ControlStore<S> {
                      schema_version = 0, status_message = NULL, backup_location = NULL, backup_bytes = NULL, \
                      backup_sha256 = NULL, last_error = NULL, bind_wanted = 0, create_fingerprint = ?4, deleted_at = NULL, \
                      migration_error = NULL, synced_version = 0, sync_error = NULL, maintenance_message = NULL, \
-                     maintenance_until = NULL, host = NULL, on_host = 0, main_until = NULL, created_at = {NOW}, \
+                     maintenance_until = NULL, host = NULL, on_host = 0, main_until = NULL, usage_month = NULL, \
+                     month_requests = 0, size_bytes = NULL, plan_expires_at = NULL, quotas = NULL, created_at = {NOW}, \
                      updated_at = {NOW} WHERE slug = ?1 AND status = 'deleted'"
                 ),
                 t.slug,
