@@ -16,6 +16,7 @@
 // as Cloudflare's binding refuses them.
 
 import { fileURLToPath } from "node:url";
+import { boundBy, moduleExtension, pluginBinding } from "./plugin.mjs";
 
 export const PLUGIN_NAME = "tenantry-ratelimit";
 const MODULE_NAME = "tenantry-cloud:ratelimit";
@@ -59,18 +60,10 @@ export default function (env) {
  * @param {{ limit: number, period: number }} simple
  */
 export function ratelimitBinding(name, simple) {
-  return {
-    name,
-    type: "ratelimit",
-    plugin: { package: fileURLToPath(import.meta.url), name: PLUGIN_NAME },
-    options: { limit: simple.limit, period: simple.period },
-  };
+  return pluginBinding(fileURLToPath(import.meta.url), PLUGIN_NAME, name, "ratelimit", { limit: simple.limit, period: simple.period });
 }
 
-/** The worker's env entries that are this plugin's bindings. */
-function ours(options) {
-  return Object.entries(options.config?.env ?? {}).filter(([, b]) => b?.dev?.plugin?.name === PLUGIN_NAME);
-}
+const ours = boundBy(PLUGIN_NAME);
 
 export const plugins = {
   [PLUGIN_NAME]: {
@@ -91,9 +84,6 @@ export const plugins = {
     getServices() {
       return [];
     },
-    getExtensions({ options }) {
-      if (!options.some((o) => ours(o).length > 0)) return [];
-      return [{ modules: [{ name: MODULE_NAME, esModule: MODULE, internal: true }] }];
-    },
+    getExtensions: moduleExtension(ours, MODULE_NAME, MODULE),
   },
 };

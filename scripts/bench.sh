@@ -17,6 +17,8 @@ if ! "$OHA" --version 2>/dev/null | grep -q "$OHA_VERSION"; then
   echo "==> install oha $OHA_VERSION (the outside load generator)"
   cargo install oha --locked --version "$OHA_VERSION" --root "$PWD/.tenantry/tools"
 fi
+echo "==> benchmark: what one cross-isolate hop costs on this workerd"
+node bench/hop.mjs
 echo "==> benchmark: the hot path, cold starts, lifecycle, migration fan-out"
 node bench/run.mjs
 echo "==> benchmark: backups and restores"
