@@ -7,6 +7,7 @@ export default [
     ignores: [
       // Built, installed or generated.
       "target/",
+      "target-*/",
       "build/",
       "node_modules/",
       ".tenantry/",

@@ -17,6 +17,7 @@
 // - `args` and `options` (custom limits, outbound parameters) are accepted and ignored.
 
 import { fileURLToPath } from "node:url";
+import { boundBy, moduleExtension, pluginBinding } from "./plugin.mjs";
 
 export const PLUGIN_NAME = "tenantry-dispatch-namespace";
 const MODULE_NAME = "tenantry-cloud:dispatch-namespace";
@@ -55,19 +56,10 @@ export default function (env) {
  * @param {Record<string, string>} scripts
  */
 export function dispatchBinding(name, namespace, scripts) {
-  return {
-    name,
-    type: "dispatch_namespace",
-    // Miniflare loads the plugin with `require.resolve(package)`: an absolute path works.
-    plugin: { package: fileURLToPath(import.meta.url), name: PLUGIN_NAME },
-    options: { namespace, scripts },
-  };
+  return pluginBinding(fileURLToPath(import.meta.url), PLUGIN_NAME, name, "dispatch_namespace", { namespace, scripts });
 }
 
-/** The worker's env entries that are this plugin's bindings. */
-function ours(options) {
-  return Object.entries(options.config?.env ?? {}).filter(([, b]) => b?.dev?.plugin?.name === PLUGIN_NAME);
-}
+const ours = boundBy(PLUGIN_NAME);
 
 export const plugins = {
   [PLUGIN_NAME]: {
@@ -89,9 +81,6 @@ export const plugins = {
     getServices() {
       return [];
     },
-    getExtensions({ options }) {
-      if (!options.some((o) => ours(o).length > 0)) return [];
-      return [{ modules: [{ name: MODULE_NAME, esModule: MODULE, internal: true }] }];
-    },
+    getExtensions: moduleExtension(ours, MODULE_NAME, MODULE),
   },
 };

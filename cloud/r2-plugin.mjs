@@ -25,6 +25,7 @@
 import { R2_PLUGIN } from "miniflare";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import { boundBy, moduleExtension, pluginBinding } from "./plugin.mjs";
 
 export const PLUGIN_NAME = "tenantry-r2-faults";
 const MODULE_NAME = "tenantry-cloud:r2-bucket";
@@ -98,13 +99,11 @@ export default function (env) {
  * @param {{ url: string, token: string }} faults the local cloud's `/__cloud/r2-faults` and its token
  */
 export function r2Binding(name, bucket, faults) {
-  return {
-    name,
-    type: "r2_bucket",
-    // Miniflare loads the plugin with `require.resolve(package)`: an absolute path works.
-    plugin: { package: fileURLToPath(import.meta.url), name: PLUGIN_NAME },
-    options: { bucket, faultsUrl: faults.url, token: faults.token },
-  };
+  return pluginBinding(fileURLToPath(import.meta.url), PLUGIN_NAME, name, "r2_bucket", {
+    bucket,
+    faultsUrl: faults.url,
+    token: faults.token,
+  });
 }
 
 /**
@@ -136,10 +135,7 @@ export async function r2FaultAnswer(op, fault) {
   }
 }
 
-/** The worker's env entries that are this plugin's bindings. */
-function ours(options) {
-  return Object.entries(options.config?.env ?? {}).filter(([, b]) => b?.dev?.plugin?.name === PLUGIN_NAME);
-}
+const ours = boundBy(PLUGIN_NAME);
 
 /** The worker's options as Miniflare's R2 plugin would see them with plain bindings to our buckets. */
 function asPlainR2(options) {
@@ -176,9 +172,6 @@ export const plugins = {
       if (ours(args.options).length === 0) return [];
       return R2_PLUGIN.getServices({ ...args, options: asPlainR2(args.options) });
     },
-    getExtensions({ options }) {
-      if (!options.some((o) => ours(o).length > 0)) return [];
-      return [{ modules: [{ name: MODULE_NAME, esModule: MODULE, internal: true }] }];
-    },
+    getExtensions: moduleExtension(ours, MODULE_NAME, MODULE),
   },
 };

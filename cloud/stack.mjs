@@ -427,6 +427,8 @@ async function frontDoor(runtime, port) {
       const chunks = [];
       for await (const c of req) chunks.push(c);
       const headers = Object.fromEntries(Object.entries(req.headers).filter(([k]) => !HOP_BY_HOP.includes(k)));
+      // As Cloudflare's edge does: the client's address, whatever the client sent in its place.
+      headers["cf-connecting-ip"] = (req.socket.remoteAddress ?? "unknown").replace(/^::ffff:/, "");
       const host = req.headers.host ?? "localhost";
       const body = chunks.length && !["GET", "HEAD"].includes(req.method) ? Buffer.concat(chunks) : undefined;
       const out = await runtime.dispatch(`http://${host}${req.url}`, { method: req.method, headers, body, redirect: "manual" });

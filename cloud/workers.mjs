@@ -32,6 +32,7 @@ import { dispatchBinding } from "./dispatch-plugin.mjs";
 import { ApiError, malformed, parseJson, parseMultipart } from "./http.mjs";
 import { r2Binding } from "./r2-plugin.mjs";
 import { BUCKET_NAME } from "./r2.mjs";
+import { ratelimitBinding } from "./ratelimit-plugin.mjs";
 import { HELPER } from "./runtime.mjs";
 
 const SCRIPT_NAME = /^[a-z0-9_][a-z0-9_-]{0,62}$/;
@@ -50,6 +51,7 @@ const BINDING_VALUE = {
   kv_namespace: "namespace_id",
   service: "service",
   dispatch_namespace: "namespace",
+  ratelimit: "namespace_id",
 };
 /** D1 bindings a script may hold: about 5,000 fit Cloudflare's 1 MB of script metadata (D1 limits page). */
 export const MAX_BINDINGS = 5_000;
@@ -974,6 +976,14 @@ export class Workers {
           throw bindingError(`binding '${b.name}' refers to Worker ${JSON.stringify(b.service)}, which is not deployed ${where}`);
         }
         return { type: "service", name: b.name, service: b.service, ...(b.entrypoint ? { entrypoint: b.entrypoint } : {}) };
+      case "ratelimit": {
+        const { limit, period } = b.simple ?? {};
+        if (!/^[1-9][0-9]*$/.test(String(b.namespace_id ?? "")))
+          throw bindingError(`binding '${b.name}' needs a positive integer namespace_id`);
+        if (!Number.isInteger(limit) || limit < 1 || ![10, 60].includes(period))
+          throw bindingError(`binding '${b.name}': simple must be { limit: a positive integer, period: 10 or 60 }`);
+        return { type: "ratelimit", name: b.name, namespace_id: String(b.namespace_id), simple: { limit, period } };
+      }
       case "dispatch_namespace":
         if (typeof b.namespace !== "string" || !this.namespaces.find(b.namespace))
           throw bindingError(`binding '${b.name}' refers to dispatch namespace ${JSON.stringify(b.namespace)}, which does not exist`);
@@ -1126,8 +1136,17 @@ export function bindingOptions(bindings, { worker = (service) => service, dispat
     else if (b.type === "service")
       serviceBindings[b.name] = b.entrypoint ? { name: worker(b.service), entrypoint: b.entrypoint } : worker(b.service);
     else if (b.type === "dispatch_namespace") unsafeBindings.push(dispatchBinding(b.name, b.namespace, dispatchTargets(b.namespace)));
+    // In the Worker's own isolate, as on Cloudflare (see ratelimit-plugin.mjs), not Miniflare's.
+    else if (b.type === "ratelimit") unsafeBindings.push(ratelimitBinding(b.name, b.simple));
     else if (b.type === "json") vars[b.name] = b.json;
     else vars[b.name] = b.text;
   }
-  return { d1Databases, r2Buckets, kvNamespaces, serviceBindings, ...(unsafeBindings.length ? { unsafeBindings } : {}), bindings: vars };
+  return {
+    d1Databases,
+    r2Buckets,
+    kvNamespaces,
+    serviceBindings,
+    ...(unsafeBindings.length ? { unsafeBindings } : {}),
+    bindings: vars,
+  };
 }

@@ -110,13 +110,15 @@ export const setBindings = (change, host = undefined) => setBindingsWith(api, ch
 export const tenantBindings = () => tenantBindingsWith(api);
 
 /**
- * Polls `check` every 100 ms until it returns true (vi.waitUntil): the test fails after `timeoutMs`,
- * or at once when `check` throws.
- * @param {() => boolean | Promise<boolean>} check
+ * Polls `check` every 100 ms until it returns something truthy (vi.waitUntil), and resolves with
+ * it: the test fails after `timeoutMs`, or at once when `check` throws.
+ * @template T
+ * @param {() => T | Promise<T>} check
  * @param {string} what what is waited for, for the message
+ * @returns {Promise<T>}
  */
 export async function waitFor(check, what, timeoutMs = 20_000) {
-  await vi.waitUntil(check, { timeout: timeoutMs, interval: 100, message: `waiting for ${what}` });
+  return vi.waitUntil(check, { timeout: timeoutMs, interval: 100, message: `waiting for ${what}` });
 }
 
 /** Sets fault rules on the local cloud (replacing any). */

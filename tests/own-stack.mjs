@@ -52,17 +52,31 @@ export function ownStack(name, options = {}) {
       );
     },
     /**
-     * Signs in to every tenant of `slugs` in a loop (`pauseMs` apart) until the returned function
-     * is called; it resolves with the failures and the number of requests.
+     * Asks every tenant of `slugs` for its projects in a loop (`pauseMs` apart), as its signed-in
+     * admin, until the returned function is called; it resolves with the failures and the number
+     * of requests. A token refused (401) is replaced by signing in again, which counts as a
+     * request too. (Reads with a token, not sign-ins: sign-ins are rate limited per email, 60 a
+     * minute, and every request here reaches the tenant's database either way.) The default pause
+     * keeps each tenant under about 13 requests a second, inside the free plan's rate limit
+     * (1,200 a minute).
      * @param {string[]} slugs
      */
-    keepAsking(slugs, pauseMs = 0) {
+    keepAsking(slugs, pauseMs = 75) {
       let running = true;
       const failures = [];
       let requests = 0;
       const loops = slugs.map(async (slug) => {
+        /** @type {string | undefined} */
+        let token;
         while (running) {
-          const res = await own.login(slug);
+          let res;
+          if (token === undefined) {
+            res = await own.login(slug);
+            if (res.status === 200) token = res.json.token;
+          } else {
+            res = await hostRequest(own.port, `${slug}.localhost`, "/api/projects", { headers: { authorization: `Bearer ${token}` } });
+            if (res.status === 401) token = undefined;
+          }
           requests++;
           if (res.status !== 200) failures.push(`${slug}: ${res.status} ${res.text.slice(0, 200)}`);
           if (pauseMs) await sleep(pauseMs);

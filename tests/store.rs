@@ -121,3 +121,68 @@ async fn role_sync_keeps_the_tenants_own_roles() {
         db.all(sql!("SELECT name, description FROM roles WHERE name IN ('auditor', 'billing')")).await.unwrap();
     assert_eq!(left.len(), 1, "only the platform's role went");
 }
+
+/// Usage from several isolates, flushed in any order (one failing and put back, one arriving
+/// after the month turned), adds up exactly: per day, per month, and on the tenant's running
+/// month, which a late flush of the month before never resets.
+#[tokio::test]
+async fn usage_flushes_add_up_across_isolates_days_and_months() {
+    use tenantry::core::usage::{Counters, UsageBuffer};
+    let control = control().await;
+    control
+        .sql()
+        .run(sql!("INSERT INTO tenants (slug, display_name, status, database_name, binding_name) VALUES ('acme', 'A', 'active', 'tenantry-acme', 'TENANT_ACME')"))
+        .await
+        .unwrap();
+    // 2026-11-30T23:59:59Z and a second later (December).
+    let nov = 1_796_083_199_000.0;
+    let dec = nov + 1_000.0;
+    let req = |rows_read: u64, size: Option<u64>| Counters {
+        requests: 1,
+        rows_read,
+        size_bytes: size,
+        ..Counters::default()
+    };
+    let (mut a, mut b, mut c) = (UsageBuffer::new(), UsageBuffer::new(), UsageBuffer::new());
+    for i in 0..30 {
+        a.record("acme", nov - 60_000.0 + f64::from(i), &req(2, Some(1_000)));
+    }
+    for i in 0..20 {
+        b.record("acme", dec + f64::from(i), &req(3, Some(2_000)));
+    }
+    c.record("acme", nov, &req(1, None));
+    c.record("acme", dec, &Counters { limited: 1, ..Counters::default() });
+
+    // b flushes December first; a's first flush fails and is put back; c (both months) and a land.
+    let from_b = b.take(dec);
+    control.record_usage(&from_b).await.unwrap();
+    assert!(!b.flushed(from_b, true, dec));
+    let from_a = a.take(dec);
+    assert!(a.flushed(from_a, false, dec), "put back and scheduled again");
+    let from_c = c.take(dec);
+    control.record_usage(&from_c).await.unwrap();
+    let from_a = a.take(dec + 10_000.0);
+    assert_eq!(from_a.len(), 1);
+    control.record_usage(&from_a).await.unwrap();
+
+    let days = control.usage_days("acme", "2026-11-01", "2026-12-31").await.unwrap();
+    let view: Vec<(String, i64, i64, i64, Option<i64>)> =
+        days.iter().map(|d| (d.period.clone(), d.requests, d.rate_limited, d.rows_read, d.size_bytes)).collect();
+    assert_eq!(
+        view,
+        [("2026-11-30".to_owned(), 31, 0, 61, Some(1_000)), ("2026-12-01".to_owned(), 20, 1, 60, Some(2_000))]
+    );
+    let months = control.usage_months("acme", "2026-11-01", "2026-12-31").await.unwrap();
+    assert_eq!(
+        months.iter().map(|m| (m.period.as_str(), m.requests)).collect::<Vec<_>>(),
+        [("2026-11", 31), ("2026-12", 20)]
+    );
+    let t = control.tenant("acme").await.unwrap().unwrap();
+    assert_eq!(
+        (t.usage_month.as_deref(), t.month_requests),
+        (Some("2026-12"), 20),
+        "November's late counts stay in November"
+    );
+    let (tenants, totals) = control.fleet_usage("2026-12").await.unwrap();
+    assert_eq!((tenants, totals.requests, totals.rate_limited), (1, 20, 1));
+}

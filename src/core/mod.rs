@@ -20,4 +20,5 @@ pub mod roles;
 pub mod slug;
 pub mod sql;
 pub mod token;
+pub mod usage;
 pub mod validate;

@@ -20,6 +20,7 @@ use crate::store::control::ControlStore;
 use crate::store::ports::{BackupError, Backups, Bindings, Clock, Home, Platform, Stored};
 
 pub mod host;
+pub mod meter;
 
 /// The binding of the control-plane database.
 pub const CONTROL_BINDING: &str = "CONTROL_DB";

@@ -38,6 +38,13 @@ pub enum ApiError {
     /// Too many attempts; retry after `retry_after` seconds.
     #[error("{message}")]
     TooManyRequests { code: &'static str, message: String, retry_after: u32 },
+    /// A rate limit of the tenant's plan was reached (`limit` names it: `core::plans::RateLimit`);
+    /// retry after `period` seconds at the latest.
+    #[error("rate limit {limit} reached: {allowed} requests per {period} s; retry after {period} s")]
+    RateLimited { limit: &'static str, allowed: u32, period: u32 },
+    /// The tenant's plan has ended or a quota is used up (402): writes wait for the operator.
+    #[error("{message}")]
+    PaymentRequired { code: &'static str, message: String, detail: serde_json::Value },
     /// Temporarily unable to serve; the client should retry after `retry_after` seconds.
     #[error("{message}")]
     Unavailable { code: &'static str, message: String, retry_after: u32 },
@@ -85,7 +92,8 @@ impl ApiError {
             Self::Conflict { .. } => 409,
             Self::PayloadTooLarge { .. } => 413,
             Self::Unprocessable { .. } => 422,
-            Self::TooManyRequests { .. } => 429,
+            Self::TooManyRequests { .. } | Self::RateLimited { .. } => 429,
+            Self::PaymentRequired { .. } => 402,
             Self::MethodNotAllowed { .. } => 405,
             Self::Unavailable { .. } => 503,
             Self::Internal { .. } => 500,
@@ -100,7 +108,9 @@ impl ApiError {
             | Self::Conflict { code, .. }
             | Self::Forbidden { code, .. }
             | Self::TooManyRequests { code, .. }
+            | Self::PaymentRequired { code, .. }
             | Self::Unavailable { code, .. } => code,
+            Self::RateLimited { .. } => "rate_limited",
             Self::Unauthorized { .. } => "unauthorized",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Unprocessable { .. } => "validation_failed",
@@ -119,6 +129,12 @@ impl ApiError {
             Self::Unprocessable { fields, .. } => {
                 json!({ "error": { "code": self.code(), "message": message, "fields": fields } })
             }
+            Self::RateLimited { limit, allowed, period } => json!({ "error": {
+                "code": self.code(), "message": message, "limit": limit, "allowed": allowed, "period_seconds": period,
+            } }),
+            Self::PaymentRequired { detail, .. } => {
+                json!({ "error": { "code": self.code(), "message": message, "detail": detail } })
+            }
             _ => json!({ "error": { "code": self.code(), "message": message } }),
         }
     }
@@ -129,6 +145,7 @@ impl ApiError {
             Self::Unavailable { retry_after, .. } | Self::TooManyRequests { retry_after, .. } => {
                 vec![("Retry-After", retry_after.to_string())]
             }
+            Self::RateLimited { period, .. } => vec![("Retry-After", period.to_string())],
             Self::MethodNotAllowed { allow } => vec![("Allow", (*allow).to_owned())],
             Self::Unauthorized { .. } => vec![("WWW-Authenticate", "Bearer".to_owned())],
             _ => Vec::new(),
@@ -163,6 +180,12 @@ mod tests {
             (ApiError::Forbidden { code: "no", message: "m".into() }, 403, "no"),
             (ApiError::TooManyRequests { code: "slow", message: "m".into(), retry_after: 3 }, 429, "slow"),
             (ApiError::PayloadTooLarge { limit: 10 }, 413, "payload_too_large"),
+            (ApiError::RateLimited { limit: "tenant_requests", allowed: 5, period: 60 }, 429, "rate_limited"),
+            (
+                ApiError::PaymentRequired { code: "plan_expired", message: "m".into(), detail: json!({}) },
+                402,
+                "plan_expired",
+            ),
             (
                 ApiError::Unprocessable { message: "m".into(), fields: [("slug".to_owned(), "bad".to_owned())].into() },
                 422,
@@ -187,6 +210,12 @@ mod tests {
         assert_eq!(
             ApiError::Unauthorized { message: "m".into() }.headers(),
             vec![("WWW-Authenticate", "Bearer".to_owned())]
+        );
+        let limited = ApiError::RateLimited { limit: "user_writes", allowed: 5, period: 10 };
+        assert_eq!(limited.headers(), vec![("Retry-After", "10".to_owned())]);
+        assert_eq!(
+            (limited.body()["error"]["limit"].as_str(), limited.body()["error"]["allowed"].as_u64()),
+            (Some("user_writes"), Some(5))
         );
         let unavailable = ApiError::Unavailable { code: "x", message: "m".into(), retry_after: 7 };
         assert_eq!(unavailable.headers(), vec![("Retry-After", "7".to_owned())]);

@@ -20,7 +20,10 @@ use crate::core::roles::RoleSpec;
 use crate::sql;
 
 mod restores;
+mod usage;
+
 pub use restores::{BackupRow, NewBackup, RestoreStart, SpareDatabase};
+pub use usage::{TenantMonth, UsageRow};
 
 type Result<T> = std::result::Result<T, SqlError>;
 
@@ -74,6 +77,18 @@ pub struct TenantRow {
     /// The restore operation running on the tenant (requests get 503 meanwhile), since when (ms).
     pub restoring: Option<String>,
     pub restoring_since: Option<i64>,
+    /// When the plan ends (RFC 3339), and the tenant's own quotas (JSON); see `core::plans`.
+    #[serde(default)]
+    pub plan_expires_at: Option<String>,
+    #[serde(default)]
+    pub quotas: Option<String>,
+    /// The running month of usage and its API calls, and the last metered size (`core::usage`).
+    #[serde(default)]
+    pub usage_month: Option<String>,
+    #[serde(default)]
+    pub month_requests: i64,
+    #[serde(default)]
+    pub size_bytes: Option<i64>,
 }
 
 /// A row of `operations`.
@@ -114,6 +129,20 @@ pub struct TenantRecord {
     /// A restore is running: requests get 503 until it is done.
     #[serde(default)]
     pub restoring: Option<String>,
+    /// When the plan ends (RFC 3339): writes are refused from then on.
+    #[serde(default)]
+    pub plan_expires_at: Option<String>,
+    /// The tenant's own quotas over its plan's (JSON).
+    #[serde(default)]
+    pub quotas: Option<String>,
+    /// The month `month_requests` counts (`YYYY-MM`), as of the last flush of any isolate.
+    #[serde(default)]
+    pub usage_month: Option<String>,
+    #[serde(default)]
+    pub month_requests: i64,
+    /// The database's size as last metered.
+    #[serde(default)]
+    pub size_bytes: Option<i64>,
 }
 
 /// A binding host (a row of `hosts`).
@@ -186,7 +215,8 @@ const TENANT_COLUMNS: &str =
     "slug, display_name, plan, status, database_name, database_id, binding_name, schema_version, \
      status_message, backup_location, backup_bytes, backup_sha256, last_error, bind_wanted, create_fingerprint, \
      created_at, updated_at, deleted_at, maintenance_message, maintenance_until, host, on_host, main_until, \
-     backed_up_at, backup_tried_at, backup_error, restoring, restoring_since";
+     backed_up_at, backup_tried_at, backup_error, restoring, restoring_since, plan_expires_at, quotas, \
+     usage_month, month_requests, size_bytes";
 const OP_COLUMNS: &str =
     "id, tenant_slug, kind, state, steps, attempts, last_error, input, next_step, created_at, updated_at, finished_at";
 /// An operation still to be run.
@@ -264,6 +294,10 @@ pub struct TenantChanges<'a> {
     pub status: Option<(TenantStatus, Option<&'a str>)>,
     /// `Some(None)` lifts the tenant's maintenance; `Some(Some((message, until)))` sets it.
     pub maintenance: Option<Option<(&'a str, Option<&'a str>)>>,
+    /// `Some(None)` clears the plan's end; `Some(Some(at))` sets it (RFC 3339).
+    pub plan_expires_at: Option<Option<&'a str>>,
+    /// `Some(None)` drops the tenant's own quotas; `Some(Some(json))` sets them.
+    pub quotas: Option<Option<&'a str>>,
 }
 
 /// A change to one system role.
@@ -329,7 +363,8 @@ impl<S: Sql> ControlStore<S> {
                 format!(
                     "SELECT slug, status, plan, status_message, database_id, maintenance_message, maintenance_until, \
                      (SELECT value FROM platform WHERE key = 'maintenance') AS fleet_maintenance, \
-                     {SERVED_HOST}, restoring FROM tenants WHERE slug = ?1"
+                     {SERVED_HOST}, restoring, plan_expires_at, quotas, usage_month, month_requests, size_bytes \
+                     FROM tenants WHERE slug = ?1"
                 ),
                 slug
             ))
@@ -588,7 +623,8 @@ impl<S: Sql> ControlStore<S> {
                      schema_version = 0, status_message = NULL, backup_location = NULL, backup_bytes = NULL, \
                      backup_sha256 = NULL, last_error = NULL, bind_wanted = 0, create_fingerprint = ?4, deleted_at = NULL, \
                      migration_error = NULL, synced_version = 0, sync_error = NULL, maintenance_message = NULL, \
-                     maintenance_until = NULL, host = NULL, on_host = 0, main_until = NULL, created_at = {NOW}, \
+                     maintenance_until = NULL, host = NULL, on_host = 0, main_until = NULL, usage_month = NULL, \
+                     month_requests = 0, size_bytes = NULL, plan_expires_at = NULL, quotas = NULL, created_at = {NOW}, \
                      updated_at = {NOW} WHERE slug = ?1 AND status = 'deleted'"
                 ),
                 t.slug,
@@ -686,7 +722,9 @@ impl<S: Sql> ControlStore<S> {
                 "UPDATE tenants SET display_name = COALESCE(?2, display_name), plan = COALESCE(?3, plan), \
                  status = COALESCE(?4, status), status_message = CASE WHEN ?4 IS NULL THEN status_message ELSE ?5 END, \
                  maintenance_message = CASE WHEN ?6 THEN ?7 ELSE maintenance_message END, \
-                 maintenance_until = CASE WHEN ?6 THEN ?8 ELSE maintenance_until END, updated_at = {NOW} \
+                 maintenance_until = CASE WHEN ?6 THEN ?8 ELSE maintenance_until END, \
+                 plan_expires_at = CASE WHEN ?9 THEN ?10 ELSE plan_expires_at END, \
+                 quotas = CASE WHEN ?11 THEN ?12 ELSE quotas END, updated_at = {NOW} \
                  WHERE slug = ?1 AND status != 'deleted'{sources} AND (?4 IS NOT 'active' OR bind_wanted = 1) \
                  RETURNING {TENANT_COLUMNS}"
             ),
@@ -697,7 +735,11 @@ impl<S: Sql> ControlStore<S> {
             message,
             set_maintenance,
             maintenance.map(|m| m.0),
-            maintenance.and_then(|m| m.1)
+            maintenance.and_then(|m| m.1),
+            changes.plan_expires_at.is_some(),
+            changes.plan_expires_at.flatten(),
+            changes.quotas.is_some(),
+            changes.quotas.flatten()
         );
         let audit = audit_if_changed("admin", "tenant.update", Some(slug), request_id, audit_detail);
         let results = self.db.batch(vec![update, audit]).await?;

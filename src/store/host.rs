@@ -11,7 +11,7 @@ pub const SOURCE: &str = include_str!("../../host/host.mjs");
 pub const MODULE: &str = "host.mjs";
 /// The code version `SOURCE` declares (`const CODE`); a host whose recorded code differs is
 /// uploaded again.
-pub const CODE: &str = "host-1";
+pub const CODE: &str = "host-2";
 /// The compatibility date hosts are uploaded with.
 pub const COMPATIBILITY_DATE: &str = "2026-11-01";
 

@@ -155,6 +155,7 @@ pub async fn login(
     request_id: &str,
 ) -> Result<Response, ApiError> {
     let (email, password) = parse_login(&http::read_json(req).await?)?;
+    super::limit(env, crate::core::plans::RateLimit::LoginEmail, tenant.slug(), &email).await?;
     let ring = key_ring(env)?;
     let db = tenant.db();
     let now = now_ms();

@@ -29,8 +29,11 @@ pub use context::TenantContext;
 
 use crate::core::lifecycle::TenantStatus;
 use crate::core::names::BindingName;
+use crate::core::plans::{self, QuotaRefusal, Quotas, RateLimit, Standing, WriteKind};
 use crate::core::slug::TenantSlug;
+use crate::core::usage::{Counters, Flush};
 use crate::edge;
+use crate::edge::meter::Meter;
 use crate::http::{self, ApiError, Method};
 use crate::store::control::{ControlStore, TenantRecord};
 use crate::store::directory::{self, Lookup};
@@ -79,7 +82,20 @@ pub async fn handle(
     if refresh {
         ctx.wait_until(directory::refresh(edge::control(env)?, slug.clone(), js_sys::Date::now));
     }
-    let outcome = serve(req, env, ctx, &control, slug, request_id, lookup, &segments).await;
+    // Metered: every request to a tenant that serves (see `core::usage`).
+    let metered = lookup.record.as_ref().is_some_and(|r| r.status == TenantStatus::Active);
+    let meter = Meter::default();
+    let outcome = serve(req, env, ctx, &control, slug.clone(), request_id, lookup, &segments, &meter).await;
+    if metered {
+        let counters = match &outcome {
+            Err(ApiError::RateLimited { .. }) => Counters { limited: 1, ..Counters::default() },
+            _ => meter.counters(),
+        };
+        let when = edge::meter::record(slug.as_str(), &counters, js_sys::Date::now());
+        if when != Flush::No {
+            ctx.wait_until(edge::meter::flush(edge::control(env)?, when));
+        }
+    }
     let mut response = outcome.unwrap_or_else(|e| http::error_response(&e));
     let _ = response.headers_mut().set(CONTROL_QUERIES_HEADER, &queries.to_string());
     if refresh {
@@ -98,6 +114,7 @@ async fn serve(
     request_id: &str,
     lookup: Lookup,
     segments: &[&str],
+    meter: &Meter,
 ) -> Result<Response, ApiError> {
     let record = lookup.record.ok_or_else(|| not_found(&slug))?;
     if matches!(record.status, TenantStatus::Active | TenantStatus::Suspended) {
@@ -139,13 +156,17 @@ async fn serve(
         }
         TenantStatus::Deleting | TenantStatus::Deleted => return Err(not_found(&slug)),
     }
-    let tenant = open(env, control, slug, &record, lookup.verified).await?;
+    // The plan's rate limit, before anything else is done for the request.
+    limit(env, RateLimit::Tenant(record.plan), &slug, "").await?;
+    let tenant = open(env, control, slug.clone(), &record, lookup.verified, meter).await?;
 
     // The one unauthenticated tenant route.
     if segments == ["api", "auth", "login"] {
         let Method::Post = Method::of(req) else {
             return Err(http::method_not_allowed("POST"));
         };
+        let ip = req.headers().get("CF-Connecting-IP").ok().flatten().unwrap_or_else(|| "unknown".into());
+        limit(env, RateLimit::LoginIp, &slug, &ip).await?;
         let outcome = auth::login(req, env, &tenant, &record, request_id).await;
         // A sign-in writes an audit row whether it succeeds or fails its password check.
         let audited = match &outcome {
@@ -158,7 +179,13 @@ async fn serve(
         return outcome;
     }
     let host = record.host.clone();
+    let quotas = Quotas::effective(record.plan, record.quotas.as_deref());
+    let terms = Terms::of(&record);
     let ctx = auth::authenticate(req, env, tenant, record, request_id).await?;
+    if let Some(kind) = write_kind(Method::of(req)) {
+        limit(env, RateLimit::UserWrites, &slug, &ctx.user().id.to_string()).await?;
+        terms.check(quotas, kind, slug.as_str())?;
+    }
     let outcome = route(&ctx, req, segments).await;
     if ctx.audited() {
         audit::seal_later(wctx, ctx.db(), ctx.slug());
@@ -169,6 +196,70 @@ async fn serve(
         heal::wanted(host.as_deref());
     }
     outcome
+}
+
+/// Refuses the request (429) when rate limit `which` has no room left for `subject` in tenant
+/// `slug`.
+pub(crate) async fn limit(env: &Env, which: RateLimit, slug: &TenantSlug, subject: &str) -> Result<(), ApiError> {
+    if edge::meter::allow(env, which, which.key(slug.as_str(), subject)).await {
+        return Ok(());
+    }
+    let (allowed, period) = which.allowance();
+    Err(ApiError::RateLimited { limit: which.name(), allowed, period })
+}
+
+/// What a request of `method` is to quotas: `None` for a read.
+fn write_kind(method: Method) -> Option<WriteKind> {
+    match method {
+        Method::Post | Method::Put | Method::Patch => Some(WriteKind::Grow),
+        Method::Delete => Some(WriteKind::Shrink),
+        _ => None,
+    }
+}
+
+/// What quotas know of a tenant, from its cached row and this isolate's unflushed counts.
+struct Terms {
+    expires_at: Option<String>,
+    usage_month: Option<String>,
+    month_requests: u64,
+    size_bytes: Option<u64>,
+}
+
+impl Terms {
+    fn of(record: &TenantRecord) -> Terms {
+        Terms {
+            expires_at: record.plan_expires_at.clone(),
+            usage_month: record.usage_month.clone(),
+            month_requests: record.month_requests.max(0) as u64,
+            size_bytes: record.size_bytes.map(|s| s.max(0) as u64),
+        }
+    }
+
+    /// Refuses a write the plan's end or a quota forbids (402, its code and figures).
+    fn check(&self, quotas: Quotas, kind: WriteKind, slug: &str) -> Result<(), ApiError> {
+        let now = js_sys::Date::now();
+        let month = crate::core::usage::month_of(now);
+        let counted = if self.usage_month.as_deref() == Some(month.as_str()) { self.month_requests } else { 0 };
+        let standing = Standing {
+            plan_expires_ms: self.expires_at.as_deref().map(js_sys::Date::parse).filter(|ms| ms.is_finite()),
+            plan_expires_at: self.expires_at.as_deref(),
+            month_requests: counted + edge::meter::pending_requests(slug, &month),
+            month: &month,
+            size_bytes: self.size_bytes,
+        };
+        plans::check_write(quotas, &standing, kind, now).map_err(|refusal| {
+            let detail = match &refusal {
+                QuotaRefusal::PlanExpired { at } => serde_json::json!({ "plan_expires_at": at }),
+                QuotaRefusal::ApiCalls { limit, used, month } => {
+                    serde_json::json!({ "quota": "api_calls_per_month", "limit": limit, "used": used, "month": month })
+                }
+                QuotaRefusal::Storage { limit, used } => {
+                    serde_json::json!({ "quota": "storage_bytes", "limit": limit, "used": used })
+                }
+            };
+            ApiError::PaymentRequired { code: refusal.code(), message: refusal.to_string(), detail }
+        })
+    }
 }
 
 /// The tenant API's routes.
@@ -243,8 +334,9 @@ async fn open(
     slug: TenantSlug,
     record: &TenantRecord,
     verified: bool,
+    meter: &Meter,
 ) -> Result<TenantDb, ApiError> {
-    let db = binding(env, &slug, record.host.as_deref())?;
+    let db = meter.wrap(binding(env, &slug, record.host.as_deref())?);
     if verified {
         return Ok(TenantDb::trusted(db, slug));
     }

@@ -23,7 +23,7 @@ test("a single-script deployment moves to binding hosts with no tenant answering
   expect(bindings.map((b) => b.script)).toEqual(SLUGS.map(() => "main"));
 
   // Every tenant is asked for, in a loop, from here to the end.
-  const stopAsking = own.keepAsking(SLUGS, 20);
+  const stopAsking = own.keepAsking(SLUGS);
 
   // The upgrade: the same code, redeployed with binding hosts configured.
   const started = Date.now();

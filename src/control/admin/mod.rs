@@ -8,7 +8,9 @@
 //! | `POST /v1/tenants` | create (or resume the same create): 201 when active, 202 + operation otherwise |
 //! | `GET /v1/tenants?status=&cursor=&limit=` | list, by slug, paginated |
 //! | `GET /v1/tenants/{slug}` | one tenant (and carries an unfinished operation forward) |
-//! | `PATCH /v1/tenants/{slug}` | name, plan, suspend (`status: "suspended"`, `message`) or resume |
+//! | `PATCH /v1/tenants/{slug}` | name, plan, `plan_expires_at`, `quotas`, suspend (`status: "suspended"`, `message`) or resume |
+//! | `GET /v1/tenants/{slug}/usage?from=&to=` | usage per day and per month, against the quotas |
+//! | `GET /v1/usage?month=&limit=&offset=` | the fleet's usage in a month, tenants by API calls |
 //! | `DELETE /v1/tenants/{slug}` | delete (backup first): 200 when deleted, 202 + operation otherwise |
 //! | `GET /v1/tenants/{slug}/operations` | the tenant's lifecycle operations, newest first |
 //! | `GET /v1/tenants/{slug}/audit/verify` | verify the tenant's audit chain (a page), check and move its anchor |
@@ -34,6 +36,7 @@ mod backups;
 mod fleet;
 mod roles;
 mod tenants;
+mod usage;
 
 use serde_json::json;
 use worker::{Env, Request, Response};
@@ -86,6 +89,14 @@ pub async fn handle(req: &Request, env: &Env, path: &str) -> Result<Response, Ap
         },
         ["tenants", slug, "backups", id] => match method {
             Method::Get => backups::download(env, &parse_slug(slug)?, id).await,
+            _ => Err(http::method_not_allowed("GET")),
+        },
+        ["tenants", slug, "usage"] => match method {
+            Method::Get => usage::tenant(req, env, &parse_slug(slug)?).await,
+            _ => Err(http::method_not_allowed("GET")),
+        },
+        ["usage"] => match method {
+            Method::Get => usage::fleet(req, env).await,
             _ => Err(http::method_not_allowed("GET")),
         },
         ["tenants", slug, "restore"] => match method {

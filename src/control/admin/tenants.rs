@@ -148,6 +148,9 @@ pub fn tenant_view(t: &TenantRow) -> Value {
         "updated_at": t.updated_at,
         "deleted_at": t.deleted_at,
         "restoring": t.restoring.is_some(),
+        "plan_expires_at": t.plan_expires_at,
+        "quotas": crate::core::plans::Quotas::effective(t.plan, t.quotas.as_deref()),
+        "own_quotas": t.quotas.as_deref().and_then(|q| serde_json::from_str::<Value>(q).ok()),
     })
 }
 
@@ -349,6 +352,8 @@ pub(super) async fn update(req: &Request, env: &Env, slug: &TenantSlug) -> Resul
     let mut target = None;
     let mut message = None;
     let mut maintenance: Option<Option<Maintenance>> = None;
+    let mut plan_expires_at: Option<Option<String>> = None;
+    let mut quotas: Option<Option<String>> = None;
     for (key, value) in &body {
         match (key.as_str(), value) {
             ("name", Value::String(n)) => name = valid_name(n).map_err(|e| errors.insert("name".into(), e.into())).ok(),
@@ -369,6 +374,20 @@ pub(super) async fn update(req: &Request, env: &Env, slug: &TenantSlug) -> Resul
             ("maintenance", v) => match parse_maintenance(v) {
                 Ok(m) => maintenance = Some(Some(m)),
                 Err(e) => drop(errors.insert("maintenance".into(), e.into())),
+            },
+            ("plan_expires_at", Value::Null) => plan_expires_at = Some(None),
+            ("plan_expires_at", Value::String(at)) => match chrono::DateTime::parse_from_rfc3339(at) {
+                Ok(at) => {
+                    let utc = at.with_timezone(&chrono::Utc).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                    plan_expires_at = Some(Some(utc));
+                }
+                Err(_) => drop(errors.insert(key.clone(), "must be an RFC 3339 time or null".into())),
+            },
+            ("plan_expires_at", _) => drop(errors.insert(key.clone(), "must be an RFC 3339 time or null".into())),
+            ("quotas", Value::Null) => quotas = Some(None),
+            ("quotas", v) => match parse_quotas(v) {
+                Ok(q) => quotas = Some(Some(q)),
+                Err(e) => drop(errors.insert(key.clone(), e.into())),
             },
             ("message", Value::String(m)) if m.chars().count() <= 500 => message = Some(m.clone()),
             ("message", Value::Null) => {}
@@ -392,6 +411,8 @@ pub(super) async fn update(req: &Request, env: &Env, slug: &TenantSlug) -> Resul
         plan,
         status: target.map(|to| (to, message.as_deref())),
         maintenance: maintenance.as_ref().map(|m| m.as_ref().map(|m| (m.message.as_str(), m.until.as_deref()))),
+        plan_expires_at: plan_expires_at.as_ref().map(Option::as_deref),
+        quotas: quotas.as_ref().map(Option::as_deref),
     };
     let request_id = crate::crypto::random_id()?;
     let updated = db.update_tenant(slug.as_str(), &changes, &request_id, &Value::Object(body)).await?;
@@ -418,6 +439,27 @@ pub(super) async fn update(req: &Request, env: &Env, slug: &TenantSlug) -> Resul
             _ => Err(not_found(slug.as_str())),
         },
     }
+}
+
+/// The tenant's own quotas: `{"api_calls_per_month"?, "storage_bytes"?}`, each a whole number
+/// or null (the plan's), as the JSON the control plane keeps.
+fn parse_quotas(value: &Value) -> Result<String, &'static str> {
+    const SHAPE: &str =
+        "must be {\"api_calls_per_month\"?, \"storage_bytes\"?} (whole numbers, or null for the plan's) or null";
+    let obj = value.as_object().ok_or(SHAPE)?;
+    let mut quotas = crate::core::plans::Quotas::default();
+    for (key, v) in obj {
+        let n = match v {
+            Value::Null => None,
+            v => Some(v.as_u64().ok_or(SHAPE)?),
+        };
+        match key.as_str() {
+            "api_calls_per_month" => quotas.api_calls_per_month = n,
+            "storage_bytes" => quotas.storage_bytes = n,
+            _ => return Err(SHAPE),
+        }
+    }
+    serde_json::to_string(&quotas).map_err(|_| SHAPE)
 }
 
 pub(super) async fn delete(env: &Env, slug: &TenantSlug) -> Result<Response, ApiError> {
