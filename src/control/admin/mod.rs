@@ -28,8 +28,9 @@
 //! | `POST /v1/reconcile` | run the scheduled reconciler now, and report |
 //!
 //! One file per resource: `tenants` (the registry and the lifecycle's entry points), `roles`,
-//! `fleet` (migrations, maintenance, default settings), `backups`, `audit` (tenant audit chains). This file is the router and the admin
-//! token check. It may use the lifecycle and the fleet passes, the storage layer, `http` and `core`.
+//! `fleet` (migrations, maintenance, default settings), `backups`, `usage`, `audit` (tenant audit
+//! chains). This file is the router and the admin token check. It may use the lifecycle and the
+//! fleet passes, the storage layer, `http` and `core`.
 
 mod audit;
 mod backups;
