@@ -232,13 +232,14 @@ async function loadRun({ url, host, headers = {}, expectBody, seconds }) {
 
 /**
  * One run of oha against `url` as `host`: the same read, connections and length as `loadRun`.
- * oha does not check bodies; every answer must still be a 200.
+ * oha does not check bodies; every answer must still be a 200. `-w`: the requests in flight when
+ * the time is up are waited for (else oha counts them as errors, "aborted due to deadline").
  */
 async function ohaRun({ url, host, headers = {}, seconds }) {
   const cpuBefore = await workerdCpuMs();
   const target = new URL(READ_PATH, url).href;
   const head = Object.entries({ host, ...headers }).flatMap(([k, v]) => ["-H", `${k}: ${v}`]);
-  const args = ["-z", `${seconds}s`, "-c", String(CONNECTIONS), "--no-tui", "--output-format", "json", ...head, target];
+  const args = ["-z", `${seconds}s`, "-w", "-c", String(CONNECTIONS), "--no-tui", "--output-format", "json", ...head, target];
   const { stdout } = await promisify(execFile)(OHA, args, { maxBuffer: 256 * 1024 * 1024 });
   const cpuAfter = await workerdCpuMs();
   const out = JSON.parse(stdout);
