@@ -179,7 +179,7 @@ async fn usage_flushes_add_up_across_isolates_days_and_months() {
     );
     let t = control.tenant("acme").await.unwrap().unwrap();
     assert_eq!(
-        (t.usage_month.as_deref(), t.month_requests),
+        (t.terms.usage_month.as_deref(), t.terms.month_requests),
         (Some("2026-12"), 20),
         "November's late counts stay in November"
     );

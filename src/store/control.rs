@@ -77,18 +77,9 @@ pub struct TenantRow {
     /// The restore operation running on the tenant (requests get 503 meanwhile), since when (ms).
     pub restoring: Option<String>,
     pub restoring_since: Option<i64>,
-    /// When the plan ends (RFC 3339), and the tenant's own quotas (JSON); see `core::plans`.
-    #[serde(default)]
-    pub plan_expires_at: Option<String>,
-    #[serde(default)]
-    pub quotas: Option<String>,
-    /// The running month of usage and its API calls, and the last metered size (`core::usage`).
-    #[serde(default)]
-    pub usage_month: Option<String>,
-    #[serde(default)]
-    pub month_requests: i64,
-    #[serde(default)]
-    pub size_bytes: Option<i64>,
+    /// The plan's end, the tenant's own quotas and its metered usage.
+    #[serde(flatten)]
+    pub terms: PlanTerms,
 }
 
 /// A row of `operations`.
@@ -129,6 +120,15 @@ pub struct TenantRecord {
     /// A restore is running: requests get 503 until it is done.
     #[serde(default)]
     pub restoring: Option<String>,
+    /// The plan's end, the tenant's own quotas and its metered usage: what quotas decide on.
+    #[serde(flatten)]
+    pub terms: PlanTerms,
+}
+
+/// A tenant's plan terms and metered usage, as both views of its row carry them (`core::plans`,
+/// `core::usage`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PlanTerms {
     /// When the plan ends (RFC 3339): writes are refused from then on.
     #[serde(default)]
     pub plan_expires_at: Option<String>,
@@ -143,6 +143,34 @@ pub struct TenantRecord {
     /// The database's size as last metered.
     #[serde(default)]
     pub size_bytes: Option<i64>,
+}
+
+impl PlanTerms {
+    /// The plan's quotas with the tenant's own over them.
+    pub fn quotas(&self, plan: Plan) -> crate::core::plans::Quotas {
+        crate::core::plans::Quotas::effective(plan, self.quotas.as_deref())
+    }
+
+    /// API calls counted in `month` (`YYYY-MM`) as of the last flush: none when the running month
+    /// is another.
+    pub fn requests_in(&self, month: &str) -> u64 {
+        if self.usage_month.as_deref() == Some(month) {
+            self.month_requests.max(0) as u64
+        } else {
+            0
+        }
+    }
+
+    /// When the plan ends, in milliseconds since the epoch.
+    pub fn expires_ms(&self) -> Option<f64> {
+        let at = chrono::DateTime::parse_from_rfc3339(self.plan_expires_at.as_deref()?).ok()?;
+        Some(at.timestamp_millis() as f64)
+    }
+
+    /// The metered size in bytes.
+    pub fn size(&self) -> Option<u64> {
+        self.size_bytes.map(|s| s.max(0) as u64)
+    }
 }
 
 /// A binding host (a row of `hosts`).

@@ -35,7 +35,7 @@ use crate::core::usage::{Counters, Flush};
 use crate::edge;
 use crate::edge::meter::Meter;
 use crate::http::{self, ApiError, Method};
-use crate::store::control::{ControlStore, TenantRecord};
+use crate::store::control::{ControlStore, PlanTerms, TenantRecord};
 use crate::store::directory::{self, Lookup};
 use crate::store::ports::Home;
 use crate::store::tenant_db::{NotReady, TenantDb as Checked};
@@ -179,12 +179,12 @@ async fn serve(
         return outcome;
     }
     let host = record.host.clone();
-    let quotas = Quotas::effective(record.plan, record.quotas.as_deref());
-    let terms = Terms::of(&record);
+    let quotas = record.terms.quotas(record.plan);
+    let terms = record.terms.clone();
     let ctx = auth::authenticate(req, env, tenant, record, request_id).await?;
     if let Some(kind) = write_kind(Method::of(req)) {
         limit(env, RateLimit::UserWrites, &slug, &ctx.user().id.to_string()).await?;
-        terms.check(quotas, kind, slug.as_str())?;
+        check_terms(&terms, quotas, kind, slug.as_str())?;
     }
     let outcome = route(&ctx, req, segments).await;
     if ctx.audited() {
@@ -217,49 +217,30 @@ fn write_kind(method: Method) -> Option<WriteKind> {
     }
 }
 
-/// What quotas know of a tenant, from its cached row and this isolate's unflushed counts.
-struct Terms {
-    expires_at: Option<String>,
-    usage_month: Option<String>,
-    month_requests: u64,
-    size_bytes: Option<u64>,
-}
-
-impl Terms {
-    fn of(record: &TenantRecord) -> Terms {
-        Terms {
-            expires_at: record.plan_expires_at.clone(),
-            usage_month: record.usage_month.clone(),
-            month_requests: record.month_requests.max(0) as u64,
-            size_bytes: record.size_bytes.map(|s| s.max(0) as u64),
-        }
-    }
-
-    /// Refuses a write the plan's end or a quota forbids (402, its code and figures).
-    fn check(&self, quotas: Quotas, kind: WriteKind, slug: &str) -> Result<(), ApiError> {
-        let now = js_sys::Date::now();
-        let month = crate::core::usage::month_of(now);
-        let counted = if self.usage_month.as_deref() == Some(month.as_str()) { self.month_requests } else { 0 };
-        let standing = Standing {
-            plan_expires_ms: self.expires_at.as_deref().map(js_sys::Date::parse).filter(|ms| ms.is_finite()),
-            plan_expires_at: self.expires_at.as_deref(),
-            month_requests: counted + edge::meter::pending_requests(slug, &month),
-            month: &month,
-            size_bytes: self.size_bytes,
+/// Refuses a write the plan's end or a quota forbids (402, its code and figures), from the
+/// tenant's cached row and this isolate's unflushed count.
+fn check_terms(terms: &PlanTerms, quotas: Quotas, kind: WriteKind, slug: &str) -> Result<(), ApiError> {
+    let now = js_sys::Date::now();
+    let month = crate::core::usage::month_of(now);
+    let standing = Standing {
+        plan_expires_ms: terms.expires_ms(),
+        plan_expires_at: terms.plan_expires_at.as_deref(),
+        month_requests: terms.requests_in(&month) + edge::meter::pending_requests(slug, &month),
+        month: &month,
+        size_bytes: terms.size(),
+    };
+    plans::check_write(quotas, &standing, kind, now).map_err(|refusal| {
+        let detail = match &refusal {
+            QuotaRefusal::PlanExpired { at } => serde_json::json!({ "plan_expires_at": at }),
+            QuotaRefusal::ApiCalls { limit, used, month } => {
+                serde_json::json!({ "quota": "api_calls_per_month", "limit": limit, "used": used, "month": month })
+            }
+            QuotaRefusal::Storage { limit, used } => {
+                serde_json::json!({ "quota": "storage_bytes", "limit": limit, "used": used })
+            }
         };
-        plans::check_write(quotas, &standing, kind, now).map_err(|refusal| {
-            let detail = match &refusal {
-                QuotaRefusal::PlanExpired { at } => serde_json::json!({ "plan_expires_at": at }),
-                QuotaRefusal::ApiCalls { limit, used, month } => {
-                    serde_json::json!({ "quota": "api_calls_per_month", "limit": limit, "used": used, "month": month })
-                }
-                QuotaRefusal::Storage { limit, used } => {
-                    serde_json::json!({ "quota": "storage_bytes", "limit": limit, "used": used })
-                }
-            };
-            ApiError::PaymentRequired { code: refusal.code(), message: refusal.to_string(), detail }
-        })
-    }
+        ApiError::PaymentRequired { code: refusal.code(), message: refusal.to_string(), detail }
+    })
 }
 
 /// The tenant API's routes.

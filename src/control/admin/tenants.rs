@@ -148,9 +148,9 @@ pub fn tenant_view(t: &TenantRow) -> Value {
         "updated_at": t.updated_at,
         "deleted_at": t.deleted_at,
         "restoring": t.restoring.is_some(),
-        "plan_expires_at": t.plan_expires_at,
-        "quotas": crate::core::plans::Quotas::effective(t.plan, t.quotas.as_deref()),
-        "own_quotas": t.quotas.as_deref().and_then(|q| serde_json::from_str::<Value>(q).ok()),
+        "plan_expires_at": t.terms.plan_expires_at,
+        "quotas": t.terms.quotas(t.plan),
+        "own_quotas": t.terms.quotas.as_deref().and_then(|q| serde_json::from_str::<Value>(q).ok()),
     })
 }
 

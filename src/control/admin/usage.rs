@@ -9,7 +9,6 @@ use worker::{Env, Request, Response};
 
 use super::not_found;
 use crate::core::lifecycle::TenantStatus;
-use crate::core::plans::Quotas;
 use crate::core::slug::TenantSlug;
 use crate::core::usage::{day_of, is_day, is_month, month_of};
 use crate::edge;
@@ -51,9 +50,9 @@ pub(super) async fn tenant(req: &Request, env: &Env, slug: &TenantSlug) -> Resul
     let days = db.usage_days(slug.as_str(), &from, &to).await?;
     let months = db.usage_months(slug.as_str(), &from, &to).await?;
     let month = month_of(now);
-    let used = if t.usage_month.as_deref() == Some(month.as_str()) { t.month_requests } else { 0 };
-    let quotas = Quotas::effective(t.plan, t.quotas.as_deref());
-    let expired = t.plan_expires_at.as_deref().map(js_sys::Date::parse).is_some_and(|at| at.is_finite() && now >= at);
+    let used = t.terms.requests_in(&month);
+    let quotas = t.terms.quotas(t.plan);
+    let expired = t.terms.expires_ms().is_some_and(|at| now >= at);
     http::json(
         200,
         &json!({
@@ -66,9 +65,9 @@ pub(super) async fn tenant(req: &Request, env: &Env, slug: &TenantSlug) -> Resul
             "current_month": {
                 "month": month,
                 "api_calls": { "used": used, "limit": quotas.api_calls_per_month },
-                "storage_bytes": { "used": t.size_bytes, "limit": quotas.storage_bytes },
+                "storage_bytes": { "used": t.terms.size_bytes, "limit": quotas.storage_bytes },
             },
-            "plan_expires_at": t.plan_expires_at,
+            "plan_expires_at": t.terms.plan_expires_at,
             "plan_expired": expired,
         }),
     )
