@@ -537,6 +537,9 @@ async function main() {
     extraWorkers: () => (bareDatabase ? [bareWorker(bareDatabase)] : []),
     // No Time Travel history: its poller would dump every tenant database the load writes to.
     timeTravelIntervalMs: 0,
+    // BENCH_SINGLE_SCRIPT=1: the single-script layout (every tenant bound on the main Worker, no
+    // binding host), to see what the hot read costs without the hop.
+    ...(process.env.BENCH_SINGLE_SCRIPT ? { hostsNamespace: "" } : {}),
     log: onLog,
   });
   adminApi = adminClient(stack.url, stack.adminToken);
