@@ -179,12 +179,12 @@ async fn serve(
         return outcome;
     }
     let host = record.host.clone();
-    let quotas = record.terms.quotas(record.plan);
-    let terms = record.terms.clone();
+    // Only a write needs the plan's terms: a read neither copies nor parses them.
+    let write = write_kind(Method::of(req)).map(|kind| (kind, record.plan, record.terms.clone()));
     let ctx = auth::authenticate(req, env, tenant, record, request_id).await?;
-    if let Some(kind) = write_kind(Method::of(req)) {
+    if let Some((kind, plan, terms)) = write {
         limit(env, RateLimit::UserWrites, &slug, &ctx.user().id.to_string()).await?;
-        check_terms(&terms, quotas, kind, slug.as_str())?;
+        check_terms(&terms, terms.quotas(plan), kind, slug.as_str())?;
     }
     let outcome = route(&ctx, req, segments).await;
     if ctx.audited() {
