@@ -79,7 +79,11 @@ pub enum Flush {
 /// An isolate's counts waiting to be flushed.
 #[derive(Debug, Default)]
 pub struct UsageBuffer {
-    entries: BTreeMap<(String, String), Counters>,
+    /// Counts by UTC day, then by tenant.
+    days: BTreeMap<String, BTreeMap<String, Counters>>,
+    /// The day of the last count (days since the epoch, and as text), so a request formats no
+    /// date and allocates no key unless its tenant-day is new.
+    today: Option<(i64, String)>,
     /// When the flush that has not taken the buffer yet was scheduled.
     scheduled: Option<f64>,
     /// When the running flush took the buffer (its counts are out of it); one at a time.
@@ -93,12 +97,26 @@ impl UsageBuffer {
 
     /// Adds one request's counts for `slug` at time `now`, and says which flush to start.
     pub fn record(&mut self, slug: &str, now: f64, counters: &Counters) -> Flush {
-        self.entries.entry((slug.to_owned(), day_of(now))).or_default().add(counters);
+        let epoch_day = (now / 86_400_000.0).floor() as i64;
+        if self.today.as_ref().map(|(d, _)| *d) != Some(epoch_day) {
+            self.today = Some((epoch_day, day_of(now)));
+        }
+        if let Some((_, day)) = &self.today {
+            if !self.days.contains_key(day) {
+                self.days.insert(day.clone(), BTreeMap::new());
+            }
+            if let Some(slugs) = self.days.get_mut(day) {
+                match slugs.get_mut(slug) {
+                    Some(c) => c.add(counters),
+                    None => drop(slugs.insert(slug.to_owned(), *counters)),
+                }
+            }
+        }
         let alive = |since: Option<f64>, for_ms: f64| since.is_some_and(|t| now - t < for_ms);
         if alive(self.flushing, STALE_MS) {
             // The running flush schedules the next when it ends (`flushed`).
             Flush::No
-        } else if self.entries.len() >= FLUSH_AT_ENTRIES {
+        } else if self.entries() >= FLUSH_AT_ENTRIES {
             self.scheduled = Some(now);
             Flush::Now
         } else if alive(self.scheduled, FLUSH_AFTER_MS + STALE_MS) {
@@ -117,10 +135,17 @@ impl UsageBuffer {
         }
         self.flushing = Some(now);
         self.scheduled = None;
-        std::mem::take(&mut self.entries)
+        std::mem::take(&mut self.days)
             .into_iter()
-            .map(|((slug, day), counters)| DayUsage { slug, day, counters })
+            .flat_map(|(day, slugs)| {
+                slugs.into_iter().map(move |(slug, counters)| DayUsage { slug, day: day.clone(), counters })
+            })
             .collect()
+    }
+
+    /// Tenant-days waiting.
+    fn entries(&self) -> usize {
+        self.days.values().map(BTreeMap::len).sum()
     }
 
     /// The flush of `taken` is over; when it failed, its counts wait again. True when counts
@@ -130,14 +155,14 @@ impl UsageBuffer {
         for usage in taken.into_iter().filter(|_| !ok) {
             let mut counters = usage.counters;
             // Counts added since the take are newer: their size wins.
-            let entry = self.entries.entry((usage.slug, usage.day)).or_default();
+            let entry = self.days.entry(usage.day).or_default().entry(usage.slug).or_default();
             if entry.size_bytes.is_some() {
                 counters.size_bytes = entry.size_bytes;
             }
             counters.add(&Counters { size_bytes: None, ..*entry });
             *entry = counters;
         }
-        let again = !self.entries.is_empty() && self.scheduled.is_none();
+        let again = !self.days.is_empty() && self.scheduled.is_none();
         if again {
             self.scheduled = Some(now);
         }
@@ -152,7 +177,12 @@ impl UsageBuffer {
     /// Requests for `slug` in `month` (`YYYY-MM`) waiting in this buffer: what the control
     /// plane's count for the month does not hold yet.
     pub fn pending_requests(&self, slug: &str, month: &str) -> u64 {
-        self.entries.iter().filter(|((s, day), _)| s == slug && day.starts_with(month)).map(|(_, c)| c.requests).sum()
+        self.days
+            .iter()
+            .filter(|(day, _)| day.starts_with(month))
+            .filter_map(|(_, slugs)| slugs.get(slug))
+            .map(|c| c.requests)
+            .sum()
     }
 }
 
