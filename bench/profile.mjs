@@ -62,9 +62,10 @@ export function summarise(profile, top) {
   const kinds = {};
   let total = 0;
   for (const [id, ms] of selfMs) {
-    const { functionName, url } = byId.get(id).callFrame;
+    const { functionName, url, lineNumber } = byId.get(id).callFrame;
     const kind = kindOf(functionName, url);
-    const name = functionName || "(anonymous)";
+    // An anonymous function is told apart by where it is (its module and line, 1-based).
+    const name = functionName || (url ? `(anonymous ${url.split("/").at(-1)}:${lineNumber + 1})` : "(anonymous)");
     const key = `${name} [${kind}]`;
     functions.set(key, (functions.get(key) ?? 0) + ms);
     kinds[kind] = (kinds[kind] ?? 0) + ms;

@@ -36,7 +36,8 @@ worker-build --release --no-opt "$@"
 # -Oz: smallest. The features are the ones rustc's wasm32 target and wasm-bindgen emit (exception
 # handling included); one the toolchain starts using that is not listed fails the build loudly.
 before=$(wc -c < build/index_bg.wasm)
-node "$root/node_modules/binaryen/bin/wasm-opt" build/index_bg.wasm -Oz \
+# WASM_NAMES=1 keeps the functions' names (a profiling build: BENCH_PROFILE=1 then names them).
+node "$root/node_modules/binaryen/bin/wasm-opt" build/index_bg.wasm -Oz ${WASM_NAMES:+-g} \
   --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals \
   --enable-reference-types --enable-multivalue --enable-exception-handling \
   -o build/index_bg.wasm

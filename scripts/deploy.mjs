@@ -4,7 +4,9 @@
 // tenant binding added at run time (wrangler has no option to keep D1 bindings). This script:
 //   1. reads the tenants that should be bound from the control plane
 //      (`wrangler d1 execute <control> --remote`),
-//   2. writes a deploy config: wrangler.toml plus one [[d1_databases]] entry per tenant,
+//   2. writes a deploy config: wrangler.toml plus one [[d1_databases]] entry per tenant, and one
+//      `HOT_<database id>` entry per hot tenant (the HOT_TENANTS busiest tenants on hosts over the
+//      last 7 days, by the usage metering, which the Worker then reads without the hop),
 //   3. runs `wrangler deploy --config <that file>` (wrangler runs the build as usual),
 //   4. asks the deployed Worker to reconcile (`POST /v1/reconcile`) when it knows where the Worker
 //      is, which re-adds the binding of a tenant created while the deploy ran (its binding was
@@ -35,6 +37,23 @@ import { ROOT, runWrangler } from "./lib/wrangler.mjs";
 const TENANTS_SQL =
   "SELECT binding_name, database_name, database_id FROM tenants WHERE bind_wanted = 1 AND database_id IS NOT NULL " +
   "AND (on_host = 0 OR main_until > (julianday('now') - 2440587.5) * 86400000) ORDER BY slug";
+
+/**
+ * The hot tenants: the `limit` tenants on binding hosts with the most metered API calls over the
+ * last 7 days (UTC days, today included), busiest first.
+ * @param {number} limit
+ */
+export const hotTenantsSql = (limit) =>
+  "SELECT t.slug, t.database_name, t.database_id, u.requests FROM tenants t JOIN (SELECT tenant_slug, SUM(requests) AS requests " +
+  "FROM usage_daily WHERE day >= date('now', '-6 days') GROUP BY tenant_slug) u ON u.tenant_slug = t.slug " +
+  `WHERE t.status = 'active' AND t.on_host = 1 AND t.database_id IS NOT NULL AND u.requests > 0 ORDER BY u.requests DESC, t.slug LIMIT ${limit}`;
+
+/**
+ * The main Worker's binding name for a hot tenant's database: `HOT_` and the id's hex digits,
+ * lowercase (the Worker derives the same name, `BindingName::hot` in src/core/names.rs).
+ * @param {string} databaseId
+ */
+export const hotBindingName = (databaseId) => `HOT_${databaseId.replace(/-/g, "").toLowerCase()}`;
 
 /**
  * The parts of wrangler.toml this script reads or changes; the rest passes through.
@@ -91,9 +110,24 @@ export async function deploy({ target = {}, message, dryRun = false, log = conso
   /** @type {{ binding_name: string, database_name: string, database_id: string }[]} */
   const tenants = JSON.parse(query.stdout).at(-1).results;
 
+  const vars = { ...(config.vars ?? {}), ...(target.vars ?? {}) };
+  const hotLimit = Number(vars.HOT_TENANTS ?? 0);
+  if (!Number.isInteger(hotLimit) || hotLimit < 0 || hotLimit > 1000) {
+    throw new Error(`HOT_TENANTS must be a whole number from 0 to 1000, not ${JSON.stringify(vars.HOT_TENANTS)}`);
+  }
+  /** @type {{ slug: string, database_name: string, database_id: string, requests: number }[]} */
+  let hot = [];
+  if (hotLimit > 0 && vars.HOSTS_NAMESPACE) {
+    const found = await runWrangler(["d1", "execute", control.database_name, "--remote", "--json", "--command", hotTenantsSql(hotLimit)], {
+      env,
+      cwd: os.tmpdir(),
+    });
+    if (found.code !== 0) throw new Error(`reading the hot tenants from ${control.database_name} failed:\n${found.stdout}${found.stderr}`);
+    hot = JSON.parse(found.stdout).at(-1).results;
+  }
+
   // The binding hosts' dispatch namespace, created once (the Worker's upload refuses a binding to
   // a namespace that does not exist).
-  const vars = { ...(config.vars ?? {}), ...(target.vars ?? {}) };
   for (const ns of config.dispatch_namespaces ?? []) {
     const found = await runWrangler(["dispatch-namespace", "get", ns.namespace], { env, cwd: os.tmpdir() });
     if (found.code === 0) continue;
@@ -116,6 +150,7 @@ export async function deploy({ target = {}, message, dryRun = false, log = conso
         migrations_dir: d.migrations_dir && path.join(ROOT, d.migrations_dir),
       })),
       ...tenants.map((t) => ({ binding: t.binding_name, database_name: t.database_name, database_id: t.database_id })),
+      ...hot.map((t) => ({ binding: hotBindingName(t.database_id), database_name: t.database_name, database_id: t.database_id })),
     ],
     main: path.join(ROOT, config.main),
     build: target.build === false ? undefined : config.build && { ...config.build, cwd: ROOT },
@@ -124,7 +159,9 @@ export async function deploy({ target = {}, message, dryRun = false, log = conso
   await mkdir(workDir, { recursive: true });
   const file = path.join(workDir, "wrangler.deploy.json");
   await writeFile(file, JSON.stringify(deployConfig, null, 2));
-  log(`deploy config: ${file} (${tenants.length} tenant bindings kept)`);
+  log(
+    `deploy config: ${file} (${tenants.length} tenant bindings kept, ${hot.length} hot tenants bound: ${hot.map((t) => t.slug).join(", ") || "none"})`,
+  );
   if (dryRun) {
     log(JSON.stringify(deployConfig, null, 2));
     return null;

@@ -19,6 +19,10 @@ pub struct DatabaseName(String);
 /// from the Worker's own bindings (`CONTROL_DB`, ...) by name alone.
 pub const TENANT_BINDING_PREFIX: &str = "TENANT_";
 
+/// Binding names of hot tenants' databases on the main Worker start with this: `npm run deploy`
+/// binds the busiest tenants there, each under its database's id (see [`BindingName::hot`]).
+pub const HOT_BINDING_PREFIX: &str = "HOT_";
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     #[error("a database name prefix must be 1 to 20 characters of a-z, 0-9, '-' or '_'")]
@@ -29,6 +33,24 @@ impl BindingName {
     /// `acme-corp` becomes `TENANT_ACME_CORP`. Slugs have no underscores, so this is one-to-one.
     pub fn for_tenant(slug: &TenantSlug) -> Self {
         Self(format!("{TENANT_BINDING_PREFIX}{}", slug.as_str().to_ascii_uppercase().replace('-', "_")))
+    }
+
+    /// The main Worker's binding of database `database_id` when `npm run deploy` bound it there
+    /// for a hot tenant: `HOT_` and the id's 32 hex digits, lowercase, without dashes
+    /// (`scripts/deploy.mjs` derives the same name). Named by the database, not the tenant, so a
+    /// binding left on an older version (a rollback, a bare `wrangler deploy`) can only ever
+    /// reach the database it names: a tenant whose database changed (a restore from a backup)
+    /// no longer finds it and goes through its host. `None` for an id that is not a UUID.
+    pub fn hot(database_id: &str) -> Option<Self> {
+        let mut name = String::with_capacity(HOT_BINDING_PREFIX.len() + 32);
+        name.push_str(HOT_BINDING_PREFIX);
+        for c in database_id.chars().filter(|c| *c != '-') {
+            if !c.is_ascii_hexdigit() {
+                return None;
+            }
+            name.push(c.to_ascii_lowercase());
+        }
+        (name.len() == HOT_BINDING_PREFIX.len() + 32).then_some(Self(name))
     }
 
     pub fn as_str(&self) -> &str {
@@ -90,6 +112,22 @@ mod tests {
 
     fn slug(s: &str) -> TenantSlug {
         TenantSlug::parse(s).unwrap()
+    }
+
+    #[test]
+    fn hot_binding_names_are_the_database_id_and_nothing_else() {
+        let name = BindingName::hot("0F1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0").unwrap();
+        assert_eq!(name.as_str(), "HOT_0f1e2d3c4b5a69788796a5b4c3d2e1f0");
+        for bad in [
+            "",
+            "acme",
+            "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f",
+            "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0a",
+            "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1fg",
+        ] {
+            assert_eq!(BindingName::hot(bad), None, "{bad}");
+        }
+        assert!(!name.as_str().starts_with(TENANT_BINDING_PREFIX), "the reconciler must pass it through untouched");
     }
 
     #[test]

@@ -13,6 +13,30 @@ export function newMeter() {
   return { rows_read: 0, rows_written: 0, size_after: -1 };
 }
 
+/** @param {Meter} meter */
+export const rowsRead = (meter) => meter.rows_read;
+/** @param {Meter} meter */
+export const rowsWritten = (meter) => meter.rows_written;
+/** @param {Meter} meter */
+export const sizeAfter = (meter) => meter.size_after;
+
+/**
+ * Asks rate limit binding `name` of `env` for one more request for `key`: resolves to `true`
+ * (allowed), `false` (limited) or the binding's error message; `null` when there is no such
+ * binding. One call and one promise, where workers-rs's `RateLimiter` converts its argument and
+ * its outcome through serde on every request.
+ * @param {any} env @param {string} name @param {string} key
+ * @returns {Promise<boolean | string> | null}
+ */
+export function rateLimit(env, name, key) {
+  const binding = env[name];
+  if (binding == null || typeof binding.limit !== "function") return null;
+  return binding.limit({ key }).then(
+    (/** @type {{ success?: unknown }} */ outcome) => outcome?.success !== false,
+    (/** @type {unknown} */ e) => String(e instanceof Error ? e.message : e),
+  );
+}
+
 /** @param {Meter} meter @param {any} result a D1 result */
 function count(meter, result) {
   const meta = result?.meta;
@@ -20,6 +44,12 @@ function count(meter, result) {
   if (typeof meta.rows_read === "number") meter.rows_read += meta.rows_read;
   if (typeof meta.rows_written === "number") meter.rows_written += meta.rows_written;
   if (typeof meta.size_after === "number") meter.size_after = meta.size_after;
+}
+
+/** @param {Meter} meter @param {any} result a D1 result @returns {any} the result */
+function counted(meter, result) {
+  count(meter, result);
+  return result;
 }
 
 class MeteredStatement {
@@ -34,16 +64,13 @@ class MeteredStatement {
     return new MeteredStatement(this.inner.bind(...params), this.meter);
   }
 
-  async all() {
-    const result = await this.inner.all();
-    count(this.meter, result);
-    return result;
+  // `then` on D1's own promise rather than an async function: one promise less per statement.
+  all() {
+    return this.inner.all().then((/** @type {any} */ result) => counted(this.meter, result));
   }
 
-  async run() {
-    const result = await this.inner.run();
-    count(this.meter, result);
-    return result;
+  run() {
+    return this.inner.run().then((/** @type {any} */ result) => counted(this.meter, result));
   }
 
   /** As D1's `first`: the first row (or one column of it), or null; read through `all` for its meta. */

@@ -17,6 +17,14 @@ extern "C" {
     #[wasm_bindgen(js_name = newMeter)]
     fn new_meter() -> JsValue;
     fn metered(db: &JsValue, meter: &JsValue) -> JsValue;
+    #[wasm_bindgen(js_name = rowsRead)]
+    fn rows_read(meter: &JsValue) -> f64;
+    #[wasm_bindgen(js_name = rowsWritten)]
+    fn rows_written(meter: &JsValue) -> f64;
+    #[wasm_bindgen(js_name = sizeAfter)]
+    fn size_after(meter: &JsValue) -> f64;
+    #[wasm_bindgen(js_name = rateLimit)]
+    fn rate_limit(env: &JsValue, name: &str, key: &str) -> JsValue;
 }
 
 /// What one request's statements read and wrote, added up by `meter.mjs`.
@@ -37,14 +45,14 @@ impl Meter {
 
     /// The request's counts: one request, its rows, and the database's size if a result said.
     pub fn counters(&self) -> Counters {
-        let field = |name: &str| js_sys::Reflect::get(&self.0, &JsValue::from_str(name)).ok().and_then(|v| v.as_f64());
-        let count = |name: &str| field(name).filter(|n| *n > 0.0).map_or(0, |n| n as u64);
+        let count = |n: f64| if n > 0.0 { n as u64 } else { 0 };
+        let size = size_after(&self.0);
         Counters {
             requests: 1,
             limited: 0,
-            rows_read: count("rows_read"),
-            rows_written: count("rows_written"),
-            size_bytes: field("size_after").filter(|n| *n >= 0.0).map(|n| n as u64),
+            rows_read: count(rows_read(&self.0)),
+            rows_written: count(rows_written(&self.0)),
+            size_bytes: (size >= 0.0).then_some(size as u64),
         }
     }
 }
@@ -94,17 +102,20 @@ pub async fn flush<S: Sql>(control: ControlStore<S>, when: Flush) {
 /// Does rate limit `limit` let one more request through for `key`? A deployment without the
 /// binding (or a binding that fails) lets it through, logged: rate limits protect availability,
 /// so they fail open.
-pub async fn allow(env: &Env, limit: RateLimit, key: String) -> bool {
-    let limiter = match env.rate_limiter(limit.binding()) {
-        Ok(limiter) => limiter,
-        Err(_) => {
-            missing(limit);
-            return true;
-        }
+pub async fn allow(env: &Env, limit: RateLimit, key: &str) -> bool {
+    let asked = rate_limit(env.as_ref(), limit.binding(), key);
+    if asked.is_null() {
+        missing(limit);
+        return true;
+    }
+    let answer = match wasm_bindgen_futures::JsFuture::from(asked.unchecked_into::<js_sys::Promise>()).await {
+        Ok(answer) => answer,
+        Err(e) => JsValue::from_str(&format!("{e:?}")),
     };
-    match limiter.limit(key).await {
-        Ok(outcome) => outcome.success,
-        Err(e) => {
+    match answer.as_bool() {
+        Some(allowed) => allowed,
+        None => {
+            let e = answer.as_string().unwrap_or_default();
             crate::log::warn(&format!("rate limit {} failed, letting the request through: {e}", limit.binding()));
             true
         }

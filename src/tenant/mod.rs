@@ -201,7 +201,7 @@ async fn serve(
 /// Refuses the request (429) when rate limit `which` has no room left for `subject` in tenant
 /// `slug`.
 pub(crate) async fn limit(env: &Env, which: RateLimit, slug: &TenantSlug, subject: &str) -> Result<(), ApiError> {
-    if edge::meter::allow(env, which, which.key(slug.as_str(), subject)).await {
+    if edge::meter::allow(env, which, &which.key(slug.as_str(), subject)).await {
         return Ok(());
     }
     let (allowed, period) = which.allowance();
@@ -317,7 +317,7 @@ async fn open(
     verified: bool,
     meter: &Meter,
 ) -> Result<TenantDb, ApiError> {
-    let db = meter.wrap(binding(env, &slug, record.host.as_deref())?);
+    let db = meter.wrap(binding(env, &slug, record)?);
     if verified {
         return Ok(TenantDb::trusted(db, slug));
     }
@@ -353,10 +353,19 @@ async fn open(
     }
 }
 
-/// The tenant's binding. A routed tenant that is active but unbound is a server-side
-/// inconsistency (a deploy that dropped tenant bindings, or one not yet live): 503, logged, and
-/// a bindings reconcile is started right away (see [`heal`]).
-fn binding(env: &Env, slug: &TenantSlug, host: Option<&str>) -> Result<D1Database, ApiError> {
+/// The tenant's binding. A tenant on a binding host whose database `npm run deploy` bound on this
+/// Worker as hot ([`BindingName::hot`]) is read through that binding, without the hop to its
+/// host. A routed tenant that is active but unbound is a server-side inconsistency (a deploy that
+/// dropped tenant bindings, or one not yet live): 503, logged, and a bindings reconcile is started
+/// right away (see [`heal`]).
+fn binding(env: &Env, slug: &TenantSlug, record: &TenantRecord) -> Result<D1Database, ApiError> {
+    let host = record.host.as_deref();
+    if host.is_some() {
+        if let Some(db) = record.database_id.as_deref().and_then(BindingName::hot).and_then(|n| env.d1(n.as_str()).ok())
+        {
+            return Ok(db);
+        }
+    }
     let name = BindingName::for_tenant(slug);
     edge::tenant_binding(env, Home::of(host), &name).ok_or_else(|| {
         heal::wanted(host);

@@ -15,9 +15,10 @@ import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { stringify } from "smol-toml";
 import { beforeAll, describe, expect, test, vi } from "vitest";
-import { tenantBindings as tenantBindingsOf } from "../../cloud/provision.mjs";
+import { hostRequest } from "../../cloud/client.mjs";
+import { setBindings, settingsRoute, tenantBindings as tenantBindingsOf } from "../../cloud/provision.mjs";
 import { ROOT, uploadScript, wrangler } from "../../cloud/stack.mjs";
-import { readWranglerToml } from "../../scripts/deploy.mjs";
+import { hotBindingName, readWranglerToml } from "../../scripts/deploy.mjs";
 import { ownStack } from "../own-stack.mjs";
 
 const own = ownStack("deploy");
@@ -38,12 +39,15 @@ const versions = async () => (await stack.api("GET", "/workers/scripts/tenantry/
 const deployedVersionId = async () =>
   (await stack.api("GET", "/workers/scripts/tenantry/deployments")).result.deployments[0].versions[0].version_id;
 
-/** `npm run deploy -- --target <the stack's target>`, as a child process. */
-function npmRunDeploy() {
+/**
+ * `npm run deploy -- --target <the stack's target>`, as a child process.
+ * @param {string} [targetFile] another target file
+ */
+function npmRunDeploy(targetFile = stack.targetFile) {
   return new Promise((resolve, reject) => {
     const child = spawn(
       path.join(ROOT, "node_modules", ".bin", "node"),
-      [path.join(ROOT, "scripts", "deploy.mjs"), "--target", stack.targetFile, "--message", "test deploy"],
+      [path.join(ROOT, "scripts", "deploy.mjs"), "--target", targetFile, "--message", "test deploy"],
       {
         cwd: ROOT,
         stdio: ["ignore", "pipe", "pipe"],
@@ -88,6 +92,90 @@ describe("npm run deploy", () => {
     expect(bound.filter((b) => b.startsWith("main:"))).toEqual([]);
     expect(bound.map((b) => b.split(":")[1]).sort()).toEqual([...slugs, ...during].map(bindingName).sort());
   }, 180_000);
+});
+
+describe("hot tenants", () => {
+  test("npm run deploy binds the busiest tenant on the main Worker by its database id: its reads skip its host, and after a restore to a new database the old binding is never read", async () => {
+    const [hot, cold] = ["hot-a", "hot-cold"];
+    for (const slug of [hot, cold]) await createTenant(slug);
+    for (const slug of [hot, cold]) await serving(slug);
+    const signedIn = await login(hot);
+    let token = signedIn.json.token;
+    const ask = (/** @type {string} */ pathname, opts = {}) =>
+      hostRequest(own.port, `${hot}.localhost`, pathname, { ...opts, headers: { authorization: `Bearer ${token}` } });
+    const projects = async () => {
+      const res = await ask("/api/projects?limit=100");
+      expect(res.status, res.text).toBe(200);
+      return res.json.projects.map((/** @type {{ name: string }} */ p) => p.name).sort();
+    };
+    expect((await ask("/api/projects", { method: "POST", body: { name: "before" } })).status).toBe(201);
+    // The busiest tenant of the account, once its usage is flushed (10 s after its first request).
+    for (let i = 0; i < 40; i++) await Promise.all(Array.from({ length: 10 }, () => projects()));
+    await vi.waitFor(
+      async () => {
+        const usage = await admin("GET", `/v1/tenants/${hot}/usage`);
+        expect(usage.json.current_month.api_calls.used).toBeGreaterThanOrEqual(400);
+      },
+      { timeout: 30_000, interval: 500 },
+    );
+
+    // One hot slot: the deploy binds hot-a's database on the main Worker, and nothing else.
+    const target = JSON.parse(await readFileText(stack.targetFile, "utf8"));
+    const hotTarget = path.join(stateDir, "target-hot.json");
+    await writeFile(hotTarget, JSON.stringify({ ...target, vars: { ...target.vars, HOT_TENANTS: "1" } }), { mode: 0o600 });
+    const { code, output } = await npmRunDeploy(hotTarget);
+    expect(code, output).toBe(0);
+    expect(output).toMatch(/1 hot tenants bound: hot-a\b/);
+    await stack.runtime.settled();
+    const record = (await admin("GET", `/v1/tenants/${hot}`)).json.tenant;
+    const coldRecord = (await admin("GET", `/v1/tenants/${cold}`)).json.tenant;
+    expect(record.host).toBeTruthy();
+    const main = (await stack.api("GET", settingsRoute())).result.bindings;
+    const hotBindings = main.filter((/** @type {{ type: string, name: string }} */ b) => b.type === "d1" && b.name.startsWith("HOT_"));
+    expect(hotBindings).toEqual([
+      expect.objectContaining({ type: "d1", name: hotBindingName(record.database.id), id: record.database.id }),
+    ]);
+    expect(main.some((/** @type {{ name: string }} */ b) => b.name === hotBindingName(coldRecord.database.id))).toBe(false);
+
+    // Its host loses its binding: hot-a still reads and writes, through the main Worker's binding;
+    // a tenant on a host without a hot binding would answer 503 here.
+    await setBindings(stack.api, (bindings) => bindings.filter((b) => b.name !== "TENANT_HOT_A"), record.host);
+    await stack.runtime.settled();
+    expect(await projects()).toEqual(["before"]);
+    expect((await ask("/api/projects", { method: "POST", body: { name: "through-hot" } })).status).toBe(201);
+    expect((await admin("POST", "/v1/reconcile")).status).toBe(200);
+    await stack.runtime.settled();
+
+    // A restore from a backup moves hot-a to a new database. The main Worker's hot binding names
+    // the old one (with `after` in it) and is never read again: hot-a serves the backup's data.
+    const backup = await admin("POST", `/v1/tenants/${hot}/backups`);
+    expect(backup.status, backup.text).toBe(201);
+    expect((await ask("/api/projects", { method: "POST", body: { name: "after" } })).status).toBe(201);
+    expect(await projects()).toEqual(["after", "before", "through-hot"]);
+    const restore = await admin("POST", `/v1/tenants/${hot}/restore`, { backup: backup.json.backup.id });
+    expect([200, 202], restore.text).toContain(restore.status);
+    await vi.waitFor(
+      async () => {
+        await admin("GET", `/v1/tenants/${hot}`); // carries the restore forward
+        const op = (await admin("GET", `/v1/tenants/${hot}/operations`)).json.operations[0];
+        expect(op.state, JSON.stringify(op)).toBe("succeeded");
+      },
+      { timeout: 90_000, interval: 500 },
+    );
+    const restored = (await admin("GET", `/v1/tenants/${hot}`)).json.tenant;
+    expect(restored.database.id).not.toBe(record.database.id);
+    const again = (await stack.api("GET", settingsRoute())).result.bindings;
+    expect(again.some((/** @type {{ name: string }} */ b) => b.name === hotBindingName(record.database.id))).toBe(true);
+    await vi.waitFor(
+      async () => {
+        const res = await login(hot);
+        expect(res.status, res.text).toBe(200);
+        token = res.json.token;
+      },
+      { timeout: 30_000, interval: 500 },
+    );
+    expect(await projects()).toEqual(["before", "through-hot"]);
+  }, 240_000);
 });
 
 describe("a bare wrangler deploy", () => {
