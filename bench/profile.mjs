@@ -2,6 +2,9 @@
 // DevTools protocol), summarised as self time per function and per kind of code. The benchmark
 // uses it to show where a request's time goes (BENCH_PROFILE=1).
 
+import { mkdir, writeFile } from "node:fs/promises";
+import path from "node:path";
+
 /** Talks to one inspector target; resolves `send`s by id. */
 async function connect(url) {
   const ws = new WebSocket(url);
@@ -43,6 +46,11 @@ export async function profileWorker(inspectorPort, worker, during, { top = 25, i
     await session.send("Profiler.start");
     const result = await during();
     const { profile } = await session.send("Profiler.stop");
+    // BENCH_PROFILE_DIR: also keep the whole profile (`.cpuprofile`: Chrome DevTools opens it).
+    if (process.env.BENCH_PROFILE_DIR) {
+      await mkdir(process.env.BENCH_PROFILE_DIR, { recursive: true });
+      await writeFile(path.join(process.env.BENCH_PROFILE_DIR, `${worker.replace(/[^\w.-]+/g, "_")}.cpuprofile`), JSON.stringify(profile));
+    }
     return { result, summary: summarise(profile, top) };
   } finally {
     session.close();

@@ -13,11 +13,13 @@ use crate::http::{self, ApiError};
 /// Serves one request. Never fails: every error becomes a JSON error response. Every response
 /// carries `X-Request-Id` (also recorded in audit logs).
 pub async fn handle(req: Request, env: Env, ctx: Context) -> Response {
-    let request_id = crate::crypto::random_id().unwrap_or_else(|_| "unavailable".into());
-    let outcome = match route(&req, &env) {
-        Ok(Route::ControlPlane) => crate::control::handle(&req, &env).await,
-        Ok(Route::Tenant(slug)) => {
-            let outcome = crate::tenant::handle(&req, &env, &ctx, slug, &request_id).await;
+    let request_id = crate::crypto::request_id();
+    // The URL is parsed once here, for routing and for the tenant API (each parse costs µs).
+    let url = req.url().map_err(|_| ApiError::not_found("unknown_host", "this host is not served here"));
+    let outcome = match url.and_then(|url| Ok((route(&req, &env, &url)?, url))) {
+        Ok((Route::ControlPlane, _)) => crate::control::handle(&req, &env).await,
+        Ok((Route::Tenant(slug), url)) => {
+            let outcome = crate::tenant::handle(&req, url, &env, &ctx, slug, &request_id).await;
             if crate::tenant::heal::due(js_sys::Date::now()) {
                 let hosts = crate::tenant::heal::take_hosts();
                 ctx.wait_until(crate::control::heal_bindings(env.clone(), hosts));
@@ -33,9 +35,8 @@ pub async fn handle(req: Request, env: Env, ctx: Context) -> Response {
 
 /// Decides where the request goes, from the URL's host (in Miniflare and on Cloudflare the URL
 /// keeps the host the client asked for) and `X-Tenant-ID`.
-fn route(req: &Request, env: &Env) -> Result<Route, ApiError> {
+fn route(req: &Request, env: &Env, url: &worker::Url) -> Result<Route, ApiError> {
     let config = edge::config(env)?;
-    let url = req.url().map_err(|_| ApiError::not_found("unknown_host", "this host is not served here"))?;
     let tenant_header = req.headers().get("X-Tenant-ID").map_err(|_| ApiError::BadRequest {
         code: "invalid_tenant_header",
         message: "the X-Tenant-ID header is not valid text".into(),

@@ -8,7 +8,10 @@
 //! It may use the storage layer, the Cloudflare client, the `http` toolkit (for its errors) and
 //! the core; nothing above.
 
+use std::rc::Rc;
 use std::time::Duration;
+
+use wasm_bindgen::JsCast;
 
 use worker::{Bucket, D1Database, Env};
 
@@ -30,17 +33,31 @@ pub const BACKUPS_BINDING: &str = "BACKUPS";
 thread_local! {
     /// The parsed configuration, read once per isolate (vars and secrets only change with a new
     /// Worker version, which starts new isolates).
-    static CONFIG: std::cell::OnceCell<Config> = const { std::cell::OnceCell::new() };
+    static CONFIG: std::cell::OnceCell<Rc<Config>> = const { std::cell::OnceCell::new() };
 }
 
-/// The deployment's configuration; a bad `APEX` or `D1_NAME_PREFIX` is our fault, not the
-/// client's (500, logged).
-pub fn config(env: &Env) -> Result<Config, ApiError> {
+/// The deployment's configuration (shared, not copied: every request reads it); a bad `APEX` or
+/// `D1_NAME_PREFIX` is our fault, not the client's (500, logged).
+pub fn config(env: &Env) -> Result<Rc<Config>, ApiError> {
     crate::core::cache::once_per_isolate(&CONFIG, || {
         let var = |name: &str| env.var(name).ok().map(|v| v.to_string());
         let secret = |name: &str| env.secret(name).ok().map(|v| v.to_string());
-        Config::from_lookup(var, secret).map_err(ApiError::internal)
+        Config::from_lookup(var, secret).map(Rc::new).map_err(ApiError::internal)
     })
+}
+
+/// Binding `name` of `env` as `T`, without workers-rs's check of its constructor's name (a
+/// string read from JavaScript on every call): for the bindings every request opens, whose type
+/// wrangler.toml (or `npm run deploy`) fixes. `None` when this Worker version has no such binding.
+fn binding_of<T: JsCast>(env: &Env, name: &str) -> Option<T> {
+    let value = js_sys::Reflect::get(env, &wasm_bindgen::JsValue::from_str(name)).ok()?;
+    (value.is_object()).then(|| value.unchecked_into())
+}
+
+/// A hot tenant's database on this Worker (`HOT_<database id>`, see `BindingName::hot`), if
+/// `npm run deploy` bound it on this version.
+pub fn hot_binding(env: &Env, name: &BindingName) -> Option<D1Database> {
+    binding_of::<worker::worker_sys::D1Database>(env, name.as_str()).map(D1Database::from)
 }
 
 /// The Cloudflare API client of this deployment, and its configuration; a missing piece is a
@@ -74,7 +91,9 @@ pub fn api_client(
 
 /// The control store over the `CONTROL_DB` binding.
 pub fn control(env: &Env) -> Result<ControlStore<D1Database>, ApiError> {
-    Ok(ControlStore::new(env.d1(CONTROL_BINDING).map_err(ApiError::internal)?))
+    let db = binding_of::<worker::worker_sys::D1Database>(env, CONTROL_BINDING)
+        .ok_or_else(|| ApiError::internal(format!("this Worker has no {CONTROL_BINDING} binding")))?;
+    Ok(ControlStore::new(D1Database::from(db)))
 }
 
 /// A tenant's database by its binding, if this Worker version has it.

@@ -57,7 +57,11 @@ pub async fn read_json(req: &Request) -> Result<serde_json::Map<String, serde_js
 
 /// `limit` (1..=max, default `default`) and `cursor` (a positive id) query parameters.
 pub fn page_params(req: &Request, default: u32, max: u32) -> Result<(u32, Option<i64>), ApiError> {
-    let url = req.url()?;
+    page_params_in(&req.url()?, default, max)
+}
+
+/// [`page_params`] of a URL already parsed.
+pub fn page_params_in(url: &worker::Url, default: u32, max: u32) -> Result<(u32, Option<i64>), ApiError> {
     let bad = |message: String| ApiError::BadRequest { code: "invalid_parameter", message };
     let mut limit = default;
     let mut cursor = None;

@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use wasm_bindgen::JsCast;
-use worker::{Context, D1Database, Request, Response};
+use worker::{Context, D1Database, Response};
 
 use super::TenantContext;
 use crate::core::audit_chain;
@@ -88,9 +88,9 @@ pub fn seal_later(wctx: &Context, db: &D1Database, slug: &TenantSlug) {
 
 /// `GET /api/audit-log/verify?limit=&cursor=` (admins): seals what is unsealed, then verifies a
 /// page of the chain from the first row (or after `cursor`), and the operator's anchor.
-pub async fn verify(ctx: &TenantContext, req: &Request) -> Result<Response, ApiError> {
+pub async fn verify(ctx: &TenantContext) -> Result<Response, ApiError> {
     ctx.require_admin()?;
-    let (limit, cursor) = http::page_params(req, PAGE, MAX_PAGE)?;
+    let (limit, cursor) = http::page_params_in(ctx.url(), PAGE, MAX_PAGE)?;
     let genesis = audit_chain::genesis(ctx.slug().as_str());
     let anchor = ctx.platform().audit_anchor(ctx.slug()).await?;
     audit::seal(ctx.db(), &genesis, VERIFY_PASSES).await?;

@@ -47,7 +47,7 @@ fn now_ms() -> i64 {
 
 /// The key ring from the configuration root; without one, sign-in answers 503.
 fn key_ring(env: &Env) -> Result<KeyRing, ApiError> {
-    crate::edge::config(env)?.signing_keys.map_err(|what| {
+    crate::edge::config(env)?.signing_keys.clone().map_err(|what| {
         ApiError::Unavailable {
             code: "auth_not_configured",
             message: "sign-in is not configured on this deployment".into(),
@@ -71,6 +71,7 @@ pub async fn authenticate(
     tenant: TenantDb,
     record: TenantRecord,
     request_id: &str,
+    url: worker::Url,
 ) -> Result<TenantContext, ApiError> {
     let header = req.headers().get("Authorization").ok().flatten();
     let token = bearer(header.as_deref()).map_err(auth_error)?;
@@ -103,7 +104,7 @@ pub async fn authenticate(
         }
     };
     let platform = super::context::Platform::new(env.clone());
-    Ok(TenantContext::new(tenant, record, user, request_id, platform))
+    Ok(TenantContext::new(tenant, record, user, request_id, url, platform))
 }
 
 #[derive(Deserialize)]

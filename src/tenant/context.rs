@@ -5,7 +5,7 @@ use std::cell::Cell;
 
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::JsValue;
-use worker::{D1Database, D1PreparedStatement, D1Result, Request, Response};
+use worker::{D1Database, D1PreparedStatement, D1Result, Response};
 
 use super::TenantDb;
 use crate::core::audit_chain::Anchor;
@@ -29,6 +29,8 @@ pub struct TenantContext {
     record: TenantRecord,
     user: AuthUser,
     request_id: String,
+    /// The request's URL, parsed once by the router.
+    url: worker::Url,
     platform: Platform,
     /// An audit statement was made for this request: its rows are sealed after the response.
     audited: Cell<bool>,
@@ -66,9 +68,15 @@ impl TenantContext {
         record: TenantRecord,
         user: AuthUser,
         request_id: &str,
+        url: worker::Url,
         platform: Platform,
     ) -> Self {
-        Self { tenant, record, user, request_id: request_id.to_owned(), platform, audited: Cell::new(false) }
+        Self { tenant, record, user, request_id: request_id.to_owned(), url, platform, audited: Cell::new(false) }
+    }
+
+    /// The request's URL.
+    pub fn url(&self) -> &worker::Url {
+        &self.url
     }
 
     /// What the platform defines for every tenant.
@@ -141,13 +149,12 @@ impl TenantContext {
     /// come by id, oldest first or, with `newest_first`, newest first.
     pub async fn page<T: serde::de::DeserializeOwned>(
         &self,
-        req: &Request,
         select: &str,
         max: u32,
         newest_first: bool,
         id: impl Fn(&T) -> i64,
     ) -> Result<(Vec<T>, Option<i64>), ApiError> {
-        let (limit, cursor) = http::page_params(req, 50, max)?;
+        let (limit, cursor) = http::page_params_in(&self.url, 50, max)?;
         let (after, order, start) = if newest_first { ("<", "DESC", i64::MAX) } else { (">", "ASC", 0) };
         let rows: Vec<T> = self
             .db()
@@ -314,10 +321,10 @@ struct AuditRow {
 
 /// `GET /api/audit-log?limit=&cursor=` (admins): newest first, each entry with its chain hash
 /// (`null` until sealed), which a client may keep to check the log against later.
-pub async fn audit_log(ctx: &TenantContext, req: &Request) -> Result<Response, ApiError> {
+pub async fn audit_log(ctx: &TenantContext) -> Result<Response, ApiError> {
     ctx.require_admin()?;
     let select = "SELECT id, at, actor_id, actor_email, action, target, request_id, detail, hash FROM audit_log";
-    let (rows, next) = ctx.page(req, select, 200, true, |r: &AuditRow| r.id).await?;
+    let (rows, next) = ctx.page(select, 200, true, |r: &AuditRow| r.id).await?;
     let entries: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {

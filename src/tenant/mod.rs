@@ -54,12 +54,13 @@ pub const CONTROL_REFRESH_HEADER: &str = "X-Tenantry-Control-Refresh";
 
 pub async fn handle(
     req: &Request,
+    url: worker::Url,
     env: &Env,
     ctx: &Context,
     slug: TenantSlug,
     request_id: &str,
 ) -> Result<Response, ApiError> {
-    let path = req.path();
+    let path = url.path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     if segments.first() != Some(&"api") {
         return Err(http::route_not_found());
@@ -85,7 +86,7 @@ pub async fn handle(
     // Metered: every request to a tenant that serves (see `core::usage`).
     let metered = lookup.record.as_ref().is_some_and(|r| r.status == TenantStatus::Active);
     let meter = Meter::default();
-    let outcome = serve(req, env, ctx, &control, slug.clone(), request_id, lookup, &segments, &meter).await;
+    let outcome = serve(req, url, env, ctx, &control, slug.clone(), request_id, lookup, &segments, &meter).await;
     if metered {
         let counters = match &outcome {
             Err(ApiError::RateLimited { .. }) => Counters { limited: 1, ..Counters::default() },
@@ -107,6 +108,7 @@ pub async fn handle(
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     req: &Request,
+    url: worker::Url,
     env: &Env,
     wctx: &Context,
     control: &ControlStore<D1Database>,
@@ -181,7 +183,7 @@ async fn serve(
     let host = record.host.clone();
     // Only a write needs the plan's terms: a read neither copies nor parses them.
     let write = write_kind(Method::of(req)).map(|kind| (kind, record.plan, record.terms.clone()));
-    let ctx = auth::authenticate(req, env, tenant, record, request_id).await?;
+    let ctx = auth::authenticate(req, env, tenant, record, request_id, url).await?;
     if let Some((kind, plan, terms)) = write {
         limit(env, RateLimit::UserWrites, &slug, &ctx.user().id.to_string()).await?;
         check_terms(&terms, terms.quotas(plan), kind, slug.as_str())?;
@@ -250,18 +252,18 @@ async fn route(ctx: &TenantContext, req: &Request, segments: &[&str]) -> Result<
         (["api", "me"], Get) => users::me(ctx).await,
         (["api", "tenant"], Get) => tenant_info(ctx).await,
         (["api", "export"], Get) => export::export(ctx).await,
-        (["api", "users"], Get) => users::list(ctx, req).await,
+        (["api", "users"], Get) => users::list(ctx).await,
         (["api", "users"], Post) => users::create(ctx, req).await,
         (["api", "users", id], Get) => users::get(ctx, id).await,
         (["api", "users", id], Patch) => users::update(ctx, req, id).await,
         (["api", "users", id], Delete) => users::delete(ctx, id).await,
-        (["api", "projects"], Get) => projects::list(ctx, req).await,
+        (["api", "projects"], Get) => projects::list(ctx).await,
         (["api", "projects"], Post) => projects::create(ctx, req).await,
         (["api", "projects", id], Get) => projects::get(ctx, id).await,
         (["api", "projects", id], Patch) => projects::update(ctx, req, id).await,
         (["api", "projects", id], Delete) => projects::delete(ctx, id).await,
-        (["api", "audit-log"], Get) => context::audit_log(ctx, req).await,
-        (["api", "audit-log", "verify"], Get) => audit::verify(ctx, req).await,
+        (["api", "audit-log"], Get) => context::audit_log(ctx).await,
+        (["api", "audit-log", "verify"], Get) => audit::verify(ctx).await,
         (["api", "roles"], Get) => roles::list(ctx).await,
         (["api", "roles"], Post) => roles::create(ctx, req).await,
         (["api", "roles", name], Patch) => roles::update(ctx, req, name).await,
@@ -361,7 +363,8 @@ async fn open(
 fn binding(env: &Env, slug: &TenantSlug, record: &TenantRecord) -> Result<D1Database, ApiError> {
     let host = record.host.as_deref();
     if host.is_some() {
-        if let Some(db) = record.database_id.as_deref().and_then(BindingName::hot).and_then(|n| env.d1(n.as_str()).ok())
+        if let Some(db) =
+            record.database_id.as_deref().and_then(BindingName::hot).and_then(|n| edge::hot_binding(env, &n))
         {
             return Ok(db);
         }

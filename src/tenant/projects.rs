@@ -68,9 +68,8 @@ fn parse(body: &Map<String, Value>, creating: bool) -> Result<(Option<String>, O
 }
 
 /// `GET /api/projects?limit=&cursor=`: oldest first.
-pub async fn list(ctx: &TenantContext, req: &Request) -> Result<Response, ApiError> {
-    let (projects, next) =
-        ctx.page(req, &format!("SELECT {COLUMNS} FROM projects"), 100, false, |p: &Project| p.id).await?;
+pub async fn list(ctx: &TenantContext) -> Result<Response, ApiError> {
+    let (projects, next) = ctx.page(&format!("SELECT {COLUMNS} FROM projects"), 100, false, |p: &Project| p.id).await?;
     http::json(200, &json!({ "projects": projects, "next_cursor": next }))
 }
 

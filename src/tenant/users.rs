@@ -49,9 +49,9 @@ pub async fn me(ctx: &TenantContext) -> Result<Response, ApiError> {
 }
 
 /// `GET /api/users?limit=&cursor=` (admins)
-pub async fn list(ctx: &TenantContext, req: &Request) -> Result<Response, ApiError> {
+pub async fn list(ctx: &TenantContext) -> Result<Response, ApiError> {
     ctx.require_admin()?;
-    let (users, next) = ctx.page(req, &format!("SELECT {COLUMNS} FROM users"), 200, false, |u: &User| u.id).await?;
+    let (users, next) = ctx.page(&format!("SELECT {COLUMNS} FROM users"), 200, false, |u: &User| u.id).await?;
     http::json(200, &json!({ "users": users, "next_cursor": next }))
 }
 

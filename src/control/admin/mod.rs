@@ -155,7 +155,7 @@ pub async fn handle(req: &Request, env: &Env, path: &str) -> Result<Response, Ap
 }
 
 fn authenticate(req: &Request, env: &Env) -> Result<(), ApiError> {
-    let expected = edge::config(env)?.admin_token.ok_or_else(|| {
+    let expected = edge::config(env)?.admin_token.clone().ok_or_else(|| {
         ApiError::Unavailable {
             code: "admin_not_configured",
             message: "the admin API is not configured".into(),
