@@ -3,14 +3,67 @@
 // plain object the Rust side reads once the request is done (`edge::meter`). Every statement,
 // batched or not, goes through it; nothing is written anywhere from here.
 
+//
+// The meter is also the request's rate-limit gate (`gate`): the plan's rate limit is asked when
+// the request starts, without waiting, and every statement waits for its answer before it reaches
+// D1, so a refused request never touches the tenant's database, and an allowed one pays for one
+// promise (not a second round trip through Rust's futures: 12 µs a request in the profile).
+
 /**
- * @typedef {{ rows_read: number, rows_written: number, size_after: number }} Meter
- * size_after is -1 until a result reports it.
+ * @typedef {{
+ *   rows_read: number, rows_written: number, size_after: number,
+ *   gate: Promise<void> | null, settled: boolean, limited: boolean, error: string | null,
+ * }} Meter
+ * size_after is -1 until a result reports it; `settled` once the gate's answer is in, `limited`
+ * if it refused, `error` if the binding failed (the request is let through).
  */
 
 /** @returns {Meter} */
 export function newMeter() {
-  return { rows_read: 0, rows_written: 0, size_after: -1 };
+  return { rows_read: 0, rows_written: 0, size_after: -1, gate: null, settled: true, limited: false, error: null };
+}
+
+/** What a statement of a refused request throws instead of reaching D1. */
+export const LIMITED = "tenantry: rate limited";
+
+/**
+ * Asks rate limit binding `name` of `env` for one more request for `key`, and gates `meter`'s
+ * statements on the answer. False (and no gate) when there is no such binding.
+ * @param {Meter} meter @param {any} env @param {string} name @param {string} key
+ */
+export function gateOn(meter, env, name, key) {
+  const binding = env[name];
+  if (binding == null || typeof binding.limit !== "function") return false;
+  meter.settled = false;
+  meter.gate = binding.limit({ key }).then(
+    (/** @type {{ success?: unknown }} */ outcome) => {
+      meter.limited = outcome?.success === false;
+      meter.settled = true;
+    },
+    (/** @type {unknown} */ e) => {
+      meter.error = String(e instanceof Error ? e.message : e);
+      meter.settled = true;
+    },
+  );
+  return true;
+}
+
+/** @param {Meter} meter */
+export const gateOf = (meter) => meter.gate;
+/** @param {Meter} meter */
+export const gateSettled = (meter) => meter.settled;
+/** @param {Meter} meter */
+export const gateLimited = (meter) => meter.limited;
+/** @param {Meter} meter */
+export const gateError = (meter) => meter.error;
+
+/**
+ * Runs `run` once `meter`'s gate lets the request through; refused: rejects with LIMITED.
+ * @template T @param {Meter} meter @param {() => Promise<T>} run @returns {Promise<T>}
+ */
+function gated(meter, run) {
+  const go = () => (meter.limited ? Promise.reject(new Error(LIMITED)) : run());
+  return meter.settled ? go() : /** @type {Promise<void>} */ (meter.gate).then(go);
 }
 
 /** @param {Meter} meter */
@@ -19,23 +72,6 @@ export const rowsRead = (meter) => meter.rows_read;
 export const rowsWritten = (meter) => meter.rows_written;
 /** @param {Meter} meter */
 export const sizeAfter = (meter) => meter.size_after;
-
-/**
- * Asks rate limit binding `name` of `env` for one more request for `key`: resolves to `true`
- * (allowed), `false` (limited) or the binding's error message; `null` when there is no such
- * binding. One call and one promise, where workers-rs's `RateLimiter` converts its argument and
- * its outcome through serde on every request.
- * @param {any} env @param {string} name @param {string} key
- * @returns {Promise<boolean | string> | null}
- */
-export function rateLimit(env, name, key) {
-  const binding = env[name];
-  if (binding == null || typeof binding.limit !== "function") return null;
-  return binding.limit({ key }).then(
-    (/** @type {{ success?: unknown }} */ outcome) => outcome?.success !== false,
-    (/** @type {unknown} */ e) => String(e instanceof Error ? e.message : e),
-  );
-}
 
 /** @param {Meter} meter @param {any} result a D1 result */
 function count(meter, result) {
@@ -66,11 +102,11 @@ class MeteredStatement {
 
   // `then` on D1's own promise rather than an async function: one promise less per statement.
   all() {
-    return this.inner.all().then((/** @type {any} */ result) => counted(this.meter, result));
+    return gated(this.meter, () => this.inner.all()).then((/** @type {any} */ result) => counted(this.meter, result));
   }
 
   run() {
-    return this.inner.run().then((/** @type {any} */ result) => counted(this.meter, result));
+    return gated(this.meter, () => this.inner.run()).then((/** @type {any} */ result) => counted(this.meter, result));
   }
 
   /** As D1's `first`: the first row (or one column of it), or null; read through `all` for its meta. */
@@ -86,7 +122,7 @@ class MeteredStatement {
   /** Rows as arrays; D1 gives no meta with them, so only `all`, `run`, `first` and batches count. */
   /** @param {{ columnNames?: boolean }} [options] */
   raw(options) {
-    return this.inner.raw(options);
+    return gated(this.meter, () => this.inner.raw(options));
   }
 }
 
@@ -104,18 +140,18 @@ class MeteredDatabase {
 
   /** @param {MeteredStatement[]} statements */
   async batch(statements) {
-    const results = await this.db.batch(statements.map((s) => s.inner));
+    const results = await gated(this.meter, () => this.db.batch(statements.map((s) => s.inner)));
     for (const result of results) count(this.meter, result);
     return results;
   }
 
   /** @param {string} sql */
   exec(sql) {
-    return this.db.exec(sql);
+    return gated(this.meter, () => this.db.exec(sql));
   }
 
   dump() {
-    return this.db.dump();
+    return gated(this.meter, () => this.db.dump());
   }
 }
 

@@ -23,35 +23,78 @@ extern "C" {
     fn rows_written(meter: &JsValue) -> f64;
     #[wasm_bindgen(js_name = sizeAfter)]
     fn size_after(meter: &JsValue) -> f64;
-    #[wasm_bindgen(js_name = rateLimit)]
-    fn rate_limit(env: &JsValue, name: &str, key: &str) -> JsValue;
+    #[wasm_bindgen(js_name = gateOn)]
+    fn gate_on(meter: &JsValue, env: &JsValue, name: &str, key: &str) -> bool;
+    #[wasm_bindgen(js_name = gateOf)]
+    fn gate_of(meter: &JsValue) -> JsValue;
+    #[wasm_bindgen(js_name = gateSettled)]
+    fn gate_settled(meter: &JsValue) -> bool;
+    #[wasm_bindgen(js_name = gateLimited)]
+    fn gate_limited(meter: &JsValue) -> bool;
+    #[wasm_bindgen(js_name = gateError)]
+    fn gate_error(meter: &JsValue) -> Option<String>;
 }
 
-/// What one request's statements read and wrote, added up by `meter.mjs`.
-pub struct Meter(JsValue);
+/// What one request's statements read and wrote, added up by `meter.mjs`; and the request's
+/// rate-limit gate (see [`Meter::gate`]).
+pub struct Meter {
+    js: JsValue,
+    gated: std::cell::Cell<Option<RateLimit>>,
+}
 
 impl Default for Meter {
     fn default() -> Self {
-        Self(new_meter())
+        Self { js: new_meter(), gated: std::cell::Cell::new(None) }
     }
 }
 
 impl Meter {
+    /// Asks rate limit `limit` for one more request for `key` without waiting: every statement
+    /// through this meter waits for the answer before it reaches D1 (a refused request never
+    /// touches the database), and [`Meter::refused`] tells the caller, once the request is
+    /// handled, whether to answer 429 instead. A missing binding lets requests through, logged.
+    pub fn gate(&self, env: &Env, limit: RateLimit, key: &str) {
+        if gate_on(&self.js, env.as_ref(), limit.binding(), key) {
+            self.gated.set(Some(limit));
+        } else {
+            missing(limit);
+        }
+    }
+
+    /// Whether a statement was held back because the gate refused (known without waiting).
+    pub fn held_back(&self) -> bool {
+        self.gated.get().is_some() && gate_limited(&self.js)
+    }
+
+    /// The gate's limit if it refused this request (waiting for its answer when no statement
+    /// did). A binding that failed lets the request through, logged.
+    pub async fn refused(&self) -> Option<RateLimit> {
+        let limit = self.gated.get()?;
+        if !gate_settled(&self.js) {
+            let _ = wasm_bindgen_futures::JsFuture::from(gate_of(&self.js).unchecked_into::<js_sys::Promise>()).await;
+        }
+        if let Some(e) = gate_error(&self.js) {
+            crate::log::warn(&format!("rate limit {} failed, letting the request through: {e}", limit.binding()));
+            return None;
+        }
+        gate_limited(&self.js).then_some(limit)
+    }
+
     /// `db`, its results counted on this meter.
     pub fn wrap(&self, db: D1Database) -> D1Database {
         let js: JsValue = db.into();
-        D1Database::from(metered(&js, &self.0).unchecked_into::<worker::worker_sys::D1Database>())
+        D1Database::from(metered(&js, &self.js).unchecked_into::<worker::worker_sys::D1Database>())
     }
 
     /// The request's counts: one request, its rows, and the database's size if a result said.
     pub fn counters(&self) -> Counters {
         let count = |n: f64| if n > 0.0 { n as u64 } else { 0 };
-        let size = size_after(&self.0);
+        let size = size_after(&self.js);
         Counters {
             requests: 1,
             limited: 0,
-            rows_read: count(rows_read(&self.0)),
-            rows_written: count(rows_written(&self.0)),
+            rows_read: count(rows_read(&self.js)),
+            rows_written: count(rows_written(&self.js)),
             size_bytes: (size >= 0.0).then_some(size as u64),
         }
     }
@@ -103,23 +146,9 @@ pub async fn flush<S: Sql>(control: ControlStore<S>, when: Flush) {
 /// binding (or a binding that fails) lets it through, logged: rate limits protect availability,
 /// so they fail open.
 pub async fn allow(env: &Env, limit: RateLimit, key: &str) -> bool {
-    let asked = rate_limit(env.as_ref(), limit.binding(), key);
-    if asked.is_null() {
-        missing(limit);
-        return true;
-    }
-    let answer = match wasm_bindgen_futures::JsFuture::from(asked.unchecked_into::<js_sys::Promise>()).await {
-        Ok(answer) => answer,
-        Err(e) => JsValue::from_str(&format!("{e:?}")),
-    };
-    match answer.as_bool() {
-        Some(allowed) => allowed,
-        None => {
-            let e = answer.as_string().unwrap_or_default();
-            crate::log::warn(&format!("rate limit {} failed, letting the request through: {e}", limit.binding()));
-            true
-        }
-    }
+    let meter = Meter::default();
+    meter.gate(env, limit, key);
+    meter.refused().await.is_none()
 }
 
 /// Logs a missing rate-limit binding once per isolate.

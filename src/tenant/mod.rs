@@ -86,7 +86,12 @@ pub async fn handle(
     // Metered: every request to a tenant that serves (see `core::usage`).
     let metered = lookup.record.as_ref().is_some_and(|r| r.status == TenantStatus::Active);
     let meter = Meter::default();
-    let outcome = serve(req, url, env, ctx, &control, slug.clone(), request_id, lookup, &segments, &meter).await;
+    let mut outcome = serve(req, url, env, ctx, &control, slug.clone(), request_id, lookup, &segments, &meter).await;
+    // The plan's rate limit (asked when serving began): refused, the request is answered 429
+    // whatever it came to, and none of its statements reached the database.
+    if let Some(which) = meter.refused().await {
+        outcome = Err(rate_limited(which));
+    }
     if metered {
         let counters = match &outcome {
             Err(ApiError::RateLimited { .. }) => Counters { limited: 1, ..Counters::default() },
@@ -158,8 +163,9 @@ async fn serve(
         }
         TenantStatus::Deleting | TenantStatus::Deleted => return Err(not_found(&slug)),
     }
-    // The plan's rate limit, before anything else is done for the request.
-    limit(env, RateLimit::Tenant(record.plan), &slug, "").await?;
+    // The plan's rate limit, before anything else is done for the request: asked now, waited
+    // for by the first statement (see `Meter::gate`), decided in `handle`.
+    meter.gate(env, RateLimit::Tenant(record.plan), &RateLimit::Tenant(record.plan).key(slug.as_str(), ""));
     let tenant = open(env, control, slug.clone(), &record, lookup.verified, meter).await?;
 
     // The one unauthenticated tenant route.
@@ -206,8 +212,13 @@ pub(crate) async fn limit(env: &Env, which: RateLimit, slug: &TenantSlug, subjec
     if edge::meter::allow(env, which, &which.key(slug.as_str(), subject)).await {
         return Ok(());
     }
+    Err(rate_limited(which))
+}
+
+/// The 429 of rate limit `which`.
+fn rate_limited(which: RateLimit) -> ApiError {
     let (allowed, period) = which.allowance();
-    Err(ApiError::RateLimited { limit: which.name(), allowed, period })
+    ApiError::RateLimited { limit: which.name(), allowed, period }
 }
 
 /// What a request of `method` is to quotas: `None` for a read.
@@ -328,6 +339,8 @@ async fn open(
             directory::mark_verified(&slug, record, js_sys::Date::now());
             Ok(tenant)
         }
+        // Held back by the rate limit: `handle` answers 429.
+        Err(_) if meter.held_back() => Err(ApiError::internal("rate limited")),
         Err(NotReady::Migrating(e)) => {
             crate::log::error(&format!("tenant {slug}: on-demand migration failed: {e}"));
             Err(ApiError::Unavailable {

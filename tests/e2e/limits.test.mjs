@@ -3,7 +3,7 @@
 // calls and storage, and plan expiry. Limits are wrangler.toml's, as deployed.
 
 import { describe, expect, test } from "vitest";
-import { ADMIN_PASSWORD, admin, authed, createTenant, login, request, waitFor } from "../helpers.mjs";
+import { ADMIN_PASSWORD, admin, authed, createTenant, login, request, sql, waitFor } from "../helpers.mjs";
 
 /** Sends `send(i)` for i = 0.. in waves of `wave` at once until one answers `status`, or `max` were sent. */
 async function untilStatus(send, status, { wave = 25, max = 3_000 } = {}) {
@@ -36,6 +36,17 @@ describe("rate limits", () => {
     const refused = answers.find((r) => r.status === 429);
     expect(refused.headers["retry-after"]).toBe("60");
     expect(refused.json.error).toMatchObject({ code: "rate_limited", limit: "tenant_requests", allowed: 1200, period_seconds: 60 });
+    // Refused writes never reach the tenant's database (its statements wait for the limit's
+    // answer, and a refusal holds them back): the projects there are exactly the ones answered 201.
+    const writes = await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        authed(noisy.slug, noisy.token, "/api/projects", { method: "POST", body: { name: `refused ${i}` } }),
+      ),
+    );
+    expect(writes.filter((r) => r.status === 429).length).toBeGreaterThan(0);
+    expect(writes.every((r) => [201, 429].includes(r.status))).toBe(true);
+    const [{ results }] = await sql(noisy.uuid, "SELECT COUNT(*) AS n FROM projects");
+    expect(results[0].n).toBe(writes.filter((r) => r.status === 201).length);
     // The neighbour is not limited by the noisy tenant's traffic.
     for (let i = 0; i < 5; i++) expect((await authed(quiet.slug, quiet.token, "/api/me")).status).toBe(200);
     // Rate-limited requests are metered apart from served ones.
