@@ -528,7 +528,7 @@ const readPath = () =>
     ? "the main Worker's own TENANT_ binding (single-script layout, no binding host)"
     : hotBound
       ? "the main Worker's HOT_ binding, bound by `npm run deploy` (the tenant lives on a binding host)"
-      : "through the tenant's binding host (BENCH_HOT=0: one hop a request)";
+      : "the tenant's binding host (BENCH_HOT=0: one hop a request)";
 
 function printRuns({ runs, ohaRuns, profiles }) {
   console.log(`\nthe hot read goes through ${readPath()}`);
