@@ -34,17 +34,21 @@ export const LIMITED = "tenantry: rate limited";
 export function gateOn(meter, env, name, key) {
   const binding = env[name];
   if (binding == null || typeof binding.limit !== "function") return false;
+  const failed = (/** @type {unknown} */ e) => {
+    meter.error = String(e instanceof Error ? e.message : e);
+    meter.settled = true;
+  };
   meter.settled = false;
-  meter.gate = binding.limit({ key }).then(
-    (/** @type {{ success?: unknown }} */ outcome) => {
+  try {
+    meter.gate = Promise.resolve(binding.limit({ key })).then((/** @type {{ success?: unknown }} */ outcome) => {
       meter.limited = outcome?.success === false;
       meter.settled = true;
-    },
-    (/** @type {unknown} */ e) => {
-      meter.error = String(e instanceof Error ? e.message : e);
-      meter.settled = true;
-    },
-  );
+    }, failed);
+  } catch (e) {
+    // A binding that throws instead of rejecting: let the request through, as for a rejection.
+    failed(e);
+    meter.gate = Promise.resolve();
+  }
   return true;
 }
 
