@@ -100,15 +100,22 @@ export async function deploy({ target = {}, message, dryRun = false, log = conso
   if (!control) throw new Error("wrangler.toml has no CONTROL_DB database");
   const env = target.env ?? {};
 
-  // Run outside the project so wrangler looks the control database up by name through the API
-  // (the same on Cloudflare and on the local cloud) instead of trusting a config file.
-  const query = await runWrangler(["d1", "execute", control.database_name, "--remote", "--json", "--command", TENANTS_SQL], {
-    env,
-    cwd: os.tmpdir(),
-  });
-  if (query.code !== 0) throw new Error(`reading the tenants from ${control.database_name} failed:\n${query.stdout}${query.stderr}`);
+  /**
+   * The rows `sql` reads from the control plane. Run outside the project so wrangler looks the
+   * control database up by name through the API (the same on Cloudflare and on the local cloud)
+   * instead of trusting a config file.
+   * @param {string} sql @param {string} what what it reads, for the error
+   */
+  const readControl = async (sql, what) => {
+    const query = await runWrangler(["d1", "execute", control.database_name, "--remote", "--json", "--command", sql], {
+      env,
+      cwd: os.tmpdir(),
+    });
+    if (query.code !== 0) throw new Error(`reading ${what} from ${control.database_name} failed:\n${query.stdout}${query.stderr}`);
+    return JSON.parse(query.stdout).at(-1).results;
+  };
   /** @type {{ binding_name: string, database_name: string, database_id: string }[]} */
-  const tenants = JSON.parse(query.stdout).at(-1).results;
+  const tenants = await readControl(TENANTS_SQL, "the tenants");
 
   const vars = { ...(config.vars ?? {}), ...(target.vars ?? {}) };
   const hotLimit = Number(vars.HOT_TENANTS ?? 0);
@@ -116,15 +123,7 @@ export async function deploy({ target = {}, message, dryRun = false, log = conso
     throw new Error(`HOT_TENANTS must be a whole number from 0 to 1000, not ${JSON.stringify(vars.HOT_TENANTS)}`);
   }
   /** @type {{ slug: string, database_name: string, database_id: string, requests: number }[]} */
-  let hot = [];
-  if (hotLimit > 0 && vars.HOSTS_NAMESPACE) {
-    const found = await runWrangler(["d1", "execute", control.database_name, "--remote", "--json", "--command", hotTenantsSql(hotLimit)], {
-      env,
-      cwd: os.tmpdir(),
-    });
-    if (found.code !== 0) throw new Error(`reading the hot tenants from ${control.database_name} failed:\n${found.stdout}${found.stderr}`);
-    hot = JSON.parse(found.stdout).at(-1).results;
-  }
+  const hot = hotLimit > 0 && vars.HOSTS_NAMESPACE ? await readControl(hotTenantsSql(hotLimit), "the hot tenants") : [];
 
   // The binding hosts' dispatch namespace, created once (the Worker's upload refuses a binding to
   // a namespace that does not exist).

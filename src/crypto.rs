@@ -35,19 +35,18 @@ pub fn request_id() -> String {
         static PREFIX: std::cell::OnceCell<String> = const { std::cell::OnceCell::new() };
         static COUNT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     }
-    let prefix = PREFIX.with(|p| {
-        p.get_or_init(|| match random_bytes(8) {
-            Ok(bytes) => hex(&bytes),
-            // Without WebCrypto (never in a Worker): the isolate's start time keeps ids apart.
-            Err(_) => format!("{:016x}", js_sys::Date::now() as u64),
-        })
-        .clone()
-    });
     let n = COUNT.with(|c| {
         c.set(c.get().wrapping_add(1));
         c.get()
     });
-    format!("{prefix}{n:016x}")
+    PREFIX.with(|p| {
+        let prefix = p.get_or_init(|| match random_bytes(8) {
+            Ok(bytes) => hex(&bytes),
+            // Without WebCrypto (never in a Worker): the isolate's start time keeps ids apart.
+            Err(_) => format!("{:016x}", js_sys::Date::now() as u64),
+        });
+        format!("{prefix}{n:016x}")
+    })
 }
 
 pub use crate::core::digest::hex;

@@ -98,19 +98,16 @@ impl UsageBuffer {
     /// Adds one request's counts for `slug` at time `now`, and says which flush to start.
     pub fn record(&mut self, slug: &str, now: f64, counters: &Counters) -> Flush {
         let epoch_day = (now / 86_400_000.0).floor() as i64;
-        if self.today.as_ref().map(|(d, _)| *d) != Some(epoch_day) {
-            self.today = Some((epoch_day, day_of(now)));
-        }
-        if let Some((_, day)) = &self.today {
-            if !self.days.contains_key(day) {
-                self.days.insert(day.clone(), BTreeMap::new());
-            }
-            if let Some(slugs) = self.days.get_mut(day) {
-                match slugs.get_mut(slug) {
-                    Some(c) => c.add(counters),
-                    None => drop(slugs.insert(slug.to_owned(), *counters)),
-                }
-            }
+        let day = match &mut self.today {
+            Some((d, text)) if *d == epoch_day => &*text,
+            today => &today.insert((epoch_day, day_of(now))).1,
+        };
+        match self.days.get_mut(day) {
+            Some(slugs) => match slugs.get_mut(slug) {
+                Some(c) => c.add(counters),
+                None => drop(slugs.insert(slug.to_owned(), *counters)),
+            },
+            None => drop(self.days.insert(day.clone(), BTreeMap::from([(slug.to_owned(), *counters)]))),
         }
         let alive = |since: Option<f64>, for_ms: f64| since.is_some_and(|t| now - t < for_ms);
         if alive(self.flushing, STALE_MS) {

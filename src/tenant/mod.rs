@@ -27,9 +27,9 @@ use worker::{Context, D1Database, Env, Request, Response};
 
 pub use context::TenantContext;
 
-use crate::core::lifecycle::TenantStatus;
+use crate::core::lifecycle::{Plan, TenantStatus};
 use crate::core::names::BindingName;
-use crate::core::plans::{self, QuotaRefusal, Quotas, RateLimit, Standing, WriteKind};
+use crate::core::plans::{self, QuotaRefusal, RateLimit, Standing, WriteKind};
 use crate::core::slug::TenantSlug;
 use crate::core::usage::{Counters, Flush};
 use crate::edge;
@@ -165,7 +165,8 @@ async fn serve(
     }
     // The plan's rate limit, before anything else is done for the request: asked now, waited
     // for by the first statement (see `Meter::gate`), decided in `handle`.
-    meter.gate(env, RateLimit::Tenant(record.plan), &RateLimit::Tenant(record.plan).key(slug.as_str(), ""));
+    let plan_limit = RateLimit::Tenant(record.plan);
+    meter.gate(env, plan_limit, &plan_limit.key(slug.as_str(), ""));
     let tenant = open(env, control, slug.clone(), &record, lookup.verified, meter).await?;
 
     // The one unauthenticated tenant route.
@@ -192,7 +193,7 @@ async fn serve(
     let ctx = auth::authenticate(req, env, tenant, record, request_id, url).await?;
     if let Some((kind, plan, terms)) = write {
         limit(env, RateLimit::UserWrites, &slug, &ctx.user().id.to_string()).await?;
-        check_terms(&terms, terms.quotas(plan), kind, slug.as_str())?;
+        check_terms(&terms, plan, kind, slug.as_str())?;
     }
     let outcome = route(&ctx, req, segments).await;
     if ctx.audited() {
@@ -232,7 +233,7 @@ fn write_kind(method: Method) -> Option<WriteKind> {
 
 /// Refuses a write the plan's end or a quota forbids (402, its code and figures), from the
 /// tenant's cached row and this isolate's unflushed count.
-fn check_terms(terms: &PlanTerms, quotas: Quotas, kind: WriteKind, slug: &str) -> Result<(), ApiError> {
+fn check_terms(terms: &PlanTerms, plan: Plan, kind: WriteKind, slug: &str) -> Result<(), ApiError> {
     let now = js_sys::Date::now();
     let month = crate::core::usage::month_of(now);
     let standing = Standing {
@@ -242,7 +243,7 @@ fn check_terms(terms: &PlanTerms, quotas: Quotas, kind: WriteKind, slug: &str) -
         month: &month,
         size_bytes: terms.size(),
     };
-    plans::check_write(quotas, &standing, kind, now).map_err(|refusal| {
+    plans::check_write(terms.quotas(plan), &standing, kind, now).map_err(|refusal| {
         let detail = match &refusal {
             QuotaRefusal::PlanExpired { at } => serde_json::json!({ "plan_expires_at": at }),
             QuotaRefusal::ApiCalls { limit, used, month } => {
