@@ -39,7 +39,7 @@ describe("rate limits", () => {
     // Refused writes never reach the tenant's database (its statements wait for the limit's
     // answer, and a refusal holds them back): the projects there are exactly the ones answered 201.
     const writes = await Promise.all(
-      Array.from({ length: 20 }, (_, i) =>
+      Array.from({ length: 50 }, (_, i) =>
         authed(noisy.slug, noisy.token, "/api/projects", { method: "POST", body: { name: `refused ${i}` } }),
       ),
     );

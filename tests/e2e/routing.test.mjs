@@ -47,6 +47,16 @@ describe("tenant routing", () => {
     tenant = await createTenant();
   });
 
+  test("50 requests at once get 50 different request ids (a per-isolate prefix and a counter)", async () => {
+    const answers = await Promise.all(
+      Array.from({ length: 50 }, () => request(`${tenant.slug}.localhost`, "/api/tenant", { headers: bearer(tenant.token) })),
+    );
+    const ids = answers.map((r) => r.headers["x-request-id"]);
+    expect(answers.every((r) => r.status === 200)).toBe(true);
+    for (const id of ids) expect(id).toMatch(/^[0-9a-f]{32}$/);
+    expect(new Set(ids).size).toBe(50);
+  });
+
   test("a tenant answers on its subdomain, in any letter case", async () => {
     for (const host of [`${tenant.slug}.localhost`, `${tenant.slug.toUpperCase()}.LOCALHOST`]) {
       const res = await request(host, "/api/tenant", { headers: bearer(tenant.token) });
